@@ -1,0 +1,223 @@
+"""Experiment files (experiments/*.yaml) loaded into frozen dataclasses.
+
+Unknown keys are rejected by name, values are type-checked, and every error is
+one line naming the file, the key and the fault, e.g.::
+
+    experiments/quick.yaml: tuner.kind: must be one of random, bayesian, hyperband, grid (got 'evolution')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+TUNER_KINDS = ("random", "bayesian", "hyperband", "grid")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "embedded"  # embedded | mnist | a path to an .npz or an IDX folder
+    train_size: int | None = None  # stratified subset of the training part
+    test_size: int | None = None
+    validation_split: float = 0.1  # carved from the training part, seeded, stratified
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 10
+    # Runs this many batches per call into TensorFlow; the optimisation is unchanged.
+    steps_per_execution: int = 32
+    early_stopping_patience: int | None = None  # on the objective; None = off
+    threads: int | None = None  # TF intra-op threads; None = all cores
+
+
+@dataclass(frozen=True)
+class TunerConfig:
+    kind: str = "random"
+    max_trials: int = 10
+    executions_per_trial: int = 1
+    max_epochs: int = 10  # hyperband
+    factor: int = 3  # hyperband
+    hyperband_iterations: int = 1  # hyperband
+    max_consecutive_failed_trials: int = 3
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    name: str = "val_accuracy"
+    direction: str = "max"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    path: str | None = None  # the YAML file it came from
+    search_space: str | None = None  # resolved path, relative paths taken from the YAML's folder
+    mlflow_experiment: str = "mnist-exp"
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    tuner: TunerConfig = field(default_factory=TunerConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    hp: dict = field(default_factory=dict)  # fixed hyperparameter values (train, and not tuned)
+
+    def fingerprint(self, keys: tuple[str, ...]) -> str:
+        """sha256 of the named sections, to detect a changed sweep on resume."""
+        blob = json.dumps({k: _plain(getattr(self, k)) for k in keys}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def as_params(self) -> dict[str, Any]:
+        """Flat run settings for MLflow params: data.train_size, training.epochs, ..."""
+        out: dict[str, Any] = {"seed": self.seed}
+        for section in ("data", "training"):
+            for k, v in dataclasses.asdict(getattr(self, section)).items():
+                out[f"{section}.{k}"] = v
+        return out
+
+
+def _plain(value):
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def load_experiment(path: str | Path | None, overrides: list[str] = ()) -> Experiment:
+    """Load an experiment file (or the defaults when path is None) and apply --set overrides.
+
+    >>> load_experiment(None, ["training.epochs=1"]).training.epochs
+    1
+    """
+    where = str(path) if path else "<defaults>"
+    raw: dict = {}
+    if path:
+        raw = _read_yaml(Path(path))
+    for item in overrides:
+        _apply_override(raw, item, where)
+    base = Path(path).resolve().parent if path else Path.cwd()
+    if "name" not in raw:
+        raw["name"] = Path(path).stem if path else "baseline"
+    if raw.get("search_space") is not None:
+        if not isinstance(raw["search_space"], str):
+            raise ConfigError(f"{where}: search_space: must be a path string")
+        raw["search_space"] = str((base / raw["search_space"]).resolve())
+    src = raw.get("data", {}).get("source") if isinstance(raw.get("data"), dict) else None
+    if isinstance(src, str) and src not in ("embedded", "mnist") and not Path(src).is_absolute():
+        raw["data"]["source"] = str((base / src).resolve())
+    exp = _build(Experiment, raw, where, prefix="")
+    exp = dataclasses.replace(exp, path=str(path) if path else None)
+    _validate(exp, where)
+    return exp
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{line}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys")
+    return data
+
+
+def _apply_override(raw: dict, item: str, where: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"--set {item}: expected key=value (e.g. training.epochs=3)")
+    key, value = item.split("=", 1)
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item}: {part} is not a section")
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError:
+        node[parts[-1]] = value
+
+
+def _build(cls, raw, where: str, prefix: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'top level'}: must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields or key == "path":
+            known = ", ".join(k for k in fields if k != "path")
+            raise ConfigError(f"{where}: {prefix}{key}: unknown key (known: {known})")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, where, prefix=f"{prefix}{key}.")
+        else:
+            kwargs[key] = _check_type(value, hint, where, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _check_type(value, hint, where: str, key: str):
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for t in allowed:
+        if t is type(None) and value is None:
+            return None
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t in (str, bool, dict) and isinstance(value, t):
+            return value
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise ConfigError(f"{where}: {key}: must be {names} (got {value!r})")
+
+
+def _validate(exp: Experiment, where: str) -> None:
+    def bad(key, msg):
+        raise ConfigError(f"{where}: {key}: {msg}")
+
+    if not exp.name or any(c in exp.name for c in "/\\ "):
+        bad("name", f"must be a non-empty name without slashes or spaces (got {exp.name!r})")
+    if exp.search_space and not Path(exp.search_space).is_file():
+        bad("search_space", f"file not found: {exp.search_space}")
+    d, t, tu, o = exp.data, exp.training, exp.tuner, exp.objective
+    for key, v in (("data.train_size", d.train_size), ("data.test_size", d.test_size)):
+        if v is not None and v < 10:
+            bad(key, f"must be at least 10 (got {v})")
+    if not 0.0 <= d.validation_split < 1.0:
+        bad("data.validation_split", f"must be in [0, 1) (got {d.validation_split})")
+    for key, v in (
+        ("training.epochs", t.epochs),
+        ("training.steps_per_execution", t.steps_per_execution),
+        ("tuner.max_trials", tu.max_trials),
+        ("tuner.executions_per_trial", tu.executions_per_trial),
+        ("tuner.max_epochs", tu.max_epochs),
+        ("tuner.hyperband_iterations", tu.hyperband_iterations),
+        ("tuner.max_consecutive_failed_trials", tu.max_consecutive_failed_trials),
+    ):
+        if v < 1:
+            bad(key, f"must be at least 1 (got {v})")
+    if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
+        bad("training.early_stopping_patience", "must be at least 1, or null to disable")
+    if t.threads is not None and t.threads < 1:
+        bad("training.threads", "must be at least 1, or null for all cores")
+    if tu.kind not in TUNER_KINDS:
+        bad("tuner.kind", f"must be one of {', '.join(TUNER_KINDS)} (got {tu.kind!r})")
+    if tu.factor < 2:
+        bad("tuner.factor", f"must be at least 2 (got {tu.factor})")
+    if o.direction not in ("max", "min"):
+        bad("objective.direction", f"must be max or min (got {o.direction!r})")
+    valid = ("accuracy", "loss", "val_accuracy", "val_loss")
+    if o.name not in valid:
+        bad("objective.name", f"must be one of {', '.join(valid)} (got {o.name!r})")

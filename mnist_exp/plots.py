@@ -1,0 +1,126 @@
+"""Figures for runs and sweeps. Each function returns a matplotlib Figure; tracking logs it."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def learning_curves(history: dict[str, list[float]], first_epoch: int = 1):
+    """Loss and accuracy per epoch, train against validation."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        epochs = np.arange(first_epoch, first_epoch + len(history.get(metric, [])))
+        ax.plot(epochs, history.get(metric, []), "o-", label=f"train {metric}")
+        if history.get(f"val_{metric}"):
+            ax.plot(epochs, history[f"val_{metric}"], "s-", label=f"validation {metric}")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def prediction_grid(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, n: int = 9):
+    """The seed's 3x3 grid of test digits titled with predicted and true labels."""
+    side = int(np.ceil(np.sqrt(n)))
+    fig, axes = plt.subplots(side, side, figsize=(2.2 * side, 2.4 * side))
+    for i, ax in enumerate(np.ravel(axes)):
+        ax.axis("off")
+        if i < min(n, len(images)):
+            ok = y_true[i] == y_pred[i]
+            ax.imshow(images[i], cmap="gray")
+            ax.set_title(f"pred {y_pred[i]} / true {y_true[i]}", color="black" if ok else "red", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray):
+    cm = np.zeros((10, 10), dtype=int)
+    np.add.at(cm, (y_true, y_pred), 1)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(im, ax=ax)
+    ax.set_xticks(range(10))
+    ax.set_yticks(range(10))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    acc = np.trace(cm) / max(cm.sum(), 1)
+    ax.set_title(f"confusion matrix (test accuracy {acc:.4f})")
+    threshold = cm.max() / 2 if cm.max() else 1
+    for i in range(10):
+        for j in range(10):
+            if cm[i, j]:
+                ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=7,
+                        color="white" if cm[i, j] > threshold else "black")
+    fig.tight_layout()
+    return fig
+
+
+def mistakes(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray, n: int = 25):
+    """The most confident misclassified test digits."""
+    wrong = np.flatnonzero(y_true != y_pred)
+    wrong = wrong[np.argsort(-confidence[wrong])][:n]
+    side = max(1, int(np.ceil(np.sqrt(max(len(wrong), 1)))))
+    fig, axes = plt.subplots(side, side, figsize=(2 * side, 2.2 * side), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), wrong):
+        ax.imshow(images[i], cmap="gray")
+        ax.set_title(f"pred {y_pred[i]} ({confidence[i]:.2f}) true {y_true[i]}", fontsize=8, color="red")
+    fig.suptitle(f"{len(np.flatnonzero(y_true != y_pred))} misclassified test digits (most confident first)")
+    if not len(wrong):
+        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    fig.tight_layout()
+    return fig
+
+
+def objective_per_trial(trial_ids: list[str], values: list[float], objective: str, maximize: bool):
+    """Objective of each trial in order, with the best-so-far line."""
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = np.arange(1, len(values) + 1)
+    vals = np.asarray(values, dtype=float)
+    ax.plot(x, vals, "o", label=objective)
+    best = np.fmax.accumulate(vals) if maximize else np.fmin.accumulate(vals)
+    ax.step(x, best, where="post", label="best so far")
+    ax.set_xticks(x)
+    ax.set_xticklabels(trial_ids, rotation=90 if len(x) > 15 else 0)
+    ax.set_xlabel("trial")
+    ax.set_ylabel(objective)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def objective_vs_hyperparameters(table, hp_names: list[str], objective_col: str, objective: str):
+    """One panel per hyperparameter: its value against the objective (categorical axes for strings)."""
+    n = max(len(hp_names), 1)
+    cols = min(3, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    for ax, name in zip(axes.ravel(), hp_names):
+        x = table[name]
+        y = table[objective_col].astype(float)
+        numeric = np.issubdtype(np.asarray(x).dtype, np.number)
+        if numeric:
+            ax.scatter(x.astype(float), y)
+            if name == "learning_rate":
+                ax.set_xscale("log")
+        else:
+            cats = sorted(set(map(str, x)))
+            ax.scatter([cats.index(str(v)) for v in x], y)
+            ax.set_xticks(range(len(cats)))
+            ax.set_xticklabels(cats, rotation=30)
+        ax.set_xlabel(name)
+        ax.set_ylabel(objective)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

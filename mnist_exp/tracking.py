@@ -1,0 +1,283 @@
+"""The one place that talks to MLflow.
+
+Runs are addressed by id, never by process-local state beyond the fluent "active
+run" of the run being trained, so a trial can run in any process that knows the
+sweep's parent run id.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from functools import lru_cache
+from pathlib import Path
+
+from . import __version__
+
+# Run statuses, named as MLflow names them.
+RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
+TAG_KIND = "mnist_exp.kind"  # train | sweep | trial
+TAG_SWEEP = "mnist_exp.sweep"
+TAG_TRIAL = "mnist_exp.trial_id"
+TAG_MODEL_URI = "mnist_exp.model_uri"
+TAG_ERROR = "mnist_exp.error"
+TAG_FINGERPRINT = "mnist_exp.data_fingerprint"
+TAG_TEST_FINGERPRINT = "mnist_exp.test_fingerprint"
+DB_NAME = "mlflow.db"
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above ``start`` (cwd) holding ``mlruns/``; else ``start``."""
+    start = (start or Path.cwd()).resolve()
+    for d in (start, *start.parents):
+        if (d / "mlruns").is_dir():
+            return d
+    return start
+
+
+def resolve_tracking_uri(cli_uri: str | None = None) -> str:
+    """--tracking-uri, then MLFLOW_TRACKING_URI, then sqlite:///<project root>/mlruns/mlflow.db."""
+    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    store = project_root() / "mlruns"
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / DB_NAME}"
+
+
+def local_store_dir(uri: str) -> Path:
+    """Where files beside the store go (artifacts, tuner state): the sqlite file's folder or ./mlruns."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///") :]).resolve().parent
+    return project_root() / "mlruns"
+
+
+def configure(uri: str, experiment: str) -> str:
+    """Point MLflow at ``uri`` and return the id of ``experiment`` (created if missing)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if uri.startswith("sqlite:"):
+        location = (local_store_dir(uri) / "artifacts").as_uri()
+    try:
+        return mlflow.create_experiment(experiment, artifact_location=location)
+    except Exception:  # created by a racing process
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+@lru_cache(maxsize=4)
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def client():
+    import mlflow
+
+    return _client(mlflow.get_tracking_uri())
+
+
+def environment_tags() -> dict[str, str]:
+    import keras
+    import mlflow
+    import tensorflow as tf
+
+    tags = {
+        "mnist_exp.version": __version__,
+        "mnist_exp.tensorflow": tf.__version__,
+        "mnist_exp.keras": keras.__version__,
+        "mnist_exp.mlflow": mlflow.__version__,
+    }
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def start_run(experiment_id: str, name: str, tags: dict, parent_run_id: str | None = None) -> str:
+    """Start the active run of this process (nested under parent_run_id when given)."""
+    import mlflow
+
+    run = mlflow.start_run(
+        experiment_id=experiment_id, run_name=name, tags=tags, parent_run_id=parent_run_id, nested=bool(parent_run_id)
+    )
+    return run.info.run_id
+
+
+def end_run(status: str) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.end_run(status=status)
+
+
+def log_params(params: dict) -> None:
+    import mlflow
+
+    mlflow.log_params({k: _param_str(v) for k, v in params.items()})
+
+
+def _param_str(v) -> str:
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def log_metrics(metrics: dict, step: int | None = None, run_id: str | None = None) -> None:
+    """Log metrics by run id through the client: safe from callbacks deep-copied by Keras Tuner."""
+    from mlflow.entities import Metric
+
+    run_id = run_id or active_run_id()
+    ts = int(time.time() * 1000)
+    batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+    client().log_batch(run_id, metrics=batch)
+
+
+def active_run_id() -> str:
+    import mlflow
+
+    return mlflow.active_run().info.run_id
+
+
+def set_tags(tags: dict, run_id: str | None = None) -> None:
+    c = client()
+    rid = run_id or active_run_id()
+    for k, v in tags.items():
+        c.set_tag(rid, k, str(v))
+
+
+def log_figure(fig, artifact_file: str, run_id: str | None = None) -> None:
+    import matplotlib.pyplot as plt
+
+    try:
+        client().log_figure(run_id or active_run_id(), fig, artifact_file, save_kwargs={"dpi": 100})
+    finally:
+        plt.close(fig)
+
+
+def log_text(text: str, artifact_file: str, run_id: str | None = None) -> None:
+    client().log_text(run_id or active_run_id(), text, artifact_file)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
+    client().log_artifact(run_id or active_run_id(), str(path), artifact_path)
+
+
+def log_dataset(ds) -> None:
+    """Log train (with validation) and test sets as MLflow dataset inputs, digest = our sha256."""
+    import warnings
+
+    import mlflow
+    import numpy as np
+
+    name = Path(ds.source).stem if ds.source not in ("embedded", "mnist") else f"mnist-{ds.source}"
+    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+    train = mlflow.data.from_numpy(
+        np.concatenate([ds.x_train, ds.x_val]),
+        targets=np.concatenate([ds.y_train, ds.y_val]),
+        source=ds.source_uri,
+        name=f"{name}-train",
+        digest=ds.fingerprint[:16],
+    )
+    test = mlflow.data.from_numpy(
+        ds.x_test, targets=ds.y_test, source=ds.source_uri, name=f"{name}-test", digest=ds.test_fingerprint[:16]
+    )
+    mlflow.log_input(train, context="training", tags={"fingerprint": ds.fingerprint})
+    mlflow.log_input(test, context="testing", tags={"fingerprint": ds.test_fingerprint})
+    mlflow.set_tags({TAG_FINGERPRINT: ds.fingerprint, TAG_TEST_FINGERPRINT: ds.test_fingerprint})
+
+
+def log_keras_model(model, x_example) -> str:
+    """Log the model in MLflow's Keras flavor with a signature and input example; returns its URI."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import mlflow
+    from mlflow.models import infer_signature
+
+    reqs = []
+    for dist in ("tensorflow-cpu", "tensorflow", "keras"):
+        try:
+            reqs.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            pass
+    signature = infer_signature(x_example, model.predict(x_example, verbose=0))
+    # Model.log is what mlflow.keras.log_model calls; _KerasFlavor only works around its save_model
+    # writing input_example.json before creating the model folder (MLflow 3.17).
+    # Explicit requirements skip MLflow's requirement inference, which reloads the model in a subprocess.
+    info = mlflow.models.Model.log(
+        artifact_path=None, name="model", flavor=_KerasFlavor, flavor_name="mlflow.keras", model=model,
+        signature=signature, input_example=x_example, pip_requirements=reqs,
+    )
+    mlflow.set_tag(TAG_MODEL_URI, info.model_uri)
+    return info.model_uri
+
+
+class _KerasFlavor:
+    @staticmethod
+    def save_model(path, **kwargs):
+        import mlflow.keras
+
+        os.makedirs(path, exist_ok=True)
+        return mlflow.keras.save_model(path=path, **kwargs)
+
+
+# --- sweeps: parent runs, addressed by tag so any process can find them --------------------------
+
+
+def find_runs(experiment_ids: list[str], filter_string: str, max_results: int = 50000):
+    from mlflow.entities import ViewType
+
+    return client().search_runs(
+        experiment_ids, filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY, max_results=max_results
+    )
+
+
+def get_run(run_id: str):
+    return client().get_run(run_id)
+
+
+def create_run(experiment_id: str, name: str, tags: dict) -> str:
+    return client().create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+
+def set_status(run_id: str, status: str) -> None:
+    c = client()
+    if status == RUNNING:
+        c.update_run(run_id, status=RUNNING)
+    else:
+        c.set_terminated(run_id, status=status)
+
+
+def kill_stale_children(experiment_id: str, parent_run_id: str) -> list[str]:
+    """Children left RUNNING by a process that died (kill -9): mark them KILLED."""
+    stale = find_runs(
+        [experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    )
+    for run in stale:
+        client().set_tag(run.info.run_id, TAG_ERROR, "the process running this trial died; the trial is retried")
+        client().set_terminated(run.info.run_id, status=KILLED)
+    return [r.info.run_id for r in stale]
+
+
+def ui_command(uri: str) -> str:
+    if uri.startswith("sqlite:") and Path(uri[len("sqlite:///") :]).resolve().parent == project_root() / "mlruns":
+        return "mnist-exp ui"
+    return f"mnist-exp ui --tracking-uri {uri}" if not uri.startswith("http") else f"open {uri}"

@@ -1,0 +1,145 @@
+"""Training shared by ``train`` and every sweep trial: the HyperModel, callbacks, and
+evaluation + logging of a trained model (test metrics, plots, the model itself).
+
+Imports TensorFlow at module level: import this module lazily, inside commands.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import keras
+import keras_tuner as kt
+import numpy as np
+
+from . import plots, tracking
+from .config import Experiment
+from .data import Dataset, one_hot, to_model_inputs
+from .model import build_model, hp_value
+
+
+class CNNHyperModel(kt.HyperModel):
+    """The CNN for Keras Tuner; ``batch_size`` is a hyperparameter, not a fit argument."""
+
+    def __init__(self, steps_per_execution: int = 1, n_train: int | None = None):
+        super().__init__(name="mnist_cnn")
+        self.steps_per_execution = steps_per_execution
+        self.n_train = n_train
+
+    def build(self, hp):
+        spe = self.steps_per_execution
+        if self.n_train:  # more steps per call than an epoch has confuses Keras's progress bar
+            spe = max(1, min(spe, math.ceil(self.n_train / hp_value(hp, "batch_size"))))
+        return build_model(hp, steps_per_execution=spe)
+
+    def fit(self, hp, model, *args, **kwargs):
+        kwargs["batch_size"] = hp.get("batch_size")
+        return model.fit(*args, **kwargs)
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Logs every epoch's loss/accuracy/val_* to the run, with the epoch as step.
+
+    Holds only the run id, so Keras Tuner's per-trial deep copy is cheap and safe.
+    """
+
+    def __init__(self, run_id: str):
+        super().__init__()
+        self.run_id = run_id
+        self._t0 = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
+        metrics["epoch_time_s"] = time.perf_counter() - self._t0
+        tracking.log_metrics(metrics, step=epoch + 1, run_id=self.run_id)
+
+
+class NaNLoss(RuntimeError):
+    pass
+
+
+class FailOnNaN(keras.callbacks.Callback):
+    """Raise (so the trial ends FAILED) instead of Keras's TerminateOnNaN silent stop."""
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NaNLoss(f"loss became {float(loss)} at batch {batch}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.on_batch_end(-1, logs)
+
+
+def set_seed_and_threads(exp: Experiment) -> None:
+    import tensorflow as tf
+
+    if exp.training.threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(exp.training.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, exp.training.threads))
+        except RuntimeError:  # already initialised in this process; keep what it has
+            pass
+    keras.utils.set_random_seed(exp.seed)
+
+
+def fit_arrays(ds: Dataset):
+    """(x_train, y_train, validation_data) as float32 / one-hot, the seed's input form."""
+    val = (to_model_inputs(ds.x_val), one_hot(ds.y_val)) if len(ds.y_val) else None
+    return to_model_inputs(ds.x_train), one_hot(ds.y_train), val
+
+
+def callbacks_for(exp: Experiment, run_id: str) -> list:
+    cbs = [EpochLogger(run_id), FailOnNaN()]
+    if exp.training.early_stopping_patience:
+        cbs.append(
+            keras.callbacks.EarlyStopping(
+                monitor=exp.objective.name, mode=exp.objective.direction, patience=exp.training.early_stopping_patience
+            )
+        )
+    return cbs
+
+
+def history_summary(history: dict, objective: str, direction: str) -> dict:
+    """Best/final values and epochs run, logged as single metrics so leaderboards need no history."""
+    out = {"epochs_run": len(history.get("loss", []))}
+    for name in ("val_accuracy", "val_loss", "accuracy", "loss"):
+        vals = history.get(name)
+        if vals:
+            best = max(vals) if name.endswith("accuracy") else min(vals)
+            out[f"best_{name}"] = best
+            out[f"final_{name}"] = vals[-1]
+    if history.get(objective):
+        vals = history[objective]
+        out["objective"] = max(vals) if direction == "max" else min(vals)
+    return out
+
+
+def evaluate_and_log(model, ds: Dataset, history: dict, first_epoch: int = 1) -> dict:
+    """Test metrics, the four figures and the model, logged to the active run. Returns test metrics."""
+    x_test = to_model_inputs(ds.x_test)
+    test_loss, test_acc = model.evaluate(x_test, one_hot(ds.y_test), batch_size=256, verbose=0)
+    probs = model.predict(x_test, batch_size=256, verbose=0)
+    pred = probs.argmax(axis=1)
+    metrics = {"test_loss": float(test_loss), "test_accuracy": float(test_acc)}
+    tracking.log_metrics(metrics)
+    tracking.log_figure(plots.learning_curves(history, first_epoch), "plots/learning_curves.png")
+    tracking.log_figure(plots.prediction_grid(ds.x_test, ds.y_test, pred), "plots/predictions.png")
+    tracking.log_figure(plots.confusion_matrix(ds.y_test, pred), "plots/confusion_matrix.png")
+    tracking.log_figure(plots.mistakes(ds.x_test, ds.y_test, pred, probs.max(axis=1)), "plots/mistakes.png")
+    tracking.log_keras_model(model, x_test[:5])
+    return metrics
+
+
+def merged_history(histories) -> dict:
+    """Keras Tuner returns one History per execution; curves come from the last one."""
+    h = histories[-1] if isinstance(histories, (list, tuple)) else histories
+    h = getattr(h, "history", h)
+    return {k: [float(x) for x in v] for k, v in h.items() if k != "learning_rate"}
+
+
+def model_size(model) -> int:
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))
