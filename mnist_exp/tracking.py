@@ -132,9 +132,13 @@ def end_run(status: str) -> None:
 
 
 def log_params(params: dict) -> None:
-    import mlflow
+    log_params_to(active_run_id(), params)
 
-    mlflow.log_params({k: _param_str(v) for k, v in params.items()})
+
+def log_params_to(run_id: str, params: dict) -> None:
+    from mlflow.entities import Param
+
+    client().log_batch(run_id, params=[Param(k, _param_str(v)) for k, v in params.items()])
 
 
 def _param_str(v) -> str:
@@ -158,10 +162,9 @@ def active_run_id() -> str:
 
 
 def set_tags(tags: dict, run_id: str | None = None) -> None:
-    c = client()
-    rid = run_id or active_run_id()
-    for k, v in tags.items():
-        c.set_tag(rid, k, str(v))
+    from mlflow.entities import RunTag
+
+    client().log_batch(run_id or active_run_id(), tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def log_figure(fig, artifact_file: str, run_id: str | None = None) -> None:
@@ -181,12 +184,13 @@ def log_artifact(path: str | Path, artifact_path: str | None = None, run_id: str
     client().log_artifact(run_id or active_run_id(), str(path), artifact_path)
 
 
-def log_dataset(ds) -> None:
+def log_dataset(ds, run_id: str | None = None) -> None:
     """Log train (with validation) and test sets as MLflow dataset inputs, digest = our sha256."""
     import warnings
 
     import mlflow
     import numpy as np
+    from mlflow.entities import DatasetInput, InputTag
 
     name = Path(ds.source).stem if ds.source not in ("embedded", "mnist") else f"mnist-{ds.source}"
     warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
@@ -200,9 +204,13 @@ def log_dataset(ds) -> None:
     test = mlflow.data.from_numpy(
         ds.x_test, targets=ds.y_test, source=ds.source_uri, name=f"{name}-test", digest=ds.test_fingerprint[:16]
     )
-    mlflow.log_input(train, context="training", tags={"fingerprint": ds.fingerprint})
-    mlflow.log_input(test, context="testing", tags={"fingerprint": ds.test_fingerprint})
-    mlflow.set_tags({TAG_FINGERPRINT: ds.fingerprint, TAG_TEST_FINGERPRINT: ds.test_fingerprint})
+    inputs = [
+        DatasetInput(d._to_mlflow_entity(), [InputTag("mlflow.data.context", ctx), InputTag("fingerprint", fp)])
+        for d, ctx, fp in ((train, "training", ds.fingerprint), (test, "testing", ds.test_fingerprint))
+    ]
+    rid = run_id or active_run_id()
+    client().log_inputs(rid, datasets=inputs)
+    set_tags({TAG_FINGERPRINT: ds.fingerprint, TAG_TEST_FINGERPRINT: ds.test_fingerprint}, run_id=rid)
 
 
 def log_keras_model(model, x_example) -> str:
@@ -226,7 +234,7 @@ def log_keras_model(model, x_example) -> str:
         artifact_path=None, name="model", flavor=_KerasFlavor, flavor_name="mlflow.keras", model=model,
         signature=signature, input_example=x_example, pip_requirements=reqs,
     )
-    mlflow.set_tag(TAG_MODEL_URI, info.model_uri)
+    set_tags({TAG_MODEL_URI: info.model_uri})
     return info.model_uri
 
 
@@ -248,6 +256,16 @@ def find_runs(experiment_ids: list[str], filter_string: str, max_results: int = 
     return client().search_runs(
         experiment_ids, filter_string=filter_string, run_view_type=ViewType.ACTIVE_ONLY, max_results=max_results
     )
+
+
+def find_trial_runs(experiment_ids: list[str], parent_run_id: str | None = None, sweep: str | None = None):
+    """Trial runs of a sweep (by parent id or by sweep name), deleted runs excluded."""
+    f = f"tags.{TAG_KIND} = 'trial'"
+    if parent_run_id:
+        f += f" and tags.mlflow.parentRunId = '{parent_run_id}'"
+    if sweep:
+        f += f" and tags.{TAG_SWEEP} = '{sweep}'"
+    return find_runs(experiment_ids, f)
 
 
 def get_run(run_id: str):

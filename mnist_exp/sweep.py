@@ -1,0 +1,199 @@
+"""``mnist-exp sweep``: one parent MLflow run per sweep, one nested child run per trial, resumable.
+
+State lives on disk and in MLflow, never only in this process: the Keras Tuner project
+(``<store>/tuner/<sweep>/``) holds the oracle, and ``mnist_exp_sweep.json`` beside it
+holds the parent run id and the sweep's identity. Running the same command again resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import tracking
+from .config import Experiment
+from .data import Dataset
+from .errors import ConfigError, SweepError
+from .space import SearchSpace
+
+STATE_FILE = "mnist_exp_sweep.json"
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    name: str
+    parent_run_id: str
+    completed: int
+    failed: int
+    best_trial_id: str | None
+    best_value: float | None
+
+
+def identity(exp: Experiment, space: SearchSpace) -> dict[str, str]:
+    """Per-section hashes. max_trials is left out on purpose: raising it extends a sweep."""
+    tuner = {k: v for k, v in dataclasses.asdict(exp.tuner).items() if k != "max_trials"}
+    sections = {
+        "search space": [dataclasses.asdict(p) for p in space.params],
+        "tuner": tuner,
+        "objective": dataclasses.asdict(exp.objective),
+        "fixed hyperparameters (hp)": exp.hp,
+        "data": dataclasses.asdict(exp.data),
+        "training": dataclasses.asdict(exp.training),
+        "seed": exp.seed,
+    }
+    return {k: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            for k, v in sections.items()}
+
+
+def tuner_dir(uri: str) -> Path:
+    return tracking.local_store_dir(uri) / "tuner"
+
+
+def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwrite: bool = False,
+              verbose="auto") -> SweepResult:
+    if exp.objective.name.startswith("val_") and not len(ds.y_val):
+        raise ConfigError(f"{exp.path}: data.validation_split: must be > 0 for the objective {exp.objective.name}")
+    project = tuner_dir(uri) / exp.name
+    experiment_id = tracking.configure(uri, exp.mlflow_experiment)
+    ident = identity(exp, space)
+    if overwrite and project.exists():
+        _retire(project)
+    parent_run_id, resumed = _open_parent(exp, space, ds, experiment_id, project, ident)
+
+    from . import training, tuners
+
+    training.set_seed_and_threads(exp)
+    sw = tuners.SweepContext(exp, ds, experiment_id, parent_run_id, arrays=training.fit_arrays(ds))
+    tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), project.parent)
+    planned = tuners.planned_trials(tuner.oracle)
+    done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
+    print(f"sweep {exp.name} ({exp.tuner.kind}, {planned} trials planned, objective {exp.objective.direction} "
+          f"{exp.objective.name}): {'resuming, ' + str(done) + ' trial(s) done' if resumed else 'new'}; "
+          f"parent run {parent_run_id}; {ds.sizes['train']} train / {ds.sizes['val']} val / "
+          f"{ds.sizes['test']} test digits", flush=True)
+
+    x, y, val = sw.arrays
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    crashed = None
+    try:
+        tuner.search(x, y, validation_data=val, epochs=exp.training.epochs, verbose=verbose)
+    except KeyboardInterrupt:
+        tracking.set_status(parent_run_id, tracking.KILLED)
+        print(f"sweep {exp.name} interrupted: finished trials are kept; run the same command again to resume",
+              flush=True)
+        raise
+    except RuntimeError as e:  # Keras Tuner's "Number of consecutive failures exceeded the limit"
+        crashed = str(e).splitlines()[0]
+    except Exception as e:
+        tracking.set_status(parent_run_id, tracking.FAILED)
+        tracking.set_tags({tracking.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]}, run_id=parent_run_id)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return _finish(tuner, sw, crashed)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict) -> tuple[str, bool]:
+    state_path = project / STATE_FILE
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        changed = [k for k, v in ident.items() if state["identity"].get(k) != v]
+        if changed:
+            raise ConfigError(
+                f"{exp.path}: sweep '{exp.name}' exists with a different {', '.join(changed)}; "
+                "resume it unchanged, or start afresh with --overwrite or a new --name"
+            )
+        parent = state["parent_run_id"]
+        try:
+            tracking.get_run(parent)
+        except Exception:
+            raise ConfigError(
+                f"{state_path}: parent run {parent} is not in the tracking store; use --overwrite or a new --name"
+            ) from None
+        killed = tracking.kill_stale_children(experiment_id, parent)
+        if killed:
+            print(f"marked {len(killed)} interrupted trial run(s) KILLED; their trials are retried", flush=True)
+        tracking.set_status(parent, tracking.RUNNING)
+        return parent, True
+    if project.exists():  # Keras Tuner files without our state: not ours to reuse
+        raise ConfigError(f"{project}: exists but holds no {STATE_FILE}; use --overwrite or a new --name")
+    tags = {tracking.TAG_KIND: "sweep", tracking.TAG_SWEEP: exp.name, "mnist_exp.tuner": exp.tuner.kind,
+            "mnist_exp.objective": f"{exp.objective.direction}:{exp.objective.name}", **tracking.environment_tags()}
+    parent = tracking.create_run(experiment_id, exp.name, tags)
+    try:
+        tuner_params = {f"tuner.{k}": v for k, v in dataclasses.asdict(exp.tuner).items()}
+        tracking.log_params_to(parent, {**tuner_params, **exp.as_params(), "objective": exp.objective.name,
+                                        "objective.direction": exp.objective.direction,
+                                        "search_space": Path(space.path).name})
+        tracking.log_dataset(ds, run_id=parent)
+        for f in (exp.path, exp.search_space):
+            if f:
+                tracking.log_artifact(f, "config", run_id=parent)
+        project.mkdir(parents=True, exist_ok=True)
+        from .tuners import atomic_write_json
+
+        atomic_write_json(state_path, {"name": exp.name, "parent_run_id": parent, "experiment_id": experiment_id,
+                                       "identity": ident, "created": time.time()})
+    except BaseException:
+        tracking.set_status(parent, tracking.FAILED)
+        raise
+    return parent, False
+
+
+def _retire(project: Path) -> None:
+    """--overwrite: end the old parent run (kept in MLflow as history) and drop the tuner state."""
+    state_path = project / STATE_FILE
+    if state_path.exists():
+        old = json.loads(state_path.read_text())["parent_run_id"]
+        try:
+            tracking.set_tags({"mnist_exp.superseded": "true"}, run_id=old)
+            if tracking.get_run(old).info.status == tracking.RUNNING:
+                tracking.set_status(old, tracking.KILLED)
+        except Exception:
+            pass
+    shutil.rmtree(project)
+
+
+def _finish(tuner, sw, crashed: str | None) -> SweepResult:
+    from . import compare
+
+    exp, parent = sw.exp, sw.parent_run_id
+    trials = list(tuner.oracle.trials.values())
+    completed = [t for t in trials if t.status == "COMPLETED"]
+    failed = [t for t in trials if t.status in ("FAILED", "INVALID")]
+    table = compare.trials_table(tracking.find_trial_runs([sw.experiment_id], parent))
+    compare.log_sweep_summary(table, exp, parent)
+    best = tuner.oracle.get_best_trials(1)
+    if best:
+        tracking.set_tags({"mnist_exp.best_trial_id": best[0].trial_id}, run_id=parent)
+        tracking.log_metrics({f"best_{exp.objective.name}": best[0].score, "trials_completed": len(completed),
+                              "trials_failed": len(failed)}, run_id=parent)
+    if not completed:
+        first = sw.first_error or _first_message(failed) or crashed or "no trial ran"
+        tracking.set_tags({tracking.TAG_ERROR: first[:5000]}, run_id=parent)
+        tracking.set_status(parent, tracking.FAILED)
+        raise SweepError(f"sweep {exp.name}: every trial failed ({len(failed)}); first error: {first}")
+    tracking.set_status(parent, tracking.FINISHED)
+    if crashed:
+        print(f"sweep {exp.name} stopped early: {crashed}", flush=True)
+    print(compare.summary_text(table, exp, parent), flush=True)
+    return SweepResult(exp.name, parent, len(completed), len(failed),
+                       best[0].trial_id if best else None, best[0].score if best else None)
+
+
+def _first_message(failed) -> str | None:
+    for t in failed:
+        if t.message:
+            lines = [ln for ln in t.message.strip().splitlines() if ln.strip()]
+            return lines[-1] if lines else None
+    return None

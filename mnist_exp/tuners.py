@@ -1,0 +1,190 @@
+"""Keras Tuner's own tuners and oracles, with every trial tracked as a nested MLflow run.
+
+``make_tuner`` builds a Tuner whose ``run_trial`` opens a child run under the sweep's
+parent, trains through Keras Tuner's own ``run_trial`` (so Hyperband's epochs and
+checkpoints, executions per trial and the oracle all work as the library intends),
+then evaluates Keras Tuner's best-epoch checkpoint on the test set and logs it.
+Tuner and oracle state are written atomically (temp file + rename), so a process
+killed at any instant leaves a loadable project.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras_tuner as kt
+
+from . import tracking, training
+from .config import Experiment
+from .data import Dataset
+from .model import HP_DEFAULTS, TUNER_BOOKKEEPING_PREFIX, hp_value
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class AtomicOracleMixin:
+    """Oracle state and trial files written by rename: never half-written."""
+
+    def save(self):
+        atomic_write_json(self._get_oracle_fname(), self.get_state())
+
+    def _save_trial(self, trial):
+        atomic_write_json(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), trial.get_state())
+
+
+@dataclass
+class SweepContext:
+    """Everything a trial needs, all derivable from the experiment file and the parent run id."""
+
+    exp: Experiment
+    ds: Dataset
+    experiment_id: str
+    parent_run_id: str
+    arrays: tuple = ()  # (x, y, validation_data) in model form; shared, never copied
+    durations: list = field(default_factory=list)  # seconds of the trials this process ran
+    started: float = field(default_factory=time.time)
+    first_error: str | None = None
+
+
+class TrackedTunerMixin:
+    def __init__(self, sweep: SweepContext, oracle, **kwargs):
+        self.sweep = sweep
+        # Called on kt.Tuner directly: the concrete tuners' __init__ only build their oracle,
+        # which we build ourselves (atomic saves). Their run_trial etc. still apply by MRO.
+        kt.Tuner.__init__(self, oracle=oracle, **kwargs)
+
+    def save(self):
+        if not self._is_worker():
+            self.oracle.save()
+        atomic_write_json(self._get_tuner_fname(), self.get_state())
+
+    def run_trial(self, trial, *args, **kwargs):
+        sw, exp = self.sweep, self.sweep.exp
+        hp = trial.hyperparameters
+        for name in HP_DEFAULTS:  # pin what the space leaves out to the baseline, so params are complete
+            hp_value(hp, name)
+        tags = {
+            tracking.TAG_KIND: "trial",
+            tracking.TAG_SWEEP: exp.name,
+            tracking.TAG_TRIAL: trial.trial_id,
+            **tracking.environment_tags(),
+        }
+        run_id = tracking.start_run(sw.experiment_id, f"{exp.name}-{trial.trial_id}", tags, sw.parent_run_id)
+        t0 = time.perf_counter()
+        try:
+            tracking.log_params({**hp.values, **exp.as_params()})
+            tracking.log_dataset(sw.ds)
+            callbacks = list(kwargs.pop("callbacks", [])) + training.callbacks_for(exp, run_id)
+            histories = super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
+            hist = training.merged_history(histories)
+            summary = training.history_summary(hist, exp.objective.name, exp.objective.direction)
+            tracking.log_metrics({**summary, "train_time_s": time.perf_counter() - t0})
+            model = self.load_model(trial)  # Keras Tuner's best-epoch checkpoint: what get_best_models returns
+            first_epoch = int(hp.values.get(f"{TUNER_BOOKKEEPING_PREFIX}initial_epoch", 0)) + 1
+            training.evaluate_and_log(model, sw.ds, hist, first_epoch)
+            tracking.log_metrics({"trial_time_s": time.perf_counter() - t0})
+            tracking.end_run(tracking.FINISHED)
+            return histories
+        except Exception as e:
+            text = traceback.format_exc()
+            sw.first_error = sw.first_error or f"trial {trial.trial_id}: {type(e).__name__}: {e}"
+            tracking.set_tags({tracking.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]})
+            tracking.log_text(text, "error.txt")
+            tracking.end_run(tracking.FAILED)
+            raise kt.errors.FailedTrialError(f"{type(e).__name__}: {e}") from e
+        except BaseException:  # Ctrl-C, SIGTERM: the retry on resume is a new child run
+            tracking.set_tags({tracking.TAG_ERROR: "interrupted"})
+            tracking.end_run(tracking.KILLED)
+            raise
+        finally:
+            self.sweep.durations.append(time.perf_counter() - t0)
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        print(progress_line(self.oracle, trial, self.sweep), flush=True)
+
+
+def planned_trials(oracle) -> int:
+    if isinstance(oracle, kt.oracles.HyperbandOracle):
+        per_iteration = sum(
+            oracle._get_size(b, r) for b in range(oracle._get_num_brackets()) for r in range(oracle._get_num_rounds(b))
+        )
+        return per_iteration * oracle.hyperband_iterations
+    return oracle.max_trials
+
+
+def progress_line(oracle, trial, sw: SweepContext) -> str:
+    ended = [t for t in oracle.trials.values() if t.status in ("COMPLETED", "FAILED", "INVALID")]
+    total = max(planned_trials(oracle), len(ended))
+    name = sw.exp.objective.name
+    result = f"{name}={trial.score:.4f}" if trial.status == "COMPLETED" and trial.score is not None else trial.status
+    best = oracle.get_best_trials(1)
+    best_txt = f"best {best[0].score:.4f} (trial {best[0].trial_id})" if best else "best -"
+    elapsed = time.time() - sw.started
+    mean = sum(sw.durations) / len(sw.durations) if sw.durations else 0.0
+    eta = mean * max(total - len(ended), 0)
+    return (
+        f"[sweep {sw.exp.name}] trial {len(ended)}/{total} ({trial.trial_id}): {result} | {best_txt} | "
+        f"elapsed {_hms(elapsed)} | ETA {_hms(eta)}"
+    )
+
+
+def _hms(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+KINDS = {
+    "random": (kt.oracles.RandomSearchOracle, kt.Tuner),
+    "bayesian": (kt.oracles.BayesianOptimizationOracle, kt.Tuner),
+    "grid": (kt.oracles.GridSearchOracle, kt.Tuner),
+    "hyperband": (kt.oracles.HyperbandOracle, kt.Hyperband),
+}
+
+
+def make_tuner(sw: SweepContext, hyperparameters, directory: Path):
+    exp = sw.exp
+    oracle_cls, tuner_cls = KINDS[exp.tuner.kind]
+    oracle_kwargs = dict(
+        objective=kt.Objective(exp.objective.name, exp.objective.direction),
+        seed=exp.seed,
+        hyperparameters=hyperparameters,
+        tune_new_entries=False,
+        allow_new_entries=True,
+        max_consecutive_failed_trials=exp.tuner.max_consecutive_failed_trials,
+    )
+    if exp.tuner.kind == "hyperband":
+        oracle_kwargs.update(
+            max_epochs=exp.tuner.max_epochs, factor=exp.tuner.factor, hyperband_iterations=exp.tuner.hyperband_iterations
+        )
+    else:
+        oracle_kwargs["max_trials"] = exp.tuner.max_trials
+    oracle = type(f"Atomic{oracle_cls.__name__}", (AtomicOracleMixin, oracle_cls), {})(**oracle_kwargs)
+    tuner_cls = type(f"Tracked{tuner_cls.__name__}", (TrackedTunerMixin, tuner_cls), {})
+    return tuner_cls(
+        sw,
+        oracle,
+        hypermodel=training.CNNHyperModel(exp.training.steps_per_execution, len(sw.ds.y_train)),
+        directory=str(directory),
+        project_name=exp.name,
+        overwrite=False,
+        executions_per_trial=exp.tuner.executions_per_trial,
+    )
