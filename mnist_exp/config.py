@@ -143,10 +143,21 @@ def _apply_override(raw: dict, item: str, where: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {item}: {part} is not a section")
+    node[parts[-1]] = parse_scalar(value)
+
+
+def parse_scalar(value: str):
+    """YAML scalar, except that 3e-4 is a float (YAML 1.1 reads it as a string)."""
     try:
-        node[parts[-1]] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
     except yaml.YAMLError:
-        node[parts[-1]] = value
+        return value
+    if isinstance(parsed, str):
+        try:
+            return float(parsed)
+        except ValueError:
+            pass
+    return parsed
 
 
 def _build(cls, raw, where: str, prefix: str):

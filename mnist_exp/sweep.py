@@ -56,7 +56,8 @@ def tuner_dir(uri: str) -> Path:
 
 
 def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwrite: bool = False,
-              verbose="auto") -> SweepResult:
+              verbose="auto", hypermodel=None) -> SweepResult:
+    """Run (or resume) the sweep. ``hypermodel`` replaces the CNN HyperModel (tests inject faults with it)."""
     if exp.objective.name.startswith("val_") and not len(ds.y_val):
         raise ConfigError(f"{exp.path}: data.validation_split: must be > 0 for the objective {exp.objective.name}")
     project = tuner_dir(uri) / exp.name
@@ -70,7 +71,7 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
 
     training.set_seed_and_threads(exp)
     sw = tuners.SweepContext(exp, ds, experiment_id, parent_run_id, arrays=training.fit_arrays(ds))
-    tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), project.parent)
+    tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), project.parent, hypermodel)
     planned = tuners.planned_trials(tuner.oracle)
     done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
     print(f"sweep {exp.name} ({exp.tuner.kind}, {planned} trials planned, objective {exp.objective.direction} "

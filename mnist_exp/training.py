@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import keras
 import keras_tuner as kt
@@ -17,6 +18,9 @@ from . import plots, tracking
 from .config import Experiment
 from .data import Dataset, one_hot, to_model_inputs
 from .model import build_model, hp_value
+
+# Keras Tuner's load_model restores weights only; Keras warns that optimizer slots are skipped.
+warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
 
 
 class CNNHyperModel(kt.HyperModel):
@@ -77,6 +81,7 @@ class FailOnNaN(keras.callbacks.Callback):
 def set_seed_and_threads(exp: Experiment) -> None:
     import tensorflow as tf
 
+    tf.get_logger().setLevel("ERROR")  # retracing notices: each trial builds a new model on purpose
     if exp.training.threads:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(exp.training.threads)

@@ -160,7 +160,7 @@ KINDS = {
 }
 
 
-def make_tuner(sw: SweepContext, hyperparameters, directory: Path):
+def make_tuner(sw: SweepContext, hyperparameters, directory: Path, hypermodel=None):
     exp = sw.exp
     oracle_cls, tuner_cls = KINDS[exp.tuner.kind]
     oracle_kwargs = dict(
@@ -182,7 +182,7 @@ def make_tuner(sw: SweepContext, hyperparameters, directory: Path):
     return tuner_cls(
         sw,
         oracle,
-        hypermodel=training.CNNHyperModel(exp.training.steps_per_execution, len(sw.ds.y_train)),
+        hypermodel=hypermodel or training.CNNHyperModel(exp.training.steps_per_execution, len(sw.ds.y_train)),
         directory=str(directory),
         project_name=exp.name,
         overwrite=False,
