@@ -174,7 +174,7 @@ def _finish(tuner, sw, crashed: str | None) -> SweepResult:
     failed = [t for t in trials if t.status in ("FAILED", "INVALID")]
     table = compare.trials_table(tracking.find_trial_runs([sw.experiment_id], parent))
     compare.log_sweep_summary(table, exp, parent)
-    best = tuner.oracle.get_best_trials(1)
+    best = [t for t in tuner.oracle.get_best_trials(1) if t.status == "COMPLETED" and t.score is not None]
     if best:
         tracking.set_tags({"mnist_exp.best_trial_id": best[0].trial_id}, run_id=parent)
         tracking.log_metrics({f"best_{exp.objective.name}": best[0].score, "trials_completed": len(completed),

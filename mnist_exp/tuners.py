@@ -136,7 +136,7 @@ def progress_line(oracle, trial, sw: SweepContext) -> str:
     total = max(planned_trials(oracle), len(ended))
     name = sw.exp.objective.name
     result = f"{name}={trial.score:.4f}" if trial.status == "COMPLETED" and trial.score is not None else trial.status
-    best = oracle.get_best_trials(1)
+    best = [t for t in oracle.get_best_trials(1) if t.score is not None]
     best_txt = f"best {best[0].score:.4f} (trial {best[0].trial_id})" if best else "best -"
     elapsed = time.time() - sw.started
     mean = sum(sw.durations) / len(sw.durations) if sw.durations else 0.0
