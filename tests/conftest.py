@@ -63,3 +63,59 @@ def cli(*args, check=None, timeout=600, env=None):
 def write_yaml(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+SWEEP_YAML = """# mnist-exp sweep {name}.yaml
+name: {name}
+search_space: {space}
+seed: {seed}
+data: {{source: embedded, train_size: 600, test_size: 200, validation_split: 0.2}}
+training: {{epochs: 2}}
+tuner: {{kind: random, max_trials: 2}}
+"""
+
+
+@pytest.fixture(scope="session")
+def swept_template(tmp_path_factory):
+    """A store with two finished tiny sweeps (a, b) and one (c) holding a failed trial. Built once."""
+    from mnist_exp.config import load_experiment
+    from mnist_exp.data import load_data
+    from mnist_exp.space import load_space
+    from mnist_exp.sweep import run_sweep
+    from mnist_exp.training import CNNHyperModel
+
+    class FailSecondFit(CNNHyperModel):
+        calls = 0
+
+        def fit(self, hp, model, *args, **kwargs):
+            FailSecondFit.calls += 1
+            if FailSecondFit.calls == 2:
+                raise RuntimeError("injected failure")
+            return super().fit(hp, model, *args, **kwargs)
+
+    root = tmp_path_factory.mktemp("swept")
+    (root / "mlruns").mkdir()
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    space = ROOT / "search_spaces" / "small.yaml"
+    for name, seed in (("a", 1), ("b", 2), ("c", 3)):
+        path = write_yaml(root / f"{name}.yaml", SWEEP_YAML.format(name=name, space=space, seed=seed))
+        exp = load_experiment(path)
+        hm = FailSecondFit(1, 480) if name == "c" else None
+        run_sweep(exp, load_space(exp.search_space), load_data(exp.data, exp.seed), uri, hypermodel=hm)
+    return root
+
+
+@pytest.fixture
+def swept_store(swept_template, tmp_path, monkeypatch):
+    """A private copy of the swept store's database (artifacts stay shared and read-only)."""
+    import shutil
+
+    (tmp_path / "mlruns").mkdir()
+    shutil.copy(swept_template / "mlruns" / "mlflow.db", tmp_path / "mlruns" / "mlflow.db")
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return tmp_path

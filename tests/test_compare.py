@@ -1,0 +1,81 @@
+import os
+import socket
+import subprocess
+import time
+
+import pandas as pd
+from PIL import Image
+
+from mnist_exp.cli import main
+
+from conftest import VENV_BIN, cli
+
+
+def test_leaderboard_sorted_by_objective_with_failed_trials_apart(swept_store, capsys):
+    assert main(["compare", "a", "c", "--csv", "board.csv", "--plot", "board.png", "--top", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "== sweep a: 2 finished trial(s), sorted by val_accuracy (max)" in out
+    assert "== sweep c: 1 finished trial(s)" in out
+    assert "-- 1 failed / killed / running trial run(s):" in out and "injected failure" in out
+    assert "== sweep b" not in out
+    df = pd.read_csv("board.csv")
+    for col in ("sweep", "trial_id", "status", "run_id", "learning_rate", "filters_1", "activation", "batch_size",
+                "objective", "best_val_accuracy", "final_val_accuracy", "test_accuracy", "test_loss", "epochs_run",
+                "duration_s"):
+        assert col in df, col
+    assert sorted(df["sweep"].unique()) == ["a", "c"] and len(df) == 4
+    assert list(df[df.status == "FAILED"]["sweep"]) == ["c"]
+    # the printed order of sweep a follows the objective
+    a = df[(df.sweep == "a")].sort_values("objective", ascending=False)
+    first, second = (f"{v:.4g}" for v in a["objective"])
+    block = out.split("== sweep a")[1].split("== sweep c")[0]
+    assert block.index(first) <= block.index(second)
+    with Image.open("board.png") as im:
+        assert im.size[0] > 600 and im.size[1] > 300
+
+
+def test_empty_store_is_a_one_line_message_and_exit_0(store, capsys):
+    assert main(["compare"]) == 0
+    assert "no sweeps in" in capsys.readouterr().out
+
+
+def test_compare_all_sweeps(swept_store, capsys):
+    assert main(["compare", "--metric", "test_accuracy", "--top", "1"]) == 0
+    out = capsys.readouterr().out
+    for name in ("a", "b", "c"):
+        assert f"== sweep {name}:" in out
+    assert "sorted by test_accuracy" in out
+    assert main(["compare", "nosuch"]) == 2
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_compare_against_a_tracking_server(swept_store):
+    port = _free_port()
+    db = f"sqlite:///{swept_store / 'mlruns' / 'mlflow.db'}"
+    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI")
+    server = subprocess.Popen([str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", db, "--host", "127.0.0.1",
+                               "--port", str(port), "--workers", "1"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 90
+        import urllib.request
+
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "tracking server did not start"
+                time.sleep(0.5)
+        proc = cli("compare", "a", "b", "--tracking-uri", url, check=0, env={"MLFLOW_TRACKING_URI": ""})
+        assert "== sweep a: 2 finished" in proc.stdout and "== sweep b: 2 finished" in proc.stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
