@@ -52,6 +52,7 @@ def test_subsets_and_validation_split_are_stratified_seeded_and_disjoint():
     assert again.fingerprint == ds.fingerprint
     other = load_data(DataConfig(train_size=1000, test_size=300, validation_split=0.2), seed=8)
     assert other.fingerprint != ds.fingerprint
+    assert other.test_fingerprint == ds.test_fingerprint  # the test subset never depends on the seed
 
 
 def test_npz_source_matches_embedded_arrays(tmp_path, embedded):
