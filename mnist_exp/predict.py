@@ -7,6 +7,7 @@ of mass at the centre.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -40,7 +41,8 @@ def to_mnist(img: np.ndarray) -> np.ndarray:
     canvas[top : top + small.shape[0], left : left + small.shape[1]] = small
     ys, xs = np.indices(canvas.shape)
     total = canvas.sum()
-    dy, dx = round(13.5 - (ys * canvas).sum() / total), round(13.5 - (xs * canvas).sum() / total)
+    # MNIST puts the centre of mass at pixel (14, 14), as measured on its digits.
+    dy, dx = round(14.0 - (ys * canvas).sum() / total), round(14.0 - (xs * canvas).sum() / total)
     return _shift(canvas, dy, dx)
 
 
@@ -100,12 +102,13 @@ def main(uri: str, args) -> int:
 
     images = [pair for path in args.images for pair in load_images(path)]  # all read before the model loads
     mlflow.set_tracking_uri(uri)
-    try:
-        model = mlflow.pyfunc.load_model(args.model)
-    except Exception as e:
-        raise DataError(f"{args.model}: cannot load the model ({(str(e).splitlines() or ['?'])[0]})") from None
     x = np.stack([img for _, img in images])[..., None].astype(np.float32)
-    probs = np.asarray(model.predict(x))
+    with contextlib.redirect_stdout(sys.stderr):  # Keras's progress bar would break --json output
+        try:
+            model = mlflow.pyfunc.load_model(args.model)
+        except Exception as e:
+            raise DataError(f"{args.model}: cannot load the model ({(str(e).splitlines() or ['?'])[0]})") from None
+        probs = np.asarray(model.predict(x))
     for (name, _), p in zip(images, probs):
         label = int(p.argmax())
         if args.json:
