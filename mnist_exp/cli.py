@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="start the MLflow UI on the store")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1: quick to start)")
     _common(p)
     return ap
 
@@ -168,7 +169,8 @@ def cmd_ui(args) -> int:
     from . import tracking
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port),
+           "--workers", str(args.workers)]
     if uri.startswith("sqlite:"):
         artifacts = tracking.local_store_dir(uri) / "artifacts"
         cmd += ["--default-artifact-root", artifacts.as_uri()]

@@ -191,7 +191,7 @@ def _wait_mid_trial(proc, min_finished, timeout=240):
 
 def test_resume_after_sigterm_and_sigkill_loses_nothing_and_duplicates_nothing(store):
     text = TINY.replace("name: tiny", "name: resumable").replace("max_trials: 2", "max_trials: 3").replace(
-        "epochs: 1", "epochs: 6").replace("train_size: 200", "train_size: 400")
+        "epochs: 1", "epochs: 4").replace("train_size: 200", "train_size: 400")
     exp_file = write_yaml(store / "resumable.yaml", text)
     cmd = [str(VENV_BIN / "mnist-exp"), "sweep", str(exp_file)]
 
