@@ -136,11 +136,9 @@ def main(uri: str, args) -> int:
         print(f"no sweeps in {uri} (experiment {args.experiment_name}); run one: mnist-exp sweep experiments/quick.yaml")
         return 0
     objectives = sweep_objectives(parents.values())
-    frames = []
-    for name, parent in parents.items():
-        runs = tracking.find_trial_runs([exp.experiment_id], parent.info.run_id)
-        frames.append(trials_table(runs))
-    df = pd.concat([f for f in frames if not f.empty], ignore_index=True) if any(not f.empty for f in frames) else pd.DataFrame()
+    frames = [trials_table(tracking.find_trial_runs([exp.experiment_id], p.info.run_id)) for p in parents.values()]
+    frames = [f for f in frames if not f.empty]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if df.empty:
         print(f"sweeps {', '.join(parents)} have no trial runs yet")
         return 0

@@ -46,7 +46,7 @@ def test_champion_serves_real_digits(swept_store, embedded):
                 break
             except OSError:
                 if server.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"server did not start:\n{server.stdout.read()[-3000:]}")
+                    raise AssertionError(f"server did not start:\n{server.stdout.read()[-3000:]}") from None
                 time.sleep(0.5)
         body = json.dumps({"inputs": x.tolist()}).encode()
         req = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})

@@ -41,7 +41,7 @@ def ui(swept_store):
             break
         except OSError:
             if server.poll() is not None or time.time() > deadline:
-                raise AssertionError(f"mnist-exp ui did not start:\n{server.stdout.read()[-3000:]}")
+                raise AssertionError(f"mnist-exp ui did not start:\n{server.stdout.read()[-3000:]}") from None
             time.sleep(0.5)
     yield url
     server.terminate()
