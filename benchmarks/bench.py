@@ -25,6 +25,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BIN = Path(sys.executable).parent
+SPE = int(os.environ.get("MNIST_EXP_BENCH_SPE", "0")) or None  # steps_per_execution; None: the suite's default
 
 
 def machine() -> dict:
@@ -52,6 +53,12 @@ def seed_model():
     return model
 
 
+def _spe() -> int:
+    from mnist_exp.config import TrainingConfig
+
+    return SPE or TrainingConfig().steps_per_execution
+
+
 def part_a(ds, epochs: int, seed: int) -> dict:
     import keras
 
@@ -70,7 +77,7 @@ def part_a(ds, epochs: int, seed: int) -> dict:
         else:  # the suite's path, same hyperparameters (batch 16)
             import keras_tuner as kt
 
-            hm, hp = CNNHyperModel(32, len(y)), kt.HyperParameters()
+            hm, hp = CNNHyperModel(_spe(), len(y)), kt.HyperParameters()
             model = hm.build(hp)
             t0 = time.perf_counter()
             hm.fit(hp, model, x, y, epochs=epochs, verbose=0)
@@ -115,7 +122,7 @@ def part_c(store: Path, data: str, n_train: int, epochs: int) -> dict:
     from mnist_exp.training import CNNHyperModel
 
     exp = load_experiment(None, [f"data.source={data}", f"data.train_size={n_train}", "data.test_size=2000",
-                                 f"training.epochs={epochs}"])
+                                 f"training.epochs={epochs}", f"training.steps_per_execution={_spe()}"])
     ds = load_data(exp.data, exp.seed)
     uri = f"sqlite:///{store / 'mlruns' / 'mlflow.db'}"
     (store / "mlruns").mkdir(exist_ok=True)
@@ -123,7 +130,7 @@ def part_c(store: Path, data: str, n_train: int, epochs: int) -> dict:
     run_train(exp, load_space(None), ds, uri, verbose=0)
     tracked = time.perf_counter() - t0
     keras.utils.set_random_seed(exp.seed)
-    hm, hp = CNNHyperModel(32, len(ds.y_train)), kt.HyperParameters()
+    hm, hp = CNNHyperModel(_spe(), len(ds.y_train)), kt.HyperParameters()
     t0 = time.perf_counter()
     model = hm.build(hp)
     hm.fit(hp, model, to_model_inputs(ds.x_train), one_hot(ds.y_train),
@@ -146,6 +153,7 @@ def part_d(store: Path, data: str, trials: int, n_train: int) -> dict:
     root = Path(__file__).resolve().parents[1]
     exp = load_experiment(None, [f"data.source={data}", f"data.train_size={n_train}", "data.test_size=1000",
                                  "training.epochs=1", f"tuner.max_trials={trials}", "name=bench",
+                                 f"training.steps_per_execution={_spe()}",
                                  f"search_space={root / 'search_spaces' / 'small.yaml'}"])
     space, ds = load_space(exp.search_space), load_data(exp.data, exp.seed)
     uri = f"sqlite:///{store / 'mlruns' / 'mlflow.db'}"
@@ -153,7 +161,7 @@ def part_d(store: Path, data: str, trials: int, n_train: int) -> dict:
     run_sweep(exp, space, ds, uri, verbose=0)
     suite = time.perf_counter() - t0
     x, y, val = fit_arrays(ds)
-    tuner = kt.RandomSearch(CNNHyperModel(32, len(y)), objective="val_accuracy", max_trials=trials, seed=exp.seed,
+    tuner = kt.RandomSearch(CNNHyperModel(_spe(), len(y)), objective="val_accuracy", max_trials=trials, seed=exp.seed,
                             hyperparameters=space.to_hyperparameters(), tune_new_entries=False,
                             directory=str(store / "bare"), project_name="bench")
     t0 = time.perf_counter()
@@ -212,7 +220,7 @@ def main() -> None:
     ds = load_data(DataConfig(source=data, train_size=n_train, test_size=2000 if args.quick else None,
                               validation_split=0.0), seed=42)
     res = {"machine": machine(), "mode": "quick" if args.quick else "full", "n_train": len(ds.y_train),
-           "epochs": epochs}
+           "epochs": epochs, "steps_per_execution": _spe()}
     print(f"machine: {res['machine']}; mode {res['mode']}: {len(ds.y_train)} training digits, {epochs} epoch(s)", flush=True)
     res["a_throughput"] = part_a(ds, epochs, 42)
     print("a done", flush=True)

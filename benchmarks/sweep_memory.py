@@ -29,7 +29,8 @@ def rss_mib(pid: int) -> float:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0.0
-    return int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024
+    m = re.search(r"VmRSS:\s+(\d+)", text)  # absent once the process has exited
+    return int(m.group(1)) / 1024 if m else 0.0
 
 
 def main() -> None:

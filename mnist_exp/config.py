@@ -35,8 +35,9 @@ class DataConfig:
 @dataclass(frozen=True)
 class TrainingConfig:
     epochs: int = 10
-    # Runs this many batches per call into TensorFlow; the optimisation is unchanged.
-    steps_per_execution: int = 32
+    # Batches per call into TensorFlow; the optimisation is unchanged. 1 (Keras's default) because 32
+    # measured no faster on the 2-core development machine (benchmarks/bench.py, README "Performance").
+    steps_per_execution: int = 1
     early_stopping_patience: int | None = None  # on the objective; None = off
     threads: int | None = None  # TF intra-op threads; None = all cores
 
