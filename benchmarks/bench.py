@@ -13,6 +13,7 @@ test accuracy after the same epochs; (b) FLOP utilisation against a measured flo
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -68,20 +69,28 @@ def part_a(ds, epochs: int, seed: int) -> dict:
     x, y = to_model_inputs(ds.x_train), one_hot(ds.y_train)
     xt, yt = to_model_inputs(ds.x_test), one_hot(ds.y_test)
     out = {}
-    for name in ("seed", "suite"):
+    # The first model fitted in a process runs ~1.6x slower whatever its path (measured: suite, seed,
+    # suite, seed gave 292, 292, 477, 476 images/s), so the paths alternate twice and each keeps its
+    # faster round; each round also fits 512 digits untimed first, for tracing.
+    for name in ("seed", "suite", "seed", "suite"):
         keras.utils.set_random_seed(seed)
         if name == "seed":  # the tutorial's path: NumPy arrays, one-hot labels, fit(batch_size=16)
             model = seed_model()
-            t0 = time.perf_counter()
-            model.fit(x, y, batch_size=16, epochs=epochs, verbose=0)
+            fit = model.fit
+            kwargs = {"batch_size": 16}
         else:  # the suite's path, same hyperparameters (batch 16)
             import keras_tuner as kt
 
             hm, hp = CNNHyperModel(_spe(), len(y)), kt.HyperParameters()
             model = hm.build(hp)
-            t0 = time.perf_counter()
-            hm.fit(hp, model, x, y, epochs=epochs, verbose=0)
+            fit = functools.partial(hm.fit, hp, model)
+            kwargs = {}
+        fit(x[:512], y[:512], epochs=1, verbose=0, **kwargs)
+        t0 = time.perf_counter()
+        fit(x, y, epochs=epochs, verbose=0, **kwargs)
         wall = time.perf_counter() - t0
+        if name in out and out[name]["wall_s"] <= wall:
+            continue
         acc = float(model.evaluate(xt, yt, batch_size=256, verbose=0)[1])
         out[name] = {"images_per_s": len(y) * epochs / wall, "wall_s": wall, "test_accuracy": acc}
     out["speedup"] = out["suite"]["images_per_s"] / out["seed"]["images_per_s"]

@@ -119,3 +119,28 @@ def swept_store(swept_template, tmp_path, monkeypatch):
 
     mlflow.set_tracking_uri(uri)
     return tmp_path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc, timeout: float = 120) -> None:
+    """Poll url until it answers; fail with the server's output if it exits or the time runs out."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                out = proc.stdout.read()[-3000:] if proc.stdout else ""
+                raise AssertionError(f"server at {url} did not start:\n{out}") from None
+            time.sleep(0.5)

@@ -1,14 +1,12 @@
 import os
-import socket
 import subprocess
-import time
 
 import pandas as pd
 from PIL import Image
 
 from mnist_exp.cli import main
 
-from conftest import VENV_BIN, cli
+from conftest import VENV_BIN, cli, free_port, wait_http
 
 
 def test_leaderboard_sorted_by_objective_with_failed_trials_apart(swept_store, capsys):
@@ -48,14 +46,8 @@ def test_compare_all_sweeps(swept_store, capsys):
     assert main(["compare", "nosuch"]) == 2
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_compare_against_a_tracking_server(swept_store):
-    port = _free_port()
+    port = free_port()
     db = f"sqlite:///{swept_store / 'mlruns' / 'mlflow.db'}"
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI")
@@ -64,16 +56,7 @@ def test_compare_against_a_tracking_server(swept_store):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 90
-        import urllib.request
-
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, "tracking server did not start"
-                time.sleep(0.5)
+        wait_http(f"{url}/health", server)
         proc = cli("compare", "a", "b", "--tracking-uri", url, check=0, env={"MLFLOW_TRACKING_URI": ""})
         assert "== sweep a: 2 finished" in proc.stdout and "== sweep b: 2 finished" in proc.stdout
     finally:

@@ -2,9 +2,7 @@
 
 import json
 import os
-import socket
 import subprocess
-import time
 import urllib.request
 
 import numpy as np
@@ -12,13 +10,7 @@ import numpy as np
 from mnist_exp.cli import main
 from mnist_exp.data import to_model_inputs
 
-from conftest import VENV_BIN
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import VENV_BIN, free_port, wait_http
 
 
 def test_champion_serves_real_digits(swept_store, embedded):
@@ -29,7 +21,7 @@ def test_champion_serves_real_digits(swept_store, embedded):
     x = to_model_inputs(embedded["x_test"][:16])
     expected = np.asarray(local.predict(x))
 
-    port = _free_port()
+    port = free_port()
     # uvicorn is found on PATH only from the venv: call mlflow by the venv's bin path, with that bin on PATH.
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
     server = subprocess.Popen(
@@ -39,15 +31,7 @@ def test_champion_serves_real_digits(swept_store, embedded):
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/ping", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"server did not start:\n{server.stdout.read()[-3000:]}") from None
-                time.sleep(0.5)
+        wait_http(f"{url}/ping", server)
         body = json.dumps({"inputs": x.tolist()}).encode()
         req = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=60) as resp:

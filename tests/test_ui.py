@@ -4,15 +4,12 @@ Set MNIST_EXP_SCREENSHOTS=DIR to keep the screenshots (the README's come from he
 """
 
 import os
-import socket
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import VENV_BIN, runs
+from conftest import VENV_BIN, free_port, runs, wait_http
 
 CHROMIUM = os.environ.get("MNIST_EXP_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -21,31 +18,19 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--
 pytestmark = pytest.mark.browser
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def ui(swept_store):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    log = open(swept_store / "ui.log", "w")  # a file, not a pipe: the UI logs every request
     server = subprocess.Popen([str(VENV_BIN / "mnist-exp"), "ui", "--port", str(port)], cwd=swept_store, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None or time.time() > deadline:
-                raise AssertionError(f"mnist-exp ui did not start:\n{server.stdout.read()[-3000:]}") from None
-            time.sleep(0.5)
+    wait_http(f"{url}/health", server)
     yield url
     server.terminate()
     server.wait(timeout=30)
+    log.close()
 
 
 def test_ui_shows_sweep_with_nested_trials_metrics_and_plots(ui, tmp_path):
