@@ -9,8 +9,6 @@ one line naming the file, the key and the fault, e.g.::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -72,11 +70,6 @@ class Experiment:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     hp: dict = field(default_factory=dict)  # fixed hyperparameter values (train, and not tuned)
 
-    def fingerprint(self, keys: tuple[str, ...]) -> str:
-        """sha256 of the named sections, to detect a changed sweep on resume."""
-        blob = json.dumps({k: _plain(getattr(self, k)) for k in keys}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()
-
     def as_params(self) -> dict[str, Any]:
         """Flat run settings for MLflow params: data.train_size, training.epochs, ..."""
         out: dict[str, Any] = {"seed": self.seed}
@@ -84,10 +77,6 @@ class Experiment:
             for k, v in dataclasses.asdict(getattr(self, section)).items():
                 out[f"{section}.{k}"] = v
         return out
-
-
-def _plain(value):
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 def load_experiment(path: str | Path | None, overrides: list[str] = ()) -> Experiment:
