@@ -5,9 +5,9 @@
 
 Prints a table and writes JSON (--out). Parts: (a) training throughput, seed path vs suite path, with
 test accuracy after the same epochs; (b) FLOP utilisation against a measured float32 matmul peak;
-(c) tracking overhead of one trial; (d) sweep overhead against bare Keras Tuner; (f) latency of
-`mnist-exp --help` and of `compare` over a generated store of 1,000 runs. (e) parallel trials and
-(g) time to 99.2% are reported as not measured by this script.
+(c) tracking overhead of one trial; (d) sweep overhead against bare Keras Tuner; (e) one sweep run one
+trial at a time against two at once (`--parallel 2`); (f) latency of `mnist-exp --help` and of `compare`
+over a generated store of 1,000 runs. (g) time to 99.2% is reported as not measured by this script.
 """
 
 from __future__ import annotations
@@ -60,42 +60,61 @@ def _spe() -> int:
     return SPE or TrainingConfig().steps_per_execution
 
 
-def part_a(ds, epochs: int, seed: int) -> dict:
-    import keras
+def part_a(data: str, n_train: int | None, epochs: int, seed: int, rounds: int = 3) -> dict:
+    """Seed path against suite path, each round of each in a fresh process, alternating.
 
-    from mnist_exp.data import one_hot, to_model_inputs
-    from mnist_exp.training import CNNHyperModel
-
-    x, y = to_model_inputs(ds.x_train), one_hot(ds.y_train)
-    xt, yt = to_model_inputs(ds.x_test), one_hot(ds.y_test)
-    out = {}
-    # The first model fitted in a process runs ~1.6x slower whatever its path (measured: suite, seed,
-    # suite, seed gave 292, 292, 477, 476 images/s), so the paths alternate twice and each keeps its
-    # faster round; each round also fits 512 digits untimed first, for tracing.
-    for name in ("seed", "suite", "seed", "suite"):
-        keras.utils.set_random_seed(seed)
-        if name == "seed":  # the tutorial's path: NumPy arrays, one-hot labels, fit(batch_size=16)
-            model = seed_model()
-            fit = model.fit
-            kwargs = {"batch_size": 16}
-        else:  # the suite's path, same hyperparameters (batch 16)
-            import keras_tuner as kt
-
-            hm, hp = CNNHyperModel(_spe(), len(y)), kt.HyperParameters()
-            model = hm.build(hp)
-            fit = functools.partial(hm.fit, hp, model)
-            kwargs = {}
-        fit(x[:512], y[:512], epochs=1, verbose=0, **kwargs)
-        t0 = time.perf_counter()
-        fit(x, y, epochs=epochs, verbose=0, **kwargs)
-        wall = time.perf_counter() - t0
-        if name in out and out[name]["wall_s"] <= wall:
-            continue
-        acc = float(model.evaluate(xt, yt, batch_size=256, verbose=0)[1])
-        out[name] = {"images_per_s": len(y) * epochs / wall, "wall_s": wall, "test_accuracy": acc}
+    Fresh processes because within one process the first fits run ~1.6x slower whatever their path
+    (measured earlier: suite, seed, suite, seed gave 292, 292, 477, 476 images/s), which made the order
+    decide the result. Each process also fits 512 digits untimed first, for tracing.
+    """
+    out = {"rounds": []}
+    for _ in range(rounds):
+        for path in ("seed", "suite"):
+            cmd = [sys.executable, __file__, "--data", data, "--worker-a", path, "--epochs", str(epochs), "--seed", str(seed)]
+            if n_train:
+                cmd += ["--n-train", str(n_train)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                raise RuntimeError(f"part a worker {path} failed:\n{proc.stderr[-3000:]}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            out["rounds"].append(r)
+            print(f"  a {path}: {r['images_per_s']:.0f} images/s, test acc {r['test_accuracy']:.4f}", flush=True)
+    for path in ("seed", "suite"):
+        rs = [r for r in out["rounds"] if r["path"] == path]
+        out[path] = {"images_per_s": statistics.median(r["images_per_s"] for r in rs),
+                     "test_accuracy": statistics.mean(r["test_accuracy"] for r in rs)}
     out["speedup"] = out["suite"]["images_per_s"] / out["seed"]["images_per_s"]
     out["accuracy_delta_pp"] = 100 * (out["suite"]["test_accuracy"] - out["seed"]["test_accuracy"])
     return out
+
+
+def worker_a(path: str, data: str, n_train: int | None, epochs: int, seed: int) -> dict:
+    """One timed fit of one path in this process; prints nothing but the result."""
+    import keras
+    import keras_tuner as kt
+
+    from mnist_exp.config import DataConfig
+    from mnist_exp.data import load_data, one_hot, to_model_inputs
+    from mnist_exp.training import CNNHyperModel
+
+    ds = load_data(DataConfig(source=data, train_size=n_train, test_size=2000 if n_train else None,
+                              validation_split=0.0), seed=42)
+    x, y = to_model_inputs(ds.x_train), one_hot(ds.y_train)
+    keras.utils.set_random_seed(seed)
+    if path == "seed":  # the tutorial's path: NumPy arrays, one-hot labels, fit(batch_size=16)
+        model = seed_model()
+        fit = functools.partial(model.fit, batch_size=16)
+    else:  # the suite's path, same hyperparameters (batch 16)
+        hm, hp = CNNHyperModel(_spe(), len(y)), kt.HyperParameters()
+        model = hm.build(hp)
+        fit = functools.partial(hm.fit, hp, model)
+    fit(x[:512], y[:512], epochs=1, verbose=0)
+    t0 = time.perf_counter()
+    fit(x, y, epochs=epochs, verbose=0)
+    wall = time.perf_counter() - t0
+    acc = float(model.evaluate(to_model_inputs(ds.x_test), one_hot(ds.y_test), batch_size=256, verbose=0)[1])
+    return {"path": path, "images_per_s": len(y) * epochs / wall, "wall_s": wall, "test_accuracy": acc,
+            "steps_per_execution": 1 if path == "seed" else _spe()}
 
 
 def train_flops_per_image() -> float:
@@ -179,6 +198,39 @@ def part_d(store: Path, data: str, trials: int, n_train: int) -> dict:
     return {"trials": trials, "suite_s": suite, "bare_keras_tuner_s": bare, "overhead": suite / bare - 1}
 
 
+def part_e(data: str, trials: int, n_train: int, epochs: int, workers: int = 2) -> dict:
+    """The same sweep (same seed, so the same trials) one trial at a time with all cores, then
+    `workers` trials at once with a share of the cores each. Throughput: training images over the
+    whole sweep's wall time, per-trial tracking and evaluation included."""
+    out = {"trials": trials, "n_train": n_train, "epochs": epochs}
+    root = Path(__file__).resolve().parents[1]
+    for n in (1, workers):
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "mlruns").mkdir()
+            uri = f"sqlite:///{Path(tmp) / 'mlruns' / 'mlflow.db'}"
+            cmd = [str(BIN / "mnist-exp"), "sweep", "--tracking-uri", uri, "--name", f"par{n}", "--data", data,
+                   "--max-trials", str(trials), "--epochs", str(epochs), "--parallel", str(n),
+                   "--set", f"data.train_size={n_train}", "--set", "data.test_size=1000",
+                   "--set", f"search_space={root / 'search_spaces' / 'small.yaml'}"]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+            wall = time.perf_counter() - t0
+            if proc.returncode:
+                raise RuntimeError(f"part e sweep failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+            from mlflow import MlflowClient
+
+            c = MlflowClient(uri)
+            runs = c.search_runs([c.get_experiment_by_name("mnist-exp").experiment_id],
+                                 "tags.`mnist_exp.kind` = 'trial' and attributes.status = 'FINISHED'")
+            images = sum(int(r.data.params["data.n_train"]) * r.data.metrics["epochs_run"] for r in runs) if runs \
+                else 0
+            images = images or trials * epochs * n_train
+            out[f"workers_{n}"] = {"wall_s": wall, "images_per_s": images / wall, "trials_finished": len(runs)}
+            print(f"  e {n} at once: {wall:.1f} s, {images / wall:.0f} images/s", flush=True)
+    out["speedup"] = out[f"workers_{workers}"]["images_per_s"] / out["workers_1"]["images_per_s"]
+    return out
+
+
 def part_f(store: Path, n_runs: int = 1000) -> dict:
     helps = []
     for _ in range(5):
@@ -220,56 +272,89 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="full MNIST .npz (or IDX folder)")
     ap.add_argument("--quick", action="store_true", help="subset and fewer epochs: a few minutes")
     ap.add_argument("--out", default="benchmarks/results.json")
+    ap.add_argument("--only", help="comma-separated parts to run, e.g. a,c")
+    ap.add_argument("--worker-a", choices=("seed", "suite"), help=argparse.SUPPRESS)
+    ap.add_argument("--n-train", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=42, help=argparse.SUPPRESS)
     args = ap.parse_args()
     data = str(Path(args.data).resolve())
-    n_train, epochs, trials = (6000, 1, 3) if args.quick else (None, 2, 4)
-    from mnist_exp.config import DataConfig
-    from mnist_exp.data import load_data
-
-    ds = load_data(DataConfig(source=data, train_size=n_train, test_size=2000 if args.quick else None,
-                              validation_split=0.0), seed=42)
-    res = {"machine": machine(), "mode": "quick" if args.quick else "full", "n_train": len(ds.y_train),
-           "epochs": epochs, "steps_per_execution": _spe()}
-    print(f"machine: {res['machine']}; mode {res['mode']}: {len(ds.y_train)} training digits, {epochs} epoch(s)", flush=True)
-    res["a_throughput"] = part_a(ds, epochs, 42)
-    print("a done", flush=True)
-    peak = matmul_peak_gflops()
-    suite_flops = res["a_throughput"]["suite"]["images_per_s"] * train_flops_per_image() / 1e9
-    res["b_flops"] = {"matmul_peak_gflops": peak, "train_gflop_per_image": train_flops_per_image() / 1e9,
-                      "suite_training_gflops": suite_flops, "utilisation": suite_flops / peak}
-    with tempfile.TemporaryDirectory() as tmp:
-        res["c_tracking"] = part_c(Path(tmp), data, n_train or 54000, epochs)
-    print("c done", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "mlruns").mkdir()
-        res["d_sweep"] = part_d(Path(tmp), data, trials, 2000 if args.quick else 10000)
-    print("d done", flush=True)
-    res["e_parallel_trials"] = "not implemented: trials run one at a time"
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "mlruns").mkdir()
-        res["f_latency"] = part_f(Path(tmp))
-    res["g_time_to_99_2"] = "not measured by this script (needs full-data sweeps)"
-    a, b, c, d, f = (res[k] for k in ("a_throughput", "b_flops", "c_tracking", "d_sweep", "f_latency"))
-    rows = [
-        ("a seed path images/s", f"{a['seed']['images_per_s']:.0f}", f"test acc {a['seed']['test_accuracy']:.4f}"),
-        ("a suite path images/s", f"{a['suite']['images_per_s']:.0f}", f"test acc {a['suite']['test_accuracy']:.4f}"),
-        ("a speed-up (target >= 1.3x)", f"{a['speedup']:.2f}x", f"accuracy delta {a['accuracy_delta_pp']:+.2f} pp"),
-        ("b float32 matmul peak", f"{b['matmul_peak_gflops']:.0f} GFLOP/s", ""),
-        ("b suite training", f"{b['suite_training_gflops']:.0f} GFLOP/s", f"utilisation {100 * b['utilisation']:.0f}%"),
-        ("c tracking overhead (<= 2%)", f"{100 * c['overhead']:+.1f}%", f"{c['tracked_s']:.1f} s vs {c['untracked_s']:.1f} s"),
-        ("d sweep overhead (<= 3%)", f"{100 * d['overhead']:+.1f}%",
-         f"{d['trials']} trials: {d['suite_s']:.1f} s vs {d['bare_keras_tuner_s']:.1f} s"),
-        ("f mnist-exp --help (<= 0.5 s)", f"{f['help_s_median']:.2f} s", "median of 5"),
-        ("f compare, 1,000 runs (<= 2 s)", f"{f['compare_1000_runs_s_median']:.2f} s", "median of 3, whole process"),
-        ("e parallel trials", "-", res["e_parallel_trials"]),
-        ("g time to 99.2% test accuracy", "-", res["g_time_to_99_2"]),
-    ]
+    if args.worker_a:
+        print(json.dumps(worker_a(args.worker_a, data, args.n_train, args.epochs, args.seed)))
+        return
+    n_train, epochs, trials = (6000, 1, 3) if args.quick else (None, 1, 4)
+    parts = set((args.only or "a,b,c,d,e,f,g").split(","))
+    res = {"machine": machine(), "mode": "quick" if args.quick else "full", "n_train": n_train or "all",
+           "epochs": epochs, "steps_per_execution": _spe(), "parts": sorted(parts)}
+    print(f"machine: {res['machine']}; mode {res['mode']}: {n_train or 'all'} training digits, {epochs} epoch(s)",
+          flush=True)
+    if "a" in parts or "b" in parts:
+        res["a_throughput"] = part_a(data, n_train, epochs, 42)
+    if "b" in parts:
+        peak = matmul_peak_gflops()
+        suite_flops = res["a_throughput"]["suite"]["images_per_s"] * train_flops_per_image() / 1e9
+        res["b_flops"] = {"matmul_peak_gflops": peak, "train_gflop_per_image": train_flops_per_image() / 1e9,
+                          "suite_training_gflops": suite_flops, "utilisation": suite_flops / peak}
+    if "c" in parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            res["c_tracking"] = part_c(Path(tmp), data, n_train or 54000, epochs)
+        print("c done", flush=True)
+    if "d" in parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "mlruns").mkdir()
+            res["d_sweep"] = part_d(Path(tmp), data, trials, 2000 if args.quick else 10000)
+        print("d done", flush=True)
+    if "e" in parts:
+        res["e_parallel_trials"] = part_e(data, 4, 3000 if args.quick else 20000, 1 if args.quick else 2)
+    if "f" in parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "mlruns").mkdir()
+            res["f_latency"] = part_f(Path(tmp))
+    if "g" in parts:
+        res["g_time_to_99_2"] = "not measured by this script (needs full-data sweeps)"
     print()
-    for r in rows:
-        print(f"{r[0]:<34} {r[1]:>16}  {r[2]}")
+    for row in table(res):
+        print(f"{row[0]:<34} {row[1]:>16}  {row[2]}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(f"\nwrote {args.out}")
+
+
+def table(res: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    if a := res.get("a_throughput"):
+        rows += [
+            ("a seed path images/s", f"{a['seed']['images_per_s']:.0f}", f"test acc {a['seed']['test_accuracy']:.4f}"),
+            ("a suite path images/s", f"{a['suite']['images_per_s']:.0f}", f"test acc {a['suite']['test_accuracy']:.4f}"),
+            ("a speed-up (target >= 1.3x)", f"{a['speedup']:.2f}x", f"accuracy delta {a['accuracy_delta_pp']:+.2f} pp"),
+        ]
+    if b := res.get("b_flops"):
+        rows += [
+            ("b float32 matmul peak", f"{b['matmul_peak_gflops']:.0f} GFLOP/s", ""),
+            ("b suite training", f"{b['suite_training_gflops']:.0f} GFLOP/s", f"utilisation {100 * b['utilisation']:.0f}%"),
+        ]
+    if c := res.get("c_tracking"):
+        rows.append(("c tracking overhead (<= 2%)", f"{100 * c['overhead']:+.1f}%",
+                     f"{c['tracked_s']:.1f} s vs {c['untracked_s']:.1f} s"))
+    if d := res.get("d_sweep"):
+        rows.append(("d sweep overhead (<= 3%)", f"{100 * d['overhead']:+.1f}%",
+                     f"{d['trials']} trials: {d['suite_s']:.1f} s vs {d['bare_keras_tuner_s']:.1f} s"))
+    if e := res.get("e_parallel_trials"):
+        one, two = e["workers_1"], e["workers_2"]
+        rows += [
+            ("e sweep, 1 trial at a time", f"{one['images_per_s']:.0f} images/s",
+             f"{e['trials']} trials x {e['epochs']} epoch(s) x {e['n_train']} digits: {one['wall_s']:.0f} s"),
+            ("e sweep, 2 at once (1 core each)", f"{two['images_per_s']:.0f} images/s", f"{two['wall_s']:.0f} s"),
+            ("e parallel speed-up", f"{e['speedup']:.2f}x", "whole sweep, tracking included"),
+        ]
+    if f := res.get("f_latency"):
+        rows += [
+            ("f mnist-exp --help (<= 0.5 s)", f"{f['help_s_median']:.2f} s", "median of 5"),
+            ("f compare, 1,000 runs (<= 2 s)", f"{f['compare_1000_runs_s_median']:.2f} s", "median of 3, whole process"),
+        ]
+    if "g_time_to_99_2" in res:
+        rows.append(("g time to 99.2% test accuracy", "-", str(res["g_time_to_99_2"])))
+    return rows
 
 
 if __name__ == "__main__":

@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="sweep name (default: the experiment's name)")
     p.add_argument("--max-trials", type=int, help="tuner.max_trials")
     p.add_argument("--tuner", choices=["random", "bayesian", "hyperband", "grid"], help="tuner.kind")
+    p.add_argument("--parallel", type=int, metavar="N",
+                   help="tuner.parallel_trials: N trials at once, each in a worker process with a share of the cores")
     p.add_argument("--overwrite", action="store_true", help="discard an existing sweep of that name and start afresh")
 
     p = sub.add_parser("compare", help="leaderboard of sweep trials read from MLflow")
@@ -101,6 +103,8 @@ def _overrides(args) -> list[str]:
         out.append(f"tuner.max_trials={args.max_trials}")
     if getattr(args, "tuner", None):
         out.append(f"tuner.kind={args.tuner}")
+    if getattr(args, "parallel", None) is not None:
+        out.append(f"tuner.parallel_trials={args.parallel}")
     if getattr(args, "name", None):
         out.append(f"name={args.name}")
     return out + list(args.overrides)

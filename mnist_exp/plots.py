@@ -28,16 +28,11 @@ def learning_curves(history: dict[str, list[float]], first_epoch: int = 1):
 
 def prediction_grid(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, n: int = 9):
     """The seed's 3x3 grid of test digits titled with predicted and true labels."""
-    side = int(np.ceil(np.sqrt(n)))
-    fig, axes = plt.subplots(side, side, figsize=(2.2 * side, 2.4 * side))
-    for i, ax in enumerate(np.ravel(axes)):
-        ax.axis("off")
-        if i < min(n, len(images)):
-            ok = y_true[i] == y_pred[i]
-            ax.imshow(images[i], cmap="gray")
-            ax.set_title(f"pred {y_pred[i]} / true {y_true[i]}", color="black" if ok else "red", fontsize=10)
-    fig.tight_layout()
-    return fig
+    n = min(n, len(images))
+    labels = [f"pred {y_pred[i]} / true {y_true[i]}" for i in range(n)]
+    colors = ["black" if y_true[i] == y_pred[i] else "red" for i in range(n)]
+    side = max(1, int(np.ceil(np.sqrt(n))))
+    return _mosaic(images[:n], labels, colors, side, (2.2 * side, 2.4 * side), fontsize=10)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray):
@@ -64,19 +59,36 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray):
 
 def mistakes(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, confidence: np.ndarray, n: int = 25):
     """The most confident misclassified test digits."""
-    wrong = np.flatnonzero(y_true != y_pred)
-    wrong = wrong[np.argsort(-confidence[wrong])][:n]
+    all_wrong = np.flatnonzero(y_true != y_pred)
+    wrong = all_wrong[np.argsort(-confidence[all_wrong])][:n]
     side = max(1, int(np.ceil(np.sqrt(max(len(wrong), 1)))))
-    fig, axes = plt.subplots(side, side, figsize=(2 * side, 2.2 * side), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, i in zip(axes.ravel(), wrong):
-        ax.imshow(images[i], cmap="gray")
-        ax.set_title(f"pred {y_pred[i]} ({confidence[i]:.2f}) true {y_true[i]}", fontsize=8, color="red")
-    fig.suptitle(f"{len(np.flatnonzero(y_true != y_pred))} misclassified test digits (most confident first)")
+    labels = [f"pred {y_pred[i]} ({confidence[i]:.2f}) true {y_true[i]}" for i in wrong]
+    fig = _mosaic(images[wrong], labels, ["red"] * len(wrong), side, (2 * side, 2.2 * side), fontsize=8)
+    fig.suptitle(f"{len(all_wrong)} misclassified test digits (most confident first)")
     if not len(wrong):
-        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
-    fig.tight_layout()
+        fig.axes[0].text(0.5, 0.5, "no mistakes", ha="center", va="center", transform=fig.axes[0].transAxes)
+    return fig
+
+
+def _mosaic(images, labels, colors, side: int, figsize, fontsize: int):
+    """Digits tiled into one image on one axes, each with its label above it.
+
+    One axes instead of one per digit: a 25-panel figure took 0.9 s to draw, most of it in layout.
+    """
+    h, w = (images.shape[1:3] if len(images) else (28, 28))
+    cell_h, cell_w = h + 12, w + 4  # room for the label above each digit
+    canvas = np.full((side * cell_h, side * cell_w), np.nan)
+    fig, ax = plt.subplots(figsize=figsize)
+    for k, (img, label, color) in enumerate(zip(images, labels, colors)):
+        r, c = divmod(k, side)
+        y0, x0 = r * cell_h + 11, c * cell_w + 2
+        canvas[y0:y0 + h, x0:x0 + w] = np.asarray(img, dtype=float).reshape(h, w)
+        ax.text(x0 + w / 2, y0 - 1.5, label, ha="center", va="bottom", fontsize=fontsize, color=color)
+    cmap = plt.get_cmap("gray").copy()
+    cmap.set_bad("white")
+    ax.imshow(np.ma.masked_invalid(canvas), cmap=cmap, interpolation="nearest")
+    ax.axis("off")
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.93)
     return fig
 
 

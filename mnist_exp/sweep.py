@@ -36,8 +36,9 @@ class SweepResult:
 
 
 def identity(exp: Experiment, space: SearchSpace) -> dict[str, str]:
-    """Per-section hashes. max_trials is left out on purpose: raising it extends a sweep."""
-    tuner = {k: v for k, v in dataclasses.asdict(exp.tuner).items() if k != "max_trials"}
+    """Per-section hashes. max_trials and parallel_trials are left out on purpose: raising max_trials
+    extends a sweep, and any number of workers may resume it."""
+    tuner = {k: v for k, v in dataclasses.asdict(exp.tuner).items() if k not in ("max_trials", "parallel_trials")}
     sections = {
         "search space": [dataclasses.asdict(p) for p in space.params],
         "tuner": tuner,
@@ -70,14 +71,27 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     from . import training, tuners
 
     training.set_seed_and_threads(exp)
-    sw = tuners.SweepContext(exp, ds, experiment_id, parent_run_id, arrays=training.fit_arrays(ds))
-    tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), project.parent, hypermodel)
+    parallel = exp.tuner.parallel_trials > 1
+    # The chief of a parallel sweep trains nothing: its workers load the data themselves.
+    sw = tuners.SweepContext(exp, ds, experiment_id, parent_run_id, arrays=() if parallel else training.fit_arrays(ds))
+    if parallel:
+        from .parallel import ChiefEnvironment
+
+        with ChiefEnvironment("127.0.0.1", 0):  # Keras Tuner reads chief/worker from the environment here
+            tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), project.parent, hypermodel)
+    else:
+        tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), project.parent, hypermodel)
+    tuner.oracle.on_trial_ended = tuners.print_progress(tuner.oracle, sw)
     planned = tuners.planned_trials(tuner.oracle)
     done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
-    print(f"sweep {exp.name} ({exp.tuner.kind}, {planned} trials planned, objective {exp.objective.direction} "
+    at_once = f", {exp.tuner.parallel_trials} at once" if parallel else ""
+    print(f"sweep {exp.name} ({exp.tuner.kind}, {planned} trials planned{at_once}, objective {exp.objective.direction} "
           f"{exp.objective.name}): {'resuming, ' + str(done) + ' trial(s) done' if resumed else 'new'}; "
           f"parent run {parent_run_id}; {ds.sizes['train']} train / {ds.sizes['val']} val / "
           f"{ds.sizes['test']} test digits", flush=True)
+    if parallel:
+        return _run_parallel(tuner, sw, uri, verbose)
+    tuners.requeue_orphans(tuner.oracle, [tuner.tuner_id])
 
     x, y, val = sw.arrays
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -97,6 +111,37 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+    return _finish(tuner, sw, crashed)
+
+
+def _run_parallel(tuner, sw, uri: str, verbose) -> SweepResult:
+    """Chief: serve the oracle to N worker processes until they have all stopped."""
+    from . import parallel, tuners
+
+    exp = sw.exp
+    n = exp.tuner.parallel_trials
+    ids = parallel.worker_ids(n)
+    tuners.requeue_orphans(tuner.oracle, ids)
+    threads = parallel.threads_per_worker(n, exp.training.threads)
+    server, port = parallel.start_server(tuner.oracle)
+    print(f"chief serving the oracle on 127.0.0.1:{port}; {n} workers ({', '.join(ids)}), "
+          f"{threads} thread(s) each", flush=True)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    procs = {}
+    try:
+        procs = parallel.launch_workers(uri, exp.name, n, threads, port, verbose=0 if verbose == 0 else 1)
+        codes = parallel.wait_workers(procs)
+    except KeyboardInterrupt:
+        parallel.stop_workers(procs)
+        tracking.set_status(sw.parent_run_id, tracking.KILLED)
+        print(f"sweep {exp.name} interrupted: finished trials are kept; run the same command again to resume",
+              flush=True)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.stop(grace=1)
+    bad = {tid: code for tid, code in codes.items() if code}
+    crashed = f"worker(s) exited with an error: {bad}" if bad else None
     return _finish(tuner, sw, crashed)
 
 
@@ -125,6 +170,7 @@ def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict) -> t
         if killed:
             print(f"marked {len(killed)} interrupted trial run(s) KILLED; their trials are retried", flush=True)
         tracking.set_status(parent, tracking.RUNNING)
+        _write_state(state_path, exp, ds, parent, experiment_id, ident, state.get("created"))
         return parent, True
     if project.exists():  # Keras Tuner files without our state: not ours to reuse
         raise ConfigError(f"{project}: exists but holds no {STATE_FILE}; use --overwrite or a new --name")
@@ -141,14 +187,21 @@ def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict) -> t
             if f:
                 tracking.log_artifact(f, "config", run_id=parent)
         project.mkdir(parents=True, exist_ok=True)
-        from .tuners import atomic_write_json
-
-        atomic_write_json(state_path, {"name": exp.name, "parent_run_id": parent, "experiment_id": experiment_id,
-                                       "identity": ident, "created": time.time()})
+        _write_state(state_path, exp, ds, parent, experiment_id, ident, time.time())
     except BaseException:
         tracking.set_status(parent, tracking.FAILED)
         raise
     return parent, False
+
+
+def _write_state(path: Path, exp, ds, parent: str, experiment_id: str, ident: dict, created) -> None:
+    """Everything a worker in another process needs, with the parent run id: the experiment as
+    run (after --set), and the data fingerprint to check that it loaded the same digits."""
+    from .tuners import atomic_write_json
+
+    atomic_write_json(path, {"name": exp.name, "parent_run_id": parent, "experiment_id": experiment_id,
+                             "identity": ident, "created": created, "experiment": dataclasses.asdict(exp),
+                             "data_fingerprint": ds.fingerprint})
 
 
 def _retire(project: Path) -> None:
@@ -180,7 +233,7 @@ def _finish(tuner, sw, crashed: str | None) -> SweepResult:
         tracking.log_metrics({f"best_{exp.objective.name}": best[0].score, "trials_completed": len(completed),
                               "trials_failed": len(failed)}, run_id=parent)
     if not completed:
-        first = sw.first_error or _first_message(failed) or crashed or "no trial ran"
+        first = sw.first_error or _first_message(failed) or _first_run_error(table) or crashed or "no trial ran"
         tracking.set_tags({tracking.TAG_ERROR: first[:5000]}, run_id=parent)
         tracking.set_status(parent, tracking.FAILED)
         raise SweepError(f"sweep {exp.name}: every trial failed ({len(failed)}); first error: {first}")
@@ -190,6 +243,14 @@ def _finish(tuner, sw, crashed: str | None) -> SweepResult:
     print(compare.summary_text(table, exp, parent), flush=True)
     return SweepResult(exp.name, parent, len(completed), len(failed),
                        best[0].trial_id if best else None, best[0].score if best else None)
+
+
+def _first_run_error(table) -> str | None:
+    """A worker's error, as its trial run recorded it (a chief never sees the exception)."""
+    if table.empty or "error" not in table:
+        return None
+    errors = table.loc[table["status"] == tracking.FAILED, ["trial_id", "error"]].dropna()
+    return f"trial {errors.iloc[0]['trial_id']}: {errors.iloc[0]['error']}" if len(errors) else None
 
 
 def _first_message(failed) -> str | None:

@@ -20,6 +20,7 @@ RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 TAG_KIND = "mnist_exp.kind"  # train | sweep | trial
 TAG_SWEEP = "mnist_exp.sweep"
 TAG_TRIAL = "mnist_exp.trial_id"
+TAG_TUNER_ID = "mnist_exp.tuner_id"  # which Keras Tuner worker ran the trial (tuner0 when not parallel)
 TAG_MODEL_URI = "mnist_exp.model_uri"
 TAG_ERROR = "mnist_exp.error"
 TAG_FINGERPRINT = "mnist_exp.data_fingerprint"
@@ -213,7 +214,7 @@ def log_dataset(ds, run_id: str | None = None) -> None:
     set_tags({TAG_FINGERPRINT: ds.fingerprint, TAG_TEST_FINGERPRINT: ds.test_fingerprint}, run_id=rid)
 
 
-def log_keras_model(model, x_example) -> str:
+def log_keras_model(model, x_example, y_example=None) -> str:
     """Log the model in MLflow's Keras flavor with a signature and input example; returns its URI."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -226,13 +227,16 @@ def log_keras_model(model, x_example) -> str:
             reqs.append(f"{dist}=={version(dist)}")
         except PackageNotFoundError:
             pass
-    signature = infer_signature(x_example, model.predict(x_example, verbose=0))
+    y_example = model.predict(x_example, verbose=0) if y_example is None else y_example
+    signature = infer_signature(x_example, y_example)
     # Model.log is what mlflow.keras.log_model calls; _KerasFlavor only works around its save_model
     # writing input_example.json before creating the model folder (MLflow 3.17).
     # Explicit requirements skip MLflow's requirement inference, which reloads the model in a subprocess.
+    # validate_serving_input=False skips reloading the model to predict the example (1.3 s a trial);
+    # tests/test_serve.py checks a logged model against a real `mlflow models serve` instead.
     info = mlflow.models.Model.log(
         artifact_path=None, name="model", flavor=_KerasFlavor, flavor_name="mlflow.keras", model=model,
-        signature=signature, input_example=x_example, pip_requirements=reqs,
+        signature=signature, input_example=x_example, pip_requirements=reqs, validate_serving_input=False,
     )
     set_tags({TAG_MODEL_URI: info.model_uri})
     return info.model_uri
@@ -244,6 +248,7 @@ class _KerasFlavor:
         import mlflow.keras
 
         os.makedirs(path, exist_ok=True)
+        kwargs.pop("validate_serving_input", None)  # read by Model.log, unknown to save_model
         return mlflow.keras.save_model(path=path, **kwargs)
 
 

@@ -49,6 +49,13 @@ class AtomicOracleMixin:
     def _save_trial(self, trial):
         atomic_write_json(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), trial.get_state())
 
+    def end_trial(self, trial):
+        super().end_trial(trial)
+        # The oracle sees every trial end, whichever process ran it: the sweep's progress line is printed here.
+        hook = getattr(self, "on_trial_ended", None)
+        if hook:
+            hook(self.trials[trial.trial_id])
+
 
 @dataclass
 class SweepContext:
@@ -59,9 +66,10 @@ class SweepContext:
     experiment_id: str
     parent_run_id: str
     arrays: tuple = ()  # (x, y, validation_data) in model form; shared, never copied
-    durations: list = field(default_factory=list)  # seconds of the trials this process ran
     started: float = field(default_factory=time.time)
+    ended_here: int = 0  # trials ended since this process started (for the ETA)
     first_error: str | None = None
+    echo: str | None = None  # a worker's name: print one line per epoch instead of Keras's bars
 
 
 class TrackedTunerMixin:
@@ -85,6 +93,7 @@ class TrackedTunerMixin:
             tracking.TAG_KIND: "trial",
             tracking.TAG_SWEEP: exp.name,
             tracking.TAG_TRIAL: trial.trial_id,
+            tracking.TAG_TUNER_ID: self.tuner_id,
             **tracking.environment_tags(),
         }
         run_id = tracking.start_run(sw.experiment_id, f"{exp.name}-{trial.trial_id}", tags, sw.parent_run_id)
@@ -92,7 +101,8 @@ class TrackedTunerMixin:
         try:
             tracking.log_params({**hp.values, **exp.as_params()})
             tracking.log_dataset(sw.ds)
-            callbacks = list(kwargs.pop("callbacks", [])) + training.callbacks_for(exp, run_id)
+            echo = sw.echo and f"[{sw.echo}] trial {trial.trial_id}"
+            callbacks = list(kwargs.pop("callbacks", [])) + training.callbacks_for(exp, run_id, echo)
             histories = super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
             hist = training.merged_history(histories)
             summary = training.history_summary(hist, exp.objective.name, exp.objective.direction)
@@ -114,12 +124,15 @@ class TrackedTunerMixin:
             tracking.set_tags({tracking.TAG_ERROR: "interrupted"})
             tracking.end_run(tracking.KILLED)
             raise
-        finally:
-            self.sweep.durations.append(time.perf_counter() - t0)
 
-    def on_trial_end(self, trial):
-        super().on_trial_end(trial)
-        print(progress_line(self.oracle, trial, self.sweep), flush=True)
+
+def requeue_orphans(oracle, ids: list[str]) -> list[str]:
+    """Trials left running by tuner ids that will not ask again (a sweep resumed with fewer parallel
+    workers): into Keras Tuner's retry queue, so the next tuner to ask runs them."""
+    orphans = [tid for tid in list(oracle.ongoing_trials) if tid not in ids]
+    for tid in orphans:
+        oracle._retry_queue.append(oracle.ongoing_trials.pop(tid).trial_id)
+    return orphans
 
 
 def planned_trials(oracle) -> int:
@@ -139,12 +152,22 @@ def progress_line(oracle, trial, sw: SweepContext) -> str:
     best = [t for t in oracle.get_best_trials(1) if t.score is not None]
     best_txt = f"best {best[0].score:.4f} (trial {best[0].trial_id})" if best else "best -"
     elapsed = time.time() - sw.started
-    mean = sum(sw.durations) / len(sw.durations) if sw.durations else 0.0
-    eta = mean * max(total - len(ended), 0)
+    # Rate over this invocation: with parallel trials it already counts the trials running side by side.
+    eta = elapsed / sw.ended_here * max(total - len(ended), 0) if sw.ended_here else 0.0
     return (
         f"[sweep {sw.exp.name}] trial {len(ended)}/{total} ({trial.trial_id}): {result} | {best_txt} | "
         f"elapsed {_hms(elapsed)} | ETA {_hms(eta)}"
     )
+
+
+def print_progress(oracle, sw: SweepContext):
+    """The oracle's on_trial_ended hook."""
+
+    def hook(trial):
+        sw.ended_here += 1
+        print(progress_line(oracle, trial, sw), flush=True)
+
+    return hook
 
 
 def _hms(s: float) -> str:

@@ -1,0 +1,180 @@
+"""Several trials at once: Keras Tuner's own chief and workers, on one machine.
+
+``mnist-exp sweep --parallel N`` makes the launching process Keras Tuner's *chief*: it holds the
+oracle and serves it over gRPC with Keras Tuner's ``OracleServicer``, and starts N *worker*
+processes (``python -m mnist_exp.parallel …``). Each worker rebuilds the experiment from the
+sweep's state file and the parent run id (nothing is passed from the chief's memory), asks the
+chief for trials, trains them with a share of the cores and logs each as a nested MLflow run.
+Workers on other machines would do the same given the chief's address and one tracking server.
+
+The chief's loop is ours, not ``keras_tuner``'s ``start_server``: that one polls every 20 s
+before exiting, and knows nothing of workers that die.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ENV_IP, ENV_PORT, ENV_ID = "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"
+
+
+def worker_ids(n: int) -> list[str]:
+    return [f"tuner{i}" for i in range(n)]
+
+
+def threads_per_worker(n: int, configured: int | None) -> int:
+    """Cores shared out: 2 workers on 2 cores get 1 thread each (TF's default would give each 2)."""
+    return configured or max(1, (os.cpu_count() or 1) // n)
+
+
+class ChiefEnvironment:
+    """Keras Tuner decides chief/worker from the environment at Tuner construction."""
+
+    def __init__(self, ip: str, port: int):
+        self.values = {ENV_IP: ip, ENV_PORT: str(port), ENV_ID: "chief"}
+        self.saved: dict = {}
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.values}
+        os.environ.update(self.values)
+        return self
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def start_server(oracle, ip: str = "127.0.0.1"):
+    """Keras Tuner's OracleServicer on a free port. Returns (server, port)."""
+    from concurrent import futures
+
+    import grpc
+    from keras_tuner.src import protos
+    from keras_tuner.src.distribute.oracle_chief import OracleServicer
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    protos.get_service_grpc().add_OracleServicer_to_server(OracleServicer(oracle), server)
+    port = server.add_insecure_port(f"{ip}:0")
+    server.start()
+    return server, port
+
+
+def launch_workers(uri: str, sweep: str, n: int, threads: int, port: int, ip: str = "127.0.0.1", verbose=1):
+    procs = {}
+    for i, tid in enumerate(worker_ids(n)):
+        env = {**os.environ, ENV_IP: ip, ENV_PORT: str(port), ENV_ID: tid, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        cmd = [sys.executable, "-m", "mnist_exp.parallel", "--tracking-uri", uri, "--sweep", sweep,
+               "--threads", str(threads), "--seed-offset", str(i), "--verbose", str(verbose)]
+        procs[tid] = subprocess.Popen(cmd, env=env)
+    return procs
+
+
+def wait_workers(procs: dict, poll_s: float = 0.5) -> dict[str, int]:
+    """Block until every worker has exited; their exit codes by tuner id."""
+    codes: dict[str, int] = {}
+    while len(codes) < len(procs):
+        for tid, p in procs.items():
+            if tid not in codes and p.poll() is not None:
+                codes[tid] = p.returncode
+                if p.returncode:
+                    print(f"worker {tid} exited with code {p.returncode}", file=sys.stderr, flush=True)
+        time.sleep(poll_s)
+    return codes
+
+
+def stop_workers(procs: dict, grace_s: float = 60.0) -> None:
+    """SIGTERM (each worker marks its running trial KILLED), then SIGKILL after grace_s."""
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.time() + grace_s
+    for p in procs.values():
+        try:
+            p.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+# --- the worker process --------------------------------------------------------------------------
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m mnist_exp.parallel", description="a Keras Tuner worker of a sweep")
+    ap.add_argument("--tracking-uri", required=True)
+    ap.add_argument("--sweep", required=True)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed-offset", type=int, default=0)
+    ap.add_argument("--verbose", type=int, default=1)
+    args = ap.parse_args(argv)
+    from .errors import MnistExpError
+
+    try:
+        return _work(args)
+    except MnistExpError as e:
+        print(f"worker {os.environ.get(ENV_ID)}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _work(args) -> int:
+    from . import sweep as sweep_mod
+    from .config import experiment_from_dict
+    from .data import load_data
+    from .errors import ConfigError, DataError
+    from .space import load_space
+
+    state_path = sweep_mod.tuner_dir(args.tracking_uri) / args.sweep / sweep_mod.STATE_FILE
+    if not state_path.is_file():
+        raise ConfigError(f"{state_path}: no sweep state (start the sweep with mnist-exp sweep first)")
+    state = json.loads(state_path.read_text())
+    exp = experiment_from_dict(state["experiment"], where=str(state_path))
+    space = load_space(exp.search_space)
+    changed = [k for k, v in sweep_mod.identity(exp, space).items() if state["identity"].get(k) != v]
+    if changed:
+        raise ConfigError(f"{state_path}: {', '.join(changed)} changed on disk since the sweep started")
+    ds = load_data(exp.data, exp.seed)
+    if ds.fingerprint != state.get("data_fingerprint", ds.fingerprint):
+        raise DataError(f"{exp.data.source}: data differ from the sweep's (fingerprint {ds.fingerprint[:12]})")
+
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    from . import tracking, training, tuners
+
+    tf.get_logger().setLevel("ERROR")
+    import keras
+
+    keras.utils.set_random_seed(exp.seed + 1000 * (1 + args.seed_offset))
+    experiment_id = tracking.configure(args.tracking_uri, exp.mlflow_experiment)
+    sw = tuners.SweepContext(exp, ds, experiment_id, state["parent_run_id"], arrays=training.fit_arrays(ds),
+                             echo=os.environ.get(ENV_ID))
+    tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), Path(state_path).parent.parent)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        x, y, val = sw.arrays
+        tuner.search(x, y, validation_data=val, epochs=exp.training.epochs, verbose=0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

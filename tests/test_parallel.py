@@ -1,0 +1,100 @@
+"""Parallel trials: Keras Tuner's chief (the sweep command) and worker processes, a real sqlite store."""
+
+import json
+import re
+import signal
+import subprocess
+import time
+
+from mlflow import MlflowClient
+
+from mnist_exp.config import experiment_from_dict, load_experiment
+
+from conftest import ROOT, VENV_BIN, write_yaml
+
+PAR = f"""# mnist-exp sweep par.yaml --parallel 2
+name: par
+search_space: {ROOT / "search_spaces" / "small.yaml"}
+data: {{source: embedded, train_size: 400, test_size: 100, validation_split: 0.2}}
+training: {{epochs: 2}}
+tuner: {{kind: random, max_trials: 4, parallel_trials: 2}}
+"""
+
+
+def trial_runs(name="par"):
+    from conftest import runs
+
+    return runs(filter_string=f"tags.`mnist_exp.kind` = 'trial' and tags.`mnist_exp.sweep` = '{name}'")
+
+
+def parent_run(name="par"):
+    from conftest import runs
+
+    [parent] = runs(filter_string=f"tags.`mnist_exp.kind` = 'sweep' and tags.`mnist_exp.sweep` = '{name}'")
+    return parent
+
+
+def test_state_file_experiment_round_trips(tmp_path):
+    exp = load_experiment(write_yaml(tmp_path / "par.yaml", PAR), ["training.epochs=3"])
+    import dataclasses
+
+    assert experiment_from_dict(json.loads(json.dumps(dataclasses.asdict(exp))), "state") == exp
+
+
+def test_two_workers_run_trials_side_by_side(store):
+    exp_file = write_yaml(store / "par.yaml", PAR)
+    proc = subprocess.run([str(VENV_BIN / "mnist-exp"), "sweep", str(exp_file)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"2 workers \(tuner0, tuner1\), \d+ thread\(s\) each", proc.stdout)
+    assert "[sweep par] trial 4/4" in proc.stdout and "ETA" in proc.stdout
+    assert "[tuner1] trial" in proc.stdout  # a worker's per-epoch line
+
+    parent = parent_run()
+    children = trial_runs()
+    assert parent.info.status == "FINISHED"
+    assert sorted(c.data.tags["mnist_exp.trial_id"] for c in children) == ["0", "1", "2", "3"]
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {c.data.tags["mnist_exp.tuner_id"] for c in children} == {"tuner0", "tuner1"}
+    for c in children:  # each trial fully tracked by the worker that ran it
+        assert 0 <= c.data.metrics["test_accuracy"] <= 1 and c.data.metrics["epochs_run"] == 2
+        assert len(MlflowClient().get_metric_history(c.info.run_id, "val_accuracy")) == 2
+        assert c.data.tags.get("mnist_exp.model_uri")
+    # side by side: some trial of tuner0 and some trial of tuner1 overlap in time
+    spans = {t: [(c.info.start_time, c.info.end_time) for c in children if c.data.tags["mnist_exp.tuner_id"] == t]
+             for t in ("tuner0", "tuner1")}
+    assert any(a0 < b1 and b0 < a1 for a0, a1 in spans["tuner0"] for b0, b1 in spans["tuner1"])
+    assert parent.data.metrics["trials_completed"] == 4
+
+
+def test_interrupted_parallel_sweep_resumes_with_one_worker(store):
+    """SIGTERM to the chief stops its workers (their trials end KILLED); a resume with fewer workers
+    still runs the trials the missing worker held (Keras Tuner's retry queue), each exactly once."""
+    exp_file = write_yaml(store / "par.yaml", PAR.replace("epochs: 2", "epochs: 3"))
+    proc = subprocess.Popen([str(VENV_BIN / "mnist-exp"), "sweep", str(exp_file)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while True:  # both workers mid-trial: two RUNNING runs with an epoch logged
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:] if proc.stdout else ""
+        try:
+            running = [c for c in trial_runs() if c.info.status == "RUNNING"]
+        except Exception:
+            running = []
+        if len(running) == 2 and all(MlflowClient().get_metric_history(c.info.run_id, "loss") for c in running):
+            break
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 130
+    assert parent_run().info.status == "KILLED"
+    assert not [c for c in trial_runs() if c.info.status == "RUNNING"]  # workers ended their runs
+    killed = {c.data.tags["mnist_exp.trial_id"] for c in trial_runs() if c.info.status == "KILLED"}
+    assert len(killed) == 2
+
+    done = subprocess.run([str(VENV_BIN / "mnist-exp"), "sweep", str(exp_file), "--parallel", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert parent_run().info.status == "FINISHED"
+    finished = sorted(c.data.tags["mnist_exp.trial_id"] for c in trial_runs() if c.info.status == "FINISHED")
+    assert finished == ["0", "1", "2", "3"]  # the interrupted trials included, none twice
+    assert killed <= set(finished)
