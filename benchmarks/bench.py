@@ -139,33 +139,48 @@ def _timed(fn) -> float:
 
 
 def part_c(store: Path, data: str, n_train: int, epochs: int) -> dict:
-    """One fully tracked `train` against the same fit + evaluate untracked."""
+    """One fully tracked `train` against the same fit + test evaluation untracked, in one process.
+
+    Before either is timed: the store exists (created once per store, not per trial) and a small
+    tracked and untracked fit have run, so neither pays the process's first-fit slowness."""
     import keras
     import keras_tuner as kt
 
+    from mnist_exp import tracking
     from mnist_exp.config import load_experiment
     from mnist_exp.data import load_data, one_hot, to_model_inputs
     from mnist_exp.space import load_space
     from mnist_exp.train import run_train
     from mnist_exp.training import CNNHyperModel
 
-    exp = load_experiment(None, [f"data.source={data}", f"data.train_size={n_train}", "data.test_size=2000",
-                                 f"training.epochs={epochs}", f"training.steps_per_execution={_spe()}"])
+    def experiment(n):
+        return load_experiment(None, [f"data.source={data}", f"data.train_size={n}", "data.test_size=2000",
+                                      f"training.epochs={epochs}", f"training.steps_per_execution={_spe()}"])
+
+    exp = experiment(n_train)
     ds = load_data(exp.data, exp.seed)
     uri = f"sqlite:///{store / 'mlruns' / 'mlflow.db'}"
     (store / "mlruns").mkdir(exist_ok=True)
+    tracking.configure(uri, exp.mlflow_experiment)
+
+    def untracked(d):
+        keras.utils.set_random_seed(exp.seed)
+        hm, hp = CNNHyperModel(_spe(), len(d.y_train)), kt.HyperParameters()
+        model = hm.build(hp)
+        hm.fit(hp, model, to_model_inputs(d.x_train), one_hot(d.y_train),
+               validation_data=(to_model_inputs(d.x_val), one_hot(d.y_val)), epochs=epochs, verbose=0)
+        model.predict(to_model_inputs(d.x_test), batch_size=256, verbose=0)
+
+    small = experiment(600)
+    run_train(small, load_space(None), load_data(small.data, small.seed), uri, verbose=0)  # warm-up
+    untracked(load_data(small.data, small.seed))
+    t0 = time.perf_counter()
+    untracked(ds)
+    bare = time.perf_counter() - t0
     t0 = time.perf_counter()
     run_train(exp, load_space(None), ds, uri, verbose=0)
     tracked = time.perf_counter() - t0
-    keras.utils.set_random_seed(exp.seed)
-    hm, hp = CNNHyperModel(_spe(), len(ds.y_train)), kt.HyperParameters()
-    t0 = time.perf_counter()
-    model = hm.build(hp)
-    hm.fit(hp, model, to_model_inputs(ds.x_train), one_hot(ds.y_train),
-           validation_data=(to_model_inputs(ds.x_val), one_hot(ds.y_val)), epochs=epochs, verbose=0)
-    model.evaluate(to_model_inputs(ds.x_test), one_hot(ds.y_test), batch_size=256, verbose=0)
-    bare = time.perf_counter() - t0
-    return {"tracked_s": tracked, "untracked_s": bare, "overhead": tracked / bare - 1}
+    return {"tracked_s": tracked, "untracked_s": bare, "overhead": tracked / bare - 1, "n_train": len(ds.y_train)}
 
 
 def part_d(store: Path, data: str, trials: int, n_train: int) -> dict:
@@ -202,7 +217,12 @@ def part_e(data: str, trials: int, n_train: int, epochs: int, workers: int = 2) 
     """The same sweep (same seed, so the same trials) one trial at a time with all cores, then
     `workers` trials at once with a share of the cores each. Throughput: training images over the
     whole sweep's wall time, per-trial tracking and evaluation included."""
-    out = {"trials": trials, "n_train": n_train, "epochs": epochs}
+    from mnist_exp.config import DataConfig
+    from mnist_exp.data import load_data
+
+    # digits each trial fits on: the sweep's validation split (0.1, the default) comes out of n_train
+    n_fit = len(load_data(DataConfig(source=data, train_size=n_train, test_size=1000), seed=42).y_train)
+    out = {"trials": trials, "n_train": n_train, "n_fit": n_fit, "epochs": epochs}
     root = Path(__file__).resolve().parents[1]
     for n in (1, workers):
         with tempfile.TemporaryDirectory() as tmp:
@@ -222,9 +242,7 @@ def part_e(data: str, trials: int, n_train: int, epochs: int, workers: int = 2) 
             c = MlflowClient(uri)
             runs = c.search_runs([c.get_experiment_by_name("mnist-exp").experiment_id],
                                  "tags.`mnist_exp.kind` = 'trial' and attributes.status = 'FINISHED'")
-            images = sum(int(r.data.params["data.n_train"]) * r.data.metrics["epochs_run"] for r in runs) if runs \
-                else 0
-            images = images or trials * epochs * n_train
+            images = sum(n_fit * r.data.metrics["epochs_run"] for r in runs)
             out[f"workers_{n}"] = {"wall_s": wall, "images_per_s": images / wall, "trials_finished": len(runs)}
             print(f"  e {n} at once: {wall:.1f} s, {images / wall:.0f} images/s", flush=True)
     out["speedup"] = out[f"workers_{workers}"]["images_per_s"] / out["workers_1"]["images_per_s"]
@@ -263,8 +281,21 @@ def part_f(store: Path, n_runs: int = 1000) -> dict:
         t0 = time.perf_counter()
         subprocess.run([str(BIN / "mnist-exp"), "compare", "--tracking-uri", uri], capture_output=True, check=True)
         compares.append(time.perf_counter() - t0)
+    # Where compare's time goes: a bare interpreter, importing mlflow (+ pandas), opening the store.
+    def median_of(code: str) -> float:
+        walls = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+            walls.append(time.perf_counter() - t0)
+        return statistics.median(walls)
+
+    python_s = median_of("pass")
+    import_s = median_of("import mlflow, pandas")
+    open_s = median_of(f"import mlflow; mlflow.MlflowClient({uri!r}).search_experiments()")
     return {"help_s_median": statistics.median(helps), "compare_1000_runs_s_median": statistics.median(compares),
-            "generate_1000_runs_s": gen}
+            "generate_1000_runs_s": gen, "python_startup_s": python_s, "import_mlflow_pandas_s": import_s,
+            "import_mlflow_and_open_store_s": open_s}
 
 
 def main() -> None:
@@ -273,6 +304,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="subset and fewer epochs: a few minutes")
     ap.add_argument("--out", default="benchmarks/results.json")
     ap.add_argument("--only", help="comma-separated parts to run, e.g. a,c")
+    ap.add_argument("--rounds", type=int, default=3, help="(a): fresh-process rounds per path (default 3)")
     ap.add_argument("--worker-a", choices=("seed", "suite"), help=argparse.SUPPRESS)
     ap.add_argument("--n-train", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
@@ -284,40 +316,49 @@ def main() -> None:
         return
     n_train, epochs, trials = (6000, 1, 3) if args.quick else (None, 1, 4)
     parts = set((args.only or "a,b,c,d,e,f,g").split(","))
-    res = {"machine": machine(), "mode": "quick" if args.quick else "full", "n_train": n_train or "all",
-           "epochs": epochs, "steps_per_execution": _spe(), "parts": sorted(parts)}
+    out = Path(args.out)
+    res = {}
+    if args.only and out.exists():  # a partial rerun updates the parts it ran, keeps the others
+        res = json.loads(out.read_text())
+    res.update({"machine": machine(), "mode": "quick" if args.quick else "full", "n_train": n_train or "all",
+                "epochs": epochs, "steps_per_execution": _spe()})
+    res.setdefault("measured", {})
     print(f"machine: {res['machine']}; mode {res['mode']}: {n_train or 'all'} training digits, {epochs} epoch(s)",
           flush=True)
+
+    def done(key: str, value) -> None:  # written after every part: a crash keeps what was measured
+        res[key] = value
+        res["measured"][key] = time.strftime("%Y-%m-%d %H:%M:%S")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2))
+        print(f"{key} done", flush=True)
+
     if "a" in parts or "b" in parts:
-        res["a_throughput"] = part_a(data, n_train, epochs, 42)
+        done("a_throughput", part_a(data, n_train, epochs, 42, args.rounds))
     if "b" in parts:
         peak = matmul_peak_gflops()
         suite_flops = res["a_throughput"]["suite"]["images_per_s"] * train_flops_per_image() / 1e9
-        res["b_flops"] = {"matmul_peak_gflops": peak, "train_gflop_per_image": train_flops_per_image() / 1e9,
-                          "suite_training_gflops": suite_flops, "utilisation": suite_flops / peak}
+        done("b_flops", {"matmul_peak_gflops": peak, "train_gflop_per_image": train_flops_per_image() / 1e9,
+                         "suite_training_gflops": suite_flops, "utilisation": suite_flops / peak})
     if "c" in parts:
         with tempfile.TemporaryDirectory() as tmp:
-            res["c_tracking"] = part_c(Path(tmp), data, n_train or 54000, epochs)
-        print("c done", flush=True)
+            done("c_tracking", part_c(Path(tmp), data, n_train or 60000, epochs))
     if "d" in parts:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "mlruns").mkdir()
-            res["d_sweep"] = part_d(Path(tmp), data, trials, 2000 if args.quick else 10000)
-        print("d done", flush=True)
+            done("d_sweep", part_d(Path(tmp), data, trials, 2000 if args.quick else 10000))
     if "e" in parts:
-        res["e_parallel_trials"] = part_e(data, 4, 3000 if args.quick else 20000, 1 if args.quick else 2)
+        done("e_parallel_trials", part_e(data, 4, 3000 if args.quick else 20000, 1 if args.quick else 2))
     if "f" in parts:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "mlruns").mkdir()
-            res["f_latency"] = part_f(Path(tmp))
+            done("f_latency", part_f(Path(tmp)))
     if "g" in parts:
-        res["g_time_to_99_2"] = "not measured by this script (needs full-data sweeps)"
+        done("g_time_to_99_2", "not measured by this script: `mnist-exp sweep experiments/fast.yaml` (README)")
     print()
     for row in table(res):
         print(f"{row[0]:<34} {row[1]:>16}  {row[2]}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {out}")
 
 
 def table(res: dict) -> list[tuple[str, str, str]]:
@@ -351,6 +392,9 @@ def table(res: dict) -> list[tuple[str, str, str]]:
         rows += [
             ("f mnist-exp --help (<= 0.5 s)", f"{f['help_s_median']:.2f} s", "median of 5"),
             ("f compare, 1,000 runs (<= 2 s)", f"{f['compare_1000_runs_s_median']:.2f} s", "median of 3, whole process"),
+            ("f   of which: python + import mlflow, pandas", f"{f.get('import_mlflow_pandas_s', float('nan')):.2f} s",
+             f"bare python {f.get('python_startup_s', float('nan')):.2f} s; + opening the store "
+             f"{f.get('import_mlflow_and_open_store_s', float('nan')):.2f} s (mlflow only)"),
         ]
     if "g_time_to_99_2" in res:
         rows.append(("g time to 99.2% test accuracy", "-", str(res["g_time_to_99_2"])))

@@ -38,6 +38,8 @@ class TrainingConfig:
     steps_per_execution: int = 8
     early_stopping_patience: int | None = None  # on the objective; None = off
     threads: int | None = None  # TF intra-op threads; None = all cores
+    # null (float32), mixed_float16 (NVIDIA GPUs) or mixed_bfloat16 (CPUs/TPUs with bfloat16 units)
+    mixed_precision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,8 @@ def _validate(exp: Experiment, where: str) -> None:
         bad("training.early_stopping_patience", "must be at least 1, or null to disable")
     if t.threads is not None and t.threads < 1:
         bad("training.threads", "must be at least 1, or null for all cores")
+    if t.mixed_precision not in (None, "mixed_float16", "mixed_bfloat16"):
+        bad("training.mixed_precision", f"must be mixed_float16, mixed_bfloat16 or null (got {t.mixed_precision!r})")
     if tu.kind not in TUNER_KINDS:
         bad("tuner.kind", f"must be one of {', '.join(TUNER_KINDS)} (got {tu.kind!r})")
     if tu.factor < 2:

@@ -30,7 +30,7 @@ def hp_value(hp, name: str):
     return hp.Fixed(name, HP_DEFAULTS[name][1])
 
 
-def build_model(hp=None, steps_per_execution: int = 1):
+def build_model(hp=None, steps_per_execution: int = 1, mixed_precision: str | None = None):
     """Build and compile the CNN. ``build_model()`` is the seed baseline.
 
     >>> import keras_tuner as kt
@@ -44,31 +44,37 @@ def build_model(hp=None, steps_per_execution: int = 1):
     hp = hp if hp is not None else kt.HyperParameters()
     v = {name: hp_value(hp, name) for name in HP_DEFAULTS}
     act = v["activation"]
+    # Mixed precision per layer, not Keras's global policy: one process runs many trials. The softmax
+    # stays float32 so the loss is computed in float32.
+    dt = {"dtype": mixed_precision} if mixed_precision else {}
 
     def conv(filters):
-        out = [layers.Conv2D(filters, (3, 3), activation=None if v["batch_norm"] else act)]
+        out = [layers.Conv2D(filters, (3, 3), activation=None if v["batch_norm"] else act, **dt)]
         if v["batch_norm"]:
-            out += [layers.BatchNormalization(), layers.Activation(act)]
+            out += [layers.BatchNormalization(**dt), layers.Activation(act, **dt)]
         return out
 
     model = keras.Sequential(
         [
             keras.Input(shape=(28, 28, 1)),
             *conv(v["filters_1"]),
-            layers.MaxPooling2D((2, 2)),
-            layers.Dropout(v["dropout_1"]),
+            layers.MaxPooling2D((2, 2), **dt),
+            layers.Dropout(v["dropout_1"], **dt),
             *conv(v["filters_2"]),
-            layers.MaxPooling2D((2, 2)),
-            layers.Dropout(v["dropout_2"]),
+            layers.MaxPooling2D((2, 2), **dt),
+            layers.Dropout(v["dropout_2"], **dt),
             *conv(v["filters_3"]),
-            layers.Flatten(),
-            layers.Dense(v["dense_units"], activation=act),
-            layers.Dense(10, activation="softmax"),
+            layers.Flatten(**dt),
+            layers.Dense(v["dense_units"], activation=act, **dt),
+            layers.Dense(10, activation="softmax", dtype="float32"),
         ],
         name="mnist_cnn",
     )
+    optimizer = keras.optimizers.Adam(learning_rate=v["learning_rate"])
+    if mixed_precision == "mixed_float16":  # float16 gradients underflow without loss scaling
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=v["learning_rate"]),
+        optimizer=optimizer,
         loss="categorical_crossentropy",
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,

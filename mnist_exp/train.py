@@ -24,7 +24,7 @@ def run_train(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, verbos
 
     training.set_seed_and_threads(exp)
     hp = space.to_hyperparameters(fixed=exp.hp)
-    hypermodel = training.CNNHyperModel(exp.training.steps_per_execution, len(ds.y_train))
+    hypermodel = training.hypermodel_for(exp, len(ds.y_train))
     model = hypermodel.build(hp)
 
     experiment_id = tracking.configure(uri, exp.mlflow_experiment)

@@ -26,16 +26,18 @@ warnings.filterwarnings("ignore", message="Skipping variable loading for optimiz
 class CNNHyperModel(kt.HyperModel):
     """The CNN for Keras Tuner; ``batch_size`` is a hyperparameter, not a fit argument."""
 
-    def __init__(self, steps_per_execution: int = TrainingConfig.steps_per_execution, n_train: int | None = None):
+    def __init__(self, steps_per_execution: int = TrainingConfig.steps_per_execution, n_train: int | None = None,
+                 mixed_precision: str | None = None):
         super().__init__(name="mnist_cnn")
         self.steps_per_execution = steps_per_execution
         self.n_train = n_train
+        self.mixed_precision = mixed_precision
 
     def build(self, hp):
         spe = self.steps_per_execution
         if self.n_train:  # more steps per call than an epoch has confuses Keras's progress bar
             spe = max(1, min(spe, math.ceil(self.n_train / hp_value(hp, "batch_size"))))
-        return build_model(hp, steps_per_execution=spe)
+        return build_model(hp, steps_per_execution=spe, mixed_precision=self.mixed_precision)
 
     def fit(self, hp, model, x, y=None, validation_data=None, **kwargs):
         """Arrays are fed through ``input_pipeline``; a ready ``tf.data.Dataset`` passes through."""
@@ -130,6 +132,10 @@ def fit_arrays(ds: Dataset):
     return to_model_inputs(ds.x_train), one_hot(ds.y_train), val
 
 
+def hypermodel_for(exp: Experiment, n_train: int) -> CNNHyperModel:
+    return CNNHyperModel(exp.training.steps_per_execution, n_train, exp.training.mixed_precision)
+
+
 def callbacks_for(exp: Experiment, run_id: str, echo: str | None = None) -> list:
     cbs = [EpochLogger(run_id, echo), FailOnNaN()]
     if exp.training.early_stopping_patience:
@@ -161,7 +167,7 @@ def evaluate_and_log(model, ds: Dataset, history: dict, first_epoch: int = 1) ->
     x_test = to_model_inputs(ds.x_test)
     probs = model.predict(x_test, batch_size=EVAL_BATCH, verbose=0)
     pred = probs.argmax(axis=1)
-    metrics = test_metrics(probs, ds.y_test)
+    metrics = metrics_from_probs(probs, ds.y_test)
     tracking.log_metrics(metrics)
     tracking.log_figure(plots.learning_curves(history, first_epoch), "plots/learning_curves.png")
     tracking.log_figure(plots.prediction_grid(ds.x_test, ds.y_test, pred), "plots/predictions.png")
@@ -171,7 +177,7 @@ def evaluate_and_log(model, ds: Dataset, history: dict, first_epoch: int = 1) ->
     return metrics
 
 
-def test_metrics(probs: np.ndarray, y: np.ndarray) -> dict:
+def metrics_from_probs(probs: np.ndarray, y: np.ndarray) -> dict:
     """Accuracy and categorical cross-entropy from one predict pass (what ``evaluate`` computes,
     with Keras's clipping at 1e-7), so the test set is run through the model once, not twice."""
     p = np.clip(probs[np.arange(len(y)), y].astype(np.float64), 1e-7, 1 - 1e-7)

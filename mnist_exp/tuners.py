@@ -205,7 +205,7 @@ def make_tuner(sw: SweepContext, hyperparameters, directory: Path, hypermodel=No
     return tuner_cls(
         sw,
         oracle,
-        hypermodel=hypermodel or training.CNNHyperModel(exp.training.steps_per_execution, len(sw.ds.y_train)),
+        hypermodel=hypermodel or training.hypermodel_for(exp, len(sw.ds.y_train)),
         directory=str(directory),
         project_name=exp.name,
         overwrite=False,

@@ -49,3 +49,21 @@ def test_every_hyperparameter_defaults_to_the_baseline_and_can_be_changed():
     assert [ly.rate for ly in model.layers if isinstance(ly, layers.Dropout)] == [0.5, 0.25]
     assert sum(isinstance(ly, layers.BatchNormalization) for ly in model.layers) == 3
     assert model.layers[-2].get_config()["activation"] == "gelu"
+
+
+def test_mixed_precision_computes_in_low_precision_and_keeps_a_float32_softmax(embedded):
+    import numpy as np
+
+    from mnist_exp.data import one_hot, to_model_inputs
+
+    x, y = to_model_inputs(embedded["x_train"][:64]), one_hot(embedded["y_train"][:64])
+    for policy, low in (("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")):
+        model = build_model(None, mixed_precision=policy)
+        convs = [ly for ly in model.layers if isinstance(ly, layers.Conv2D)]
+        assert {ly.compute_dtype for ly in convs} == {low} and {ly.variable_dtype for ly in convs} == {"float32"}
+        assert model.layers[-1].compute_dtype == "float32"
+        assert (type(model.optimizer).__name__ == "LossScaleOptimizer") == (policy == "mixed_float16")
+        history = model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"][0])
+        assert model.predict(x[:4], verbose=0).dtype == np.float32
+    assert build_model().layers[0].compute_dtype == "float32"  # no global policy left behind
