@@ -163,17 +163,15 @@ def _work(args) -> int:
     sw = tuners.SweepContext(exp, ds, experiment_id, state["parent_run_id"], arrays=training.fit_arrays(ds),
                              echo=os.environ.get(ENV_ID))
     tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), Path(state_path).parent.parent)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    from .sweep import raise_interrupt
+
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         x, y, val = sw.arrays
         tuner.search(x, y, validation_data=val, epochs=exp.training.epochs, verbose=0)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     tuners.requeue_orphans(tuner.oracle, [tuner.tuner_id])
 
     x, y, val = sw.arrays
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     crashed = None
     try:
         tuner.search(x, y, validation_data=val, epochs=exp.training.epochs, verbose=verbose)
@@ -126,7 +126,7 @@ def _run_parallel(tuner, sw, uri: str, verbose) -> SweepResult:
     server, port = parallel.start_server(tuner.oracle)
     print(f"chief serving the oracle on 127.0.0.1:{port}; {n} workers ({', '.join(ids)}), "
           f"{threads} thread(s) each", flush=True)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     procs = {}
     try:
         procs = parallel.launch_workers(uri, exp.name, n, threads, port, verbose=0 if verbose == 0 else 1)
@@ -145,7 +145,7 @@ def _run_parallel(tuner, sw, uri: str, verbose) -> SweepResult:
     return _finish(tuner, sw, crashed)
 
 
-def _raise_interrupt(signum, frame):
+def raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
