@@ -116,7 +116,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", required=True)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed-offset", type=int, default=0)
-    ap.add_argument("--verbose", type=int, default=1)
+    ap.add_argument("--verbose", type=int, default=1, help="0: no per-epoch lines")
     args = ap.parse_args(argv)
     from .errors import MnistExpError
 
@@ -161,7 +161,7 @@ def _work(args) -> int:
     keras.utils.set_random_seed(exp.seed + 1000 * (1 + args.seed_offset))
     experiment_id = tracking.configure(args.tracking_uri, exp.mlflow_experiment)
     sw = tuners.SweepContext(exp, ds, experiment_id, state["parent_run_id"], arrays=training.fit_arrays(ds),
-                             echo=os.environ.get(ENV_ID))
+                             echo=os.environ.get(ENV_ID) if args.verbose else None)
     tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), Path(state_path).parent.parent)
     from .sweep import raise_interrupt
 

@@ -7,6 +7,7 @@ holds the parent run id and the sweep's identity. Running the same command again
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -59,6 +60,8 @@ def tuner_dir(uri: str) -> Path:
 def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwrite: bool = False,
               verbose="auto", hypermodel=None) -> SweepResult:
     """Run (or resume) the sweep. ``hypermodel`` replaces the CNN HyperModel (tests inject faults with it)."""
+    if hypermodel is not None and exp.tuner.parallel_trials > 1:  # workers build their own CNN; nothing else crosses
+        raise ValueError("a custom hypermodel cannot reach parallel workers; use tuner.parallel_trials=1")
     if exp.objective.name.startswith("val_") and not len(ds.y_val):
         raise ConfigError(f"{exp.path}: data.validation_split: must be > 0 for the objective {exp.objective.name}")
     project = tuner_dir(uri) / exp.name
@@ -74,12 +77,10 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     parallel = exp.tuner.parallel_trials > 1
     # The chief of a parallel sweep trains nothing: its workers load the data themselves.
     sw = tuners.SweepContext(exp, ds, experiment_id, parent_run_id, arrays=() if parallel else training.fit_arrays(ds))
-    if parallel:
-        from .parallel import ChiefEnvironment
+    from .parallel import ChiefEnvironment
 
-        with ChiefEnvironment("127.0.0.1", 0):  # Keras Tuner reads chief/worker from the environment here
-            tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), project.parent, hypermodel)
-    else:
+    # Keras Tuner reads chief/worker from the environment when the Tuner is built
+    with ChiefEnvironment("127.0.0.1", 0) if parallel else contextlib.nullcontext():
         tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), project.parent, hypermodel)
     tuner.oracle.on_trial_ended = tuners.print_progress(tuner.oracle, sw)
     planned = tuners.planned_trials(tuner.oracle)

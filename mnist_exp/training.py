@@ -55,9 +55,10 @@ EVAL_BATCH = 256  # evaluation only: no effect on the optimisation, ~2x fewer ca
 def input_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool = True):
     """Batches of (x, y) reshuffled every epoch, as ``fit(x, y, batch_size=…)`` gives, but faster here.
 
-    Keras's own array pipeline uses tf.data autotuning; on 2 cores its background thread stalled
-    epochs by 1-2 s, some 10-20% of a 4,000-digit epoch (benchmarks/bench.py, README "Performance").
-    This one gathers index batches from in-memory tensors with a fixed prefetch and autotuning off.
+    Keras's own array pipeline (tf.data, autotuned) sometimes stalled on the 2-core development
+    machine: a 4,000-digit epoch whose steps summed to 8.2 s took 10.3 s. With autotuning off no run
+    stalled (README "Performance"). This one gathers index batches from in-memory tensors with a
+    fixed prefetch and autotuning off.
     Same batch size, same per-epoch uniform shuffle, partial last batch kept: the optimisation is unchanged.
     """
     import tensorflow as tf

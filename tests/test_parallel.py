@@ -98,3 +98,18 @@ def test_interrupted_parallel_sweep_resumes_with_one_worker(store):
     finished = sorted(c.data.tags["mnist_exp.trial_id"] for c in trial_runs() if c.info.status == "FINISHED")
     assert finished == ["0", "1", "2", "3"]  # the interrupted trials included, none twice
     assert killed <= set(finished)
+
+
+def test_an_injected_hypermodel_is_refused_before_anything_is_written(store):
+    import pytest
+
+    from mnist_exp.data import load_data
+    from mnist_exp.space import load_space
+    from mnist_exp.sweep import run_sweep
+    from mnist_exp.training import CNNHyperModel
+
+    exp = load_experiment(write_yaml(store / "par.yaml", PAR))
+    with pytest.raises(ValueError, match="cannot reach parallel workers"):
+        run_sweep(exp, load_space(exp.search_space), load_data(exp.data, exp.seed),
+                  f"sqlite:///{store / 'mlruns' / 'mlflow.db'}", hypermodel=CNNHyperModel())
+    assert not trial_runs() and not (store / "mlruns" / "tuner" / "par").exists()
