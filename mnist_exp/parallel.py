@@ -73,8 +73,10 @@ def launch_workers(uri: str, sweep: str, n: int, threads: int, port: int, ip: st
     for i, tid in enumerate(worker_ids(n)):
         env = {**os.environ, ENV_IP: ip, ENV_PORT: str(port), ENV_ID: tid, "TF_CPP_MIN_LOG_LEVEL": "2"}
         cmd = [sys.executable, "-m", "mnist_exp.parallel", "--tracking-uri", uri, "--sweep", sweep,
-               "--threads", str(threads), "--seed-offset", str(i), "--verbose", str(verbose)]
-        procs[tid] = subprocess.Popen(cmd, env=env)
+               "--threads", str(threads), "--seed-offset", str(i), "--verbose", str(verbose),
+               "--chief-pid", str(os.getpid())]
+        # Own session: a terminal's Ctrl-C reaches the chief only, which stops each worker once.
+        procs[tid] = subprocess.Popen(cmd, env=env, start_new_session=True)
     return procs
 
 
@@ -117,6 +119,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed-offset", type=int, default=0)
     ap.add_argument("--verbose", type=int, default=1, help="0: no per-epoch lines")
+    ap.add_argument("--chief-pid", type=int, help="stop (trial KILLED) when this parent process is gone")
     args = ap.parse_args(argv)
     from .errors import MnistExpError
 
@@ -163,15 +166,27 @@ def _work(args) -> int:
     sw = tuners.SweepContext(exp, ds, experiment_id, state["parent_run_id"], arrays=training.fit_arrays(ds),
                              echo=os.environ.get(ENV_ID) if args.verbose else None)
     tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), Path(state_path).parent.parent)
-    from .sweep import raise_interrupt
+    from . import interrupt
 
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
-    try:
+    with interrupt.handled():
+        if args.chief_pid:
+            watch_parent(args.chief_pid)
         x, y, val = sw.arrays
         tuner.search(x, y, validation_data=val, epochs=exp.training.epochs, verbose=0)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def watch_parent(pid: int, poll_s: float = 1.0) -> None:
+    """A chief killed outright (SIGKILL) cannot stop its workers, and their calls to its gone oracle
+    would wait forever: each worker SIGTERMs itself once its parent is no longer ``pid``."""
+    import threading
+
+    def watch():
+        while os.getppid() == pid:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="watch-chief", daemon=True).start()
 
 
 if __name__ == "__main__":

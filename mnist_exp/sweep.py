@@ -12,12 +12,11 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import tracking
+from . import interrupt, tracking
 from .config import Experiment
 from .data import Dataset
 from .errors import ConfigError, SweepError
@@ -95,10 +94,10 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     tuners.requeue_orphans(tuner.oracle, [tuner.tuner_id])
 
     x, y, val = sw.arrays
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     crashed = None
     try:
-        tuner.search(x, y, validation_data=val, epochs=exp.training.epochs, verbose=verbose)
+        with interrupt.handled():
+            tuner.search(x, y, validation_data=val, epochs=exp.training.epochs, verbose=verbose)
     except KeyboardInterrupt:
         tracking.set_status(parent_run_id, tracking.KILLED)
         print(f"sweep {exp.name} interrupted: finished trials are kept; run the same command again to resume",
@@ -110,8 +109,6 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
         tracking.set_status(parent_run_id, tracking.FAILED)
         tracking.set_tags({tracking.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]}, run_id=parent_run_id)
         raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return _finish(tuner, sw, crashed)
 
 
@@ -127,11 +124,11 @@ def _run_parallel(tuner, sw, uri: str, verbose) -> SweepResult:
     server, port = parallel.start_server(tuner.oracle)
     print(f"chief serving the oracle on 127.0.0.1:{port}; {n} workers ({', '.join(ids)}), "
           f"{threads} thread(s) each", flush=True)
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     procs = {}
     try:
-        procs = parallel.launch_workers(uri, exp.name, n, threads, port, verbose=0 if verbose == 0 else 1)
-        codes = parallel.wait_workers(procs)
+        with interrupt.handled():
+            procs = parallel.launch_workers(uri, exp.name, n, threads, port, verbose=0 if verbose == 0 else 1)
+            codes = parallel.wait_workers(procs)
     except KeyboardInterrupt:
         parallel.stop_workers(procs)
         tracking.set_status(sw.parent_run_id, tracking.KILLED)
@@ -139,15 +136,10 @@ def _run_parallel(tuner, sw, uri: str, verbose) -> SweepResult:
               flush=True)
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
         server.stop(grace=1)
     bad = {tid: code for tid, code in codes.items() if code}
     crashed = f"worker(s) exited with an error: {bad}" if bad else None
     return _finish(tuner, sw, crashed)
-
-
-def raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict) -> tuple[str, bool]:

@@ -20,7 +20,7 @@ class TrainResult:
 
 def run_train(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, verbose="auto") -> TrainResult:
     """Train with the space's defaults (never a sample) and the experiment's fixed hp values."""
-    from . import tracking, training
+    from . import interrupt, tracking, training
 
     training.set_seed_and_threads(exp)
     hp = space.to_hyperparameters(fixed=exp.hp)
@@ -32,26 +32,30 @@ def run_train(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, verbos
     if exp.path:
         tags["mnist_exp.experiment_file"] = exp.path
     t0 = time.perf_counter()
-    run_id = tracking.start_run(experiment_id, f"train-{exp.name}", tags)
-    try:
-        tracking.log_params({**hp.values, **exp.as_params(), **_data_params(ds), "trainable_params": training.model_size(model)})
-        tracking.log_dataset(ds)
-        x, y, val = training.fit_arrays(ds)
-        history = hypermodel.fit(
-            hp, model, x, y, validation_data=val, epochs=exp.training.epochs,
-            callbacks=training.callbacks_for(exp, run_id), verbose=verbose,
-        )
-        hist = training.merged_history(history)
-        train_s = time.perf_counter() - t0
-        summary = training.history_summary(hist, exp.objective.name, exp.objective.direction)
-        tracking.log_metrics({**summary, "train_time_s": train_s})
-        test = training.evaluate_and_log(model, ds, hist)
-        tracking.end_run(tracking.FINISHED)
-    except BaseException as e:
-        status = tracking.FAILED if isinstance(e, Exception) else tracking.KILLED
-        tracking.set_tags({tracking.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]})
-        tracking.end_run(status)
-        raise
+    with interrupt.handled(), interrupt.deferred():  # Ctrl-C / SIGTERM: the run ends KILLED, not mid-write
+        run_id = tracking.start_run(experiment_id, f"train-{exp.name}", tags)
+        try:
+            interrupt.check()
+            tracking.log_params({**hp.values, **exp.as_params(), **_data_params(ds),
+                                 "trainable_params": training.model_size(model)})
+            tracking.log_dataset(ds)
+            x, y, val = training.fit_arrays(ds)
+            history = hypermodel.fit(
+                hp, model, x, y, validation_data=val, epochs=exp.training.epochs,
+                callbacks=training.callbacks_for(exp, run_id), verbose=verbose,
+            )
+            interrupt.check()  # after this the run is evaluated and finished; a late signal is ignored
+            hist = training.merged_history(history)
+            train_s = time.perf_counter() - t0
+            summary = training.history_summary(hist, exp.objective.name, exp.objective.direction)
+            tracking.log_metrics({**summary, "train_time_s": train_s})
+            test = training.evaluate_and_log(model, ds, hist)
+            tracking.end_run(tracking.FINISHED)
+        except BaseException as e:
+            status = tracking.FAILED if isinstance(e, Exception) else tracking.KILLED
+            tracking.set_tags({tracking.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]})
+            tracking.end_run(status)
+            raise
     return TrainResult(run_id, test["test_accuracy"], test["test_loss"], time.perf_counter() - t0)
 
 

@@ -14,7 +14,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from . import plots, tracking
+from . import interrupt, plots, tracking
 from .config import Experiment, TrainingConfig
 from .data import Dataset, one_hot, to_model_inputs
 from .model import build_model, hp_value
@@ -114,6 +114,16 @@ class FailOnNaN(keras.callbacks.Callback):
         self.on_batch_end(-1, logs)
 
 
+class InterruptCheck(keras.callbacks.Callback):
+    """Raises a Ctrl-C / SIGTERM recorded inside a trial at the next batch end (``interrupt``)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        interrupt.check()
+
+    def on_test_batch_end(self, batch, logs=None):
+        interrupt.check()
+
+
 def set_seed_and_threads(exp: Experiment) -> None:
     import tensorflow as tf
 
@@ -138,7 +148,7 @@ def hypermodel_for(exp: Experiment, n_train: int) -> CNNHyperModel:
 
 
 def callbacks_for(exp: Experiment, run_id: str, echo: str | None = None) -> list:
-    cbs = [EpochLogger(run_id, echo), FailOnNaN()]
+    cbs = [EpochLogger(run_id, echo), FailOnNaN(), InterruptCheck()]
     if exp.training.early_stopping_patience:
         cbs.append(
             keras.callbacks.EarlyStopping(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import keras_tuner as kt
 
-from . import tracking, training
+from . import interrupt, tracking, training
 from .config import Experiment
 from .data import Dataset
 from .model import HP_DEFAULTS, TUNER_BOOKKEEPING_PREFIX, hp_value
@@ -84,9 +84,20 @@ class TrackedTunerMixin:
             self.oracle.save()
         atomic_write_json(self._get_tuner_fname(), self.get_state())
 
+    # From here to on_trial_end a Ctrl-C / SIGTERM is taken at safe points only (interrupt.py): before
+    # the trial's model is evaluated it ends the trial KILLED (retried on resume); after, the trial
+    # finishes and Keras Tuner records it before the sweep stops, so no trial is run twice.
+    def on_trial_begin(self, trial):
+        interrupt.defer(True)
+        super().on_trial_begin(trial)
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)  # Keras Tuner records the trial (COMPLETED or FAILED) here
+        interrupt.defer(False)
+        interrupt.check()
+
     def run_trial(self, trial, *args, **kwargs):
-        sw, exp = self.sweep, self.sweep.exp
-        hp = trial.hyperparameters
+        sw, exp, hp = self.sweep, self.sweep.exp, trial.hyperparameters
         for name in HP_DEFAULTS:  # pin what the space leaves out to the baseline, so params are complete
             hp_value(hp, name)
         tags = {
@@ -99,15 +110,18 @@ class TrackedTunerMixin:
         run_id = tracking.start_run(sw.experiment_id, f"{exp.name}-{trial.trial_id}", tags, sw.parent_run_id)
         t0 = time.perf_counter()
         try:
+            interrupt.check()
             tracking.log_params({**hp.values, **exp.as_params()})
             tracking.log_dataset(sw.ds)
             echo = sw.echo and f"[{sw.echo}] trial {trial.trial_id}"
             callbacks = list(kwargs.pop("callbacks", [])) + training.callbacks_for(exp, run_id, echo)
             histories = super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
+            interrupt.check()
             hist = training.merged_history(histories)
             summary = training.history_summary(hist, exp.objective.name, exp.objective.direction)
             tracking.log_metrics({**summary, "train_time_s": time.perf_counter() - t0})
             model = self.load_model(trial)  # Keras Tuner's best-epoch checkpoint: what get_best_models returns
+            interrupt.check()  # the last point where an interrupt still ends the trial KILLED
             first_epoch = int(hp.values.get(f"{TUNER_BOOKKEEPING_PREFIX}initial_epoch", 0)) + 1
             training.evaluate_and_log(model, sw.ds, hist, first_epoch)
             tracking.log_metrics({"trial_time_s": time.perf_counter() - t0})

@@ -85,11 +85,13 @@ def test_interrupted_parallel_sweep_resumes_with_one_worker(store):
             break
         time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 130
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-3000:]
     assert parent_run().info.status == "KILLED"
     assert not [c for c in trial_runs() if c.info.status == "RUNNING"]  # workers ended their runs
-    killed = {c.data.tags["mnist_exp.trial_id"] for c in trial_runs() if c.info.status == "KILLED"}
-    assert len(killed) == 2
+    ended = [(c.data.tags["mnist_exp.trial_id"], c.info.status, c.data.tags.get("mnist_exp.error")) for c in trial_runs()]
+    killed = {tid for tid, status, _ in ended if status == "KILLED"}
+    assert len(killed) == 2, (ended, out)
 
     done = subprocess.run([str(VENV_BIN / "mnist-exp"), "sweep", str(exp_file), "--parallel", "1"],
                           capture_output=True, text=True, timeout=600)

@@ -1,0 +1,82 @@
+"""Ctrl-C and SIGTERM, taken where a trial can end cleanly.
+
+A ``KeyboardInterrupt`` raised straight from a signal handler lands wherever Python happens to be.
+Inside TensorFlow's step function (Python called back from C) it came out as
+``SystemError: Objects/listobject.c:338: bad argument to internal function``: an ordinary
+Exception, so the trial was marked FAILED (and never retried) instead of KILLED. Found with a
+SIGTERM 6 s into a parallel sweep (most likely also what CI saw once: "no trial KILLED").
+
+So inside a trial (``defer(True)`` … ``defer(False)``, or ``deferred()``) the handler only
+records the signal, and the interrupt is raised at safe points: a batch end
+(``training.InterruptCheck``), between a trial's phases, or after Keras Tuner has recorded a trial
+that finished anyway (``check()``). Outside a trial, and on a second signal, it is raised at once.
+
+Example::
+
+    with interrupt.handled():          # Ctrl-C / SIGTERM → KeyboardInterrupt, at safe points
+        with interrupt.deferred():
+            model.fit(..., callbacks=[training.InterruptCheck()])
+            interrupt.check()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+
+_pending: int | None = None  # a signal received while deferring, not raised yet
+_deferring = False
+
+
+def _handler(signum, frame):
+    global _pending
+    if _deferring and _pending is None:
+        _pending = signum
+        # os.write, not print: a handler may run in the middle of another print
+        os.write(2, f"\n{signal.Signals(signum).name}: stopping at the next safe point (again to force)\n".encode())
+        return
+    _pending = None
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def handled(signals=(signal.SIGINT, signal.SIGTERM)):
+    """Turn the signals into KeyboardInterrupt (at safe points) for the block; main thread only."""
+    global _pending
+    previous = {s: signal.signal(s, _handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _pending = None
+        defer(False)  # a trial left by an exception never reached its on_trial_end
+
+
+def defer(on: bool) -> bool:
+    """Record (True) or raise (False) signals from now on; returns the previous setting.
+    Sweeps switch it per trial in the tuner's on_trial_begin / on_trial_end."""
+    global _deferring
+    was, _deferring = _deferring, on
+    return was
+
+
+@contextlib.contextmanager
+def deferred():
+    """While inside, a first signal is recorded, not raised; leaving does not raise it either:
+    the caller decides where (``check()``), so that finished work is never reported interrupted."""
+    was = defer(True)
+    try:
+        yield
+    finally:
+        defer(was)
+
+
+def check() -> None:
+    """Raise the recorded interrupt, if any."""
+    global _pending
+    if _pending is not None:
+        signum, _pending = _pending, None
+        raise KeyboardInterrupt(f"signal {signum}")
+
