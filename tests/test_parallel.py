@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 from mlflow import MlflowClient
 
@@ -115,3 +116,31 @@ def test_an_injected_hypermodel_is_refused_before_anything_is_written(store):
         run_sweep(exp, load_space(exp.search_space), load_data(exp.data, exp.seed),
                   f"sqlite:///{store / 'mlruns' / 'mlflow.db'}", hypermodel=CNNHyperModel())
     assert not trial_runs() and not (store / "mlruns" / "tuner" / "par").exists()
+
+
+def test_a_worker_stops_itself_when_its_chief_is_killed_outright(tmp_path):
+    """SIGKILL leaves the chief no chance to stop its workers; each notices its parent is gone."""
+    import sys
+
+    child = ("import sys, time\nfrom mnist_exp import interrupt, parallel\n"
+             "with interrupt.handled():\n"
+             "    parallel.watch_parent(int(sys.argv[1]), poll_s=0.1)\n"
+             "    try:\n        time.sleep(60)\n    except KeyboardInterrupt:\n"
+             "        open(sys.argv[2], 'w').write('stopped')\n        raise SystemExit(130)\n")
+    chief = ("import os, subprocess, sys, time\n"
+             f"p = subprocess.Popen([sys.executable, '-c', {child!r}, str(os.getpid()), sys.argv[1]])\n"
+             "print(p.pid, flush=True)\ntime.sleep(60)\n")
+    marker = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-c", chief, str(marker)], stdout=subprocess.PIPE, text=True)
+    worker_pid = int(proc.stdout.readline())
+    time.sleep(1.0)  # the worker is up and watching
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 20
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert marker.read_text() == "stopped"
+    time.sleep(0.5)
+    stat = Path(f"/proc/{worker_pid}/stat")
+    # gone, or a zombie waiting for whoever adopted it to reap it
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
