@@ -110,11 +110,10 @@ def sweep_objectives(parents) -> dict[str, tuple[str, bool]]:
     return out
 
 
-def latest_parents(experiment_ids: list[str], names: list[str] | None = None) -> dict:
+def latest_parents(reader, experiment_id: str, names: list[str] | None = None) -> dict:
     """sweep name -> its current parent run (an --overwrite'n sweep's older parents are history)."""
-    parents = tracking.find_runs(experiment_ids, f"tags.{tracking.TAG_KIND} = 'sweep'")
     out = {}
-    for r in sorted(parents, key=lambda r: r.info.start_time):
+    for r in sorted(reader.runs(experiment_id, {tracking.TAG_KIND: "sweep"}), key=lambda r: r.info.start_time):
         name = r.data.tags.get(tracking.TAG_SWEEP)
         if names and name not in names:
             continue
@@ -123,11 +122,9 @@ def latest_parents(experiment_ids: list[str], names: list[str] | None = None) ->
 
 
 def main(uri: str, args) -> int:
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    exp = mlflow.get_experiment_by_name(args.experiment_name)
-    parents = latest_parents([exp.experiment_id], args.sweeps or None) if exp else {}
+    reader = tracking.run_reader(uri)  # a local store is read without importing MLflow (README "Performance")
+    experiment_id = reader.experiment_id(args.experiment_name)
+    parents = latest_parents(reader, experiment_id, args.sweeps or None) if experiment_id else {}
     missing = [s for s in args.sweeps if s not in parents]
     if missing:
         print(f"mnist-exp compare: no sweep named {', '.join(missing)} in {uri}", file=sys.stderr)
@@ -136,7 +133,8 @@ def main(uri: str, args) -> int:
         print(f"no sweeps in {uri} (experiment {args.experiment_name}); run one: mnist-exp sweep experiments/quick.yaml")
         return 0
     objectives = sweep_objectives(parents.values())
-    frames = [trials_table(tracking.find_trial_runs([exp.experiment_id], p.info.run_id)) for p in parents.values()]
+    frames = [trials_table(reader.runs(experiment_id, {tracking.TAG_KIND: "trial", "mlflow.parentRunId": p.info.run_id}))
+              for p in parents.values()]
     frames = [f for f in frames if not f.empty]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if df.empty:
@@ -164,18 +162,18 @@ def main(uri: str, args) -> int:
         df.to_csv(args.csv, index=False)
         print(f"\nwrote {args.csv} ({len(df)} rows)")
     if args.plot:
-        _plot(df, board, objectives, args)
+        _plot(uri, df, board, objectives, args)
         print(f"wrote {args.plot}")
     return 0
 
 
-def _plot(df, board, objectives, args) -> None:
+def _plot(uri, df, board, objectives, args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    c = tracking.client()
+    c = tracking.client(uri)  # per-epoch curves: MLflow's metric history
     names = hp_columns(df) or [h for h in HP_DEFAULTS if h in df][:1]
     fig, axes = plt.subplots(1 + (len(names) + 2) // 3, 3, figsize=(13, 3.6 * (1 + (len(names) + 2) // 3)),
                              squeeze=False)

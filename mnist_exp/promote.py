@@ -34,7 +34,7 @@ class Candidate:
 
 
 def best_candidate(experiment_id: str, sweep: str | None) -> Candidate:
-    parents = compare.latest_parents([experiment_id], [sweep] if sweep else None)
+    parents = compare.latest_parents(tracking.MLflowRuns(), experiment_id, [sweep] if sweep else None)
     if not parents:
         raise ConfigError(f"no sweep named {sweep}" if sweep else "no sweeps in the store; run mnist-exp sweep first")
     parent = max(parents.values(), key=lambda r: r.info.start_time)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -81,10 +82,10 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def client():
+def client(uri: str | None = None):
     import mlflow
 
-    return _client(mlflow.get_tracking_uri())
+    return _client(uri or mlflow.get_tracking_uri())
 
 
 def environment_tags() -> dict[str, str]:
@@ -304,3 +305,111 @@ def ui_command(uri: str) -> str:
     if uri.startswith("sqlite:") and Path(uri[len("sqlite:///") :]).resolve().parent == project_root() / "mlruns":
         return "mnist-exp ui"
     return f"mnist-exp ui --tracking-uri {uri}" if not uri.startswith("http") else f"open {uri}"
+
+
+# --- reading runs for leaderboards -------------------------------------------------------------------
+
+# MLflow schema revisions whose tables SqliteRuns reads directly. tests/test_compare.py checks that the
+# installed MLflow writes one of these and that both readers give the same leaderboard; a store
+# migrated by another MLflow falls back to MLflowRuns.
+KNOWN_SCHEMA_REVISIONS = {"dc11669786a5"}  # MLflow 3.17
+
+
+@dataclass(frozen=True)
+class StoredRunInfo:
+    run_id: str
+    status: str
+    start_time: int | None
+    end_time: int | None
+
+
+@dataclass(frozen=True)
+class StoredRunData:
+    params: dict
+    metrics: dict
+    tags: dict
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """The parts of an MLflow ``Run`` a leaderboard reads (``run.info.status``, ``run.data.tags`` …)."""
+
+    info: StoredRunInfo
+    data: StoredRunData
+
+
+class MLflowRuns:
+    """Runs through MLflow's client: any tracking URI."""
+
+    def __init__(self, uri: str | None = None):
+        """``uri``: None keeps MLflow's current tracking URI."""
+        if uri:
+            import mlflow
+
+            mlflow.set_tracking_uri(uri)
+
+    def experiment_id(self, name: str) -> str | None:
+        import mlflow
+
+        exp = mlflow.get_experiment_by_name(name)
+        return exp.experiment_id if exp else None
+
+    def runs(self, experiment_id: str, tags: dict[str, str]) -> list:
+        """Active runs whose tags equal ``tags``."""
+        return find_runs([experiment_id], " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items()))
+
+
+class SqliteRuns:
+    """Runs read straight from a local MLflow sqlite store, read-only and without importing MLflow:
+    importing MLflow and opening its store took 3.8 of ``compare``'s 4.3 s over 1,000 runs."""
+
+    def __init__(self, path: Path):
+        import sqlite3
+
+        self.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=20)
+
+    @classmethod
+    def open(cls, uri: str) -> SqliteRuns | None:
+        """None unless ``uri`` is a sqlite store at a schema revision we know."""
+        if not uri.startswith("sqlite:///"):
+            return None
+        path = Path(uri[len("sqlite:///") :])
+        if not path.is_file():
+            return None
+        reader = cls(path)
+        try:
+            revision = reader.db.execute("select version_num from alembic_version").fetchone()
+        except Exception:
+            revision = None
+        if not revision or revision[0] not in KNOWN_SCHEMA_REVISIONS:
+            reader.db.close()
+            return None
+        return reader
+
+    def experiment_id(self, name: str) -> str | None:
+        row = self.db.execute("select experiment_id from experiments where name = ? and workspace = 'default'",
+                              (name,)).fetchone()
+        return str(row[0]) if row else None
+
+    def runs(self, experiment_id: str, tags: dict[str, str]) -> list[StoredRun]:
+        """Active runs whose tags equal ``tags``."""
+        where, args = ["r.experiment_id = ?", "r.lifecycle_stage = 'active'"], [int(experiment_id)]
+        for k, v in tags.items():
+            where.append("exists (select 1 from tags t where t.run_uuid = r.run_uuid and t.key = ? and t.value = ?)")
+            args += [k, v]
+        sel = f"select r.run_uuid from runs r where {' and '.join(where)}"
+        info = {row[0]: StoredRunInfo(*row) for row in self.db.execute(
+            f"select run_uuid, status, start_time, end_time from runs where run_uuid in ({sel})", args)}
+        parts: dict[str, dict[str, dict]] = {rid: {"params": {}, "metrics": {}, "tags": {}} for rid in info}
+        for table, column in (("params", "value"), ("tags", "value"),
+                              ("latest_metrics", "case when is_nan then 'nan' else value end")):
+            name = "metrics" if table == "latest_metrics" else table
+            for rid, key, value in self.db.execute(
+                    f"select run_uuid, key, {column} from {table} where run_uuid in ({sel})", args):
+                parts[rid][name][key] = float(value) if name == "metrics" else value
+        return [StoredRun(info[rid], StoredRunData(**parts[rid])) for rid in info]
+
+
+def run_reader(uri: str):
+    """The fastest reader that can read ``uri``: SqliteRuns for a local store, else MLflowRuns."""
+    return SqliteRuns.open(uri) or MLflowRuns(uri)

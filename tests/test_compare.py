@@ -62,3 +62,54 @@ def test_compare_against_a_tracking_server(swept_store):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _normalised(runs):
+    import math
+
+    def clean(d):
+        return {k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+    return sorted((r.info.run_id, r.info.status, r.info.start_time, r.info.end_time, clean(r.data.params),
+                   clean(r.data.metrics), clean(r.data.tags)) for r in runs)
+
+
+def test_the_sqlite_reader_reads_what_mlflow_reads(swept_store):
+    """compare reads a local store without MLflow (README "Performance"); it must see the same runs."""
+    from mlflow import MlflowClient
+
+    from mnist_exp import compare, tracking
+
+    uri = f"sqlite:///{swept_store / 'mlruns' / 'mlflow.db'}"
+    fast = tracking.SqliteRuns.open(uri)
+    # None here means the installed MLflow writes a schema revision not in KNOWN_SCHEMA_REVISIONS:
+    # check that runs/tags/params/latest_metrics/experiments are unchanged, then add it.
+    assert fast is not None
+    slow = tracking.MLflowRuns(uri)
+    exp_id = slow.experiment_id("mnist-exp")
+    assert fast.experiment_id("mnist-exp") == exp_id and fast.experiment_id("nosuch") is None
+    c = MlflowClient(uri)
+    trials = slow.runs(exp_id, {tracking.TAG_KIND: "trial"})
+    c.log_metric(trials[0].info.run_id, "odd", float("nan"))  # MLflow stores NaN apart (is_nan)
+    c.delete_run(trials[1].info.run_id)  # deleted runs are left out by both
+    for tags in ({tracking.TAG_KIND: "sweep"}, {tracking.TAG_KIND: "trial"},
+                 {tracking.TAG_KIND: "trial", tracking.TAG_SWEEP: "a"}):
+        got, want = fast.runs(exp_id, tags), slow.runs(exp_id, tags)
+        assert got and _normalised(got) == _normalised(want), tags
+    assert trials[1].info.run_id not in {r.info.run_id for r in fast.runs(exp_id, {tracking.TAG_KIND: "trial"})}
+    pd.testing.assert_frame_equal(compare.trials_table(fast.runs(exp_id, {tracking.TAG_KIND: "trial"})),
+                                  compare.trials_table(slow.runs(exp_id, {tracking.TAG_KIND: "trial"})))
+
+
+def test_other_stores_are_read_through_mlflow(tmp_path):
+    import sqlite3
+
+    from mnist_exp import tracking
+
+    assert tracking.SqliteRuns.open("http://127.0.0.1:5000") is None
+    assert tracking.SqliteRuns.open(f"sqlite:///{tmp_path / 'missing.db'}") is None
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as con:  # a schema revision we have not checked
+        con.execute("create table alembic_version (version_num varchar(32))")
+        con.execute("insert into alembic_version values ('0000future')")
+    assert tracking.SqliteRuns.open(f"sqlite:///{db}") is None
