@@ -176,18 +176,20 @@ def _work(args) -> int:
     return 0
 
 
-def watch_parent(pid: int, poll_s: float = 1.0) -> None:
+def watch_parent(pid: int, poll_s: float = 1.0, grace_s: float = 15.0) -> None:
     """A chief killed outright (SIGKILL) cannot stop its workers, and their calls to its gone oracle
-    would wait forever: each worker SIGTERMs itself once its parent is no longer ``pid``."""
+    would wait forever: each worker SIGTERMs itself once its parent is no longer ``pid``. Inside a
+    trial that signal waits for a safe point, which a worker blocked on the gone oracle never reaches,
+    so a second one follows after ``grace_s`` (it forces, interrupt.py), and then a hard exit (the
+    trial's run, left RUNNING, is marked KILLED when the sweep resumes)."""
     import threading
 
     def watch():
         while os.getppid() == pid:
             time.sleep(poll_s)
-        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(grace_s)
+        os._exit(137)
 
     threading.Thread(target=watch, name="watch-chief", daemon=True).start()
-
-
-if __name__ == "__main__":
-    sys.exit(worker_main())

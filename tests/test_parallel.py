@@ -119,13 +119,16 @@ def test_an_injected_hypermodel_is_refused_before_anything_is_written(store):
 
 
 def test_a_worker_stops_itself_when_its_chief_is_killed_outright(tmp_path):
-    """SIGKILL leaves the chief no chance to stop its workers; each notices its parent is gone."""
+    """SIGKILL leaves the chief no chance to stop its workers; each notices its parent is gone and
+    stops, also when the first signal waits for a safe point that never comes."""
     import sys
 
+    # inside a trial (deferred) and blocked where no safe point comes, as on a call to the gone oracle
     child = ("import sys, time\nfrom mnist_exp import interrupt, parallel\n"
              "with interrupt.handled():\n"
-             "    parallel.watch_parent(int(sys.argv[1]), poll_s=0.1)\n"
-             "    try:\n        time.sleep(60)\n    except KeyboardInterrupt:\n"
+             "    parallel.watch_parent(int(sys.argv[1]), poll_s=0.1, grace_s=1.0)\n"
+             "    try:\n        with interrupt.deferred():\n            time.sleep(60)\n"
+             "    except KeyboardInterrupt:\n"
              "        open(sys.argv[2], 'w').write('stopped')\n        raise SystemExit(130)\n")
     chief = ("import os, subprocess, sys, time\n"
              f"p = subprocess.Popen([sys.executable, '-c', {child!r}, str(os.getpid()), sys.argv[1]])\n"
