@@ -193,3 +193,7 @@ def watch_parent(pid: int, poll_s: float = 1.0, grace_s: float = 15.0) -> None:
         os._exit(137)
 
     threading.Thread(target=watch, name="watch-chief", daemon=True).start()
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

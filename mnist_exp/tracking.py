@@ -379,12 +379,15 @@ class SqliteRuns:
         reader = cls(path)
         try:
             revision = reader.db.execute("select version_num from alembic_version").fetchone()
-        except Exception:
+        except Exception:  # no such table yet, or locked by the process creating the store
             revision = None
         if not revision or revision[0] not in KNOWN_SCHEMA_REVISIONS:
-            reader.db.close()
+            reader.close()
             return None
         return reader
+
+    def close(self) -> None:
+        self.db.close()
 
     def experiment_id(self, name: str) -> str | None:
         row = self.db.execute("select experiment_id from experiments where name = ? and workspace = 'default'",

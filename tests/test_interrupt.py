@@ -10,7 +10,7 @@ import pytest
 
 from mnist_exp import interrupt
 
-from conftest import VENV_BIN, runs
+from conftest import VENV_BIN, runs, wait_for_store
 
 
 def _kill_self(sig=signal.SIGTERM):
@@ -68,10 +68,11 @@ def test_train_interrupted_mid_fit_ends_its_run_killed(store):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     from mlflow import MlflowClient
 
+    wait_for_store(proc)
     deadline = time.time() + 180
     while True:  # one epoch logged: the process is inside fit
         assert proc.poll() is None and time.time() < deadline
-        found = [r for r in runs() if r.info.status == "RUNNING"] if (store / "mlruns" / "mlflow.db").exists() else []
+        found = [r for r in runs() if r.info.status == "RUNNING"]
         if found and MlflowClient().get_metric_history(found[0].info.run_id, "loss"):
             break
         time.sleep(0.2)

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from mnist_exp.config import experiment_from_dict, load_experiment
 
-from conftest import ROOT, VENV_BIN, write_yaml
+from conftest import ROOT, VENV_BIN, wait_for_store, write_yaml
 
 PAR = f"""# mnist-exp sweep par.yaml --parallel 2
 name: par
@@ -75,13 +75,11 @@ def test_interrupted_parallel_sweep_resumes_with_one_worker(store):
     exp_file = write_yaml(store / "par.yaml", PAR.replace("epochs: 2", "epochs: 3"))
     proc = subprocess.Popen([str(VENV_BIN / "mnist-exp"), "sweep", str(exp_file)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+    wait_for_store(proc)
     deadline = time.time() + 300
     while True:  # both workers mid-trial: two RUNNING runs with an epoch logged
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:] if proc.stdout else ""
-        try:
-            running = [c for c in trial_runs() if c.info.status == "RUNNING"]
-        except Exception:
-            running = []
+        running = [c for c in trial_runs() if c.info.status == "RUNNING"]
         if len(running) == 2 and all(MlflowClient().get_metric_history(c.info.run_id, "loss") for c in running):
             break
         time.sleep(0.3)

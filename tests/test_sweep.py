@@ -14,7 +14,7 @@ from mnist_exp.space import load_space
 from mnist_exp.sweep import run_sweep
 from mnist_exp.training import CNNHyperModel
 
-from conftest import ROOT, VENV_BIN, cli, runs, write_yaml
+from conftest import ROOT, VENV_BIN, cli, runs, wait_for_store, write_yaml
 
 TINY = f"""# mnist-exp sweep tiny.yaml
 name: tiny
@@ -173,13 +173,11 @@ def _wait_mid_trial(proc, min_finished, timeout=240):
     """Poll the store until min_finished trials finished and another has logged an epoch."""
     from mlflow import MlflowClient
 
+    wait_for_store(proc)
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else "sweep ended early"
-        try:
-            _, children = sweep_runs("resumable")
-        except Exception:  # store not created yet
-            children = []
+        _, children = sweep_runs("resumable")
         finished = [c for c in children if c.info.status == "FINISHED"]
         running = [c for c in children if c.info.status == "RUNNING"]
         if len(finished) >= min_finished and running:
