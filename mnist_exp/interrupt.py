@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 
 _pending: int | None = None  # a signal received while deferring, not raised yet
 _deferring = False
@@ -42,8 +43,12 @@ def _handler(signum, frame):
 
 @contextlib.contextmanager
 def handled(signals=(signal.SIGINT, signal.SIGTERM)):
-    """Turn the signals into KeyboardInterrupt (at safe points) for the block; main thread only."""
+    """Turn the signals into KeyboardInterrupt (at safe points) for the block. Off the main thread
+    (where Python allows no signal handlers) it changes nothing."""
     global _pending
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {s: signal.signal(s, _handler) for s in signals}
     try:
         yield

@@ -84,3 +84,18 @@ def test_train_interrupted_mid_fit_ends_its_run_killed(store):
     assert run.data.tags["mnist_exp.error"].startswith("KeyboardInterrupt")
     assert "SIGINT: stopping at the next safe point" in err
     assert run.data.metrics["loss"] and "test_accuracy" not in run.data.metrics
+
+
+def test_handled_off_the_main_thread_changes_nothing():
+    import threading
+
+    seen = []
+
+    def body():
+        with interrupt.handled(), interrupt.deferred():
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    assert seen == [signal.getsignal(signal.SIGTERM)]
