@@ -398,7 +398,7 @@ def table(res: dict) -> list[tuple[str, str, str]]:
             ("f   of which: python + import pandas", f"{f.get('import_pandas_s', float('nan')):.2f} s",
              f"bare python {f.get('python_startup_s', float('nan')):.2f} s"),
             ("f   same read via MLflow's client", f"{f.get('mlflow_client_search_1000_runs_s', float('nan')):.2f} s",
-             "import mlflow + open the store + search_runs: what compare skips"),
+             "python + import mlflow, pandas + open the store + search_runs: what compare skips"),
         ]
     if "g_time_to_99_2" in res:
         rows.append(("g time to 99.2% test accuracy", "-", str(res["g_time_to_99_2"])))

@@ -133,8 +133,7 @@ def main(uri: str, args) -> int:
         print(f"no sweeps in {uri} (experiment {args.experiment_name}); run one: mnist-exp sweep experiments/quick.yaml")
         return 0
     objectives = sweep_objectives(parents.values())
-    frames = [trials_table(reader.runs(experiment_id, {tracking.TAG_KIND: "trial", "mlflow.parentRunId": p.info.run_id}))
-              for p in parents.values()]
+    frames = [trials_table(tracking.trial_runs(experiment_id, p.info.run_id, reader)) for p in parents.values()]
     frames = [f for f in frames if not f.empty]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if df.empty:

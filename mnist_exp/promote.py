@@ -40,7 +40,7 @@ def best_candidate(experiment_id: str, sweep: str | None) -> Candidate:
     parent = max(parents.values(), key=lambda r: r.info.start_time)
     name = parent.data.tags[tracking.TAG_SWEEP]
     objective, maximize = compare.sweep_objectives([parent])[name]
-    finished = [r for r in tracking.find_trial_runs([experiment_id], parent.info.run_id)
+    finished = [r for r in tracking.trial_runs(experiment_id, parent.info.run_id)
                 if r.info.status == tracking.FINISHED and "objective" in r.data.metrics
                 and tracking.TAG_MODEL_URI in r.data.tags]
     if not finished:

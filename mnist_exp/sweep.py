@@ -218,7 +218,7 @@ def _finish(tuner, sw, crashed: str | None) -> SweepResult:
     trials = list(tuner.oracle.trials.values())
     completed = [t for t in trials if t.status == "COMPLETED"]
     failed = [t for t in trials if t.status in ("FAILED", "INVALID")]
-    table = compare.trials_table(tracking.find_trial_runs([sw.experiment_id], parent))
+    table = compare.trials_table(tracking.trial_runs(sw.experiment_id, parent))
     compare.log_sweep_summary(table, exp, parent)
     best = [t for t in tuner.oracle.get_best_trials(1) if t.status == "COMPLETED" and t.score is not None]
     if best:

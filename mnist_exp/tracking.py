@@ -264,14 +264,9 @@ def find_runs(experiment_ids: list[str], filter_string: str, max_results: int = 
     )
 
 
-def find_trial_runs(experiment_ids: list[str], parent_run_id: str | None = None, sweep: str | None = None):
-    """Trial runs of a sweep (by parent id or by sweep name), deleted runs excluded."""
-    f = f"tags.{TAG_KIND} = 'trial'"
-    if parent_run_id:
-        f += f" and tags.mlflow.parentRunId = '{parent_run_id}'"
-    if sweep:
-        f += f" and tags.{TAG_SWEEP} = '{sweep}'"
-    return find_runs(experiment_ids, f)
+def trial_runs(experiment_id: str, parent_run_id: str, reader=None) -> list:
+    """A sweep's trial runs (deleted ones excluded), through MLflow unless another reader is given."""
+    return (reader or MLflowRuns()).runs(experiment_id, {TAG_KIND: "trial", "mlflow.parentRunId": parent_run_id})
 
 
 def get_run(run_id: str):
