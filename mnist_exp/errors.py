@@ -1,7 +1,8 @@
 """The error hierarchy the CLI maps to exit codes.
 
-Bad input (ConfigError, DataError) exits 2 before any MLflow write; a sweep in
-which nothing succeeded (SweepError) or a refused promotion exits 1.
+Bad input (ConfigError, DataError, StoreError, a held lease) exits 2 before any MLflow write;
+a sweep in which nothing succeeded (SweepError), a refused promotion, or a tracking server that
+went away mid-sweep (TrackingUnavailable, finished trials kept) exits 1.
 """
 
 
@@ -10,7 +11,7 @@ class MnistExpError(Exception):
 
 
 class ConfigError(MnistExpError):
-    """An experiment or search-space file, or a --set override, is invalid."""
+    """An experiment or search-space file, a --set override or a command-line value is invalid."""
 
     exit_code = 2
 
@@ -19,6 +20,24 @@ class DataError(MnistExpError):
     """A data source is missing, malformed or cannot be reached."""
 
     exit_code = 2
+
+
+class StoreError(MnistExpError):
+    """The tracking store cannot be used: unreachable, unreadable, read-only, half-migrated."""
+
+    exit_code = 2
+
+
+class LeaseHeld(MnistExpError):
+    """Another live process holds the sweep (one sweep of a name at a time)."""
+
+    exit_code = 2
+
+
+class TrackingUnavailable(MnistExpError):
+    """The tracking store went away mid-command for longer than the retries cover."""
+
+    exit_code = 1
 
 
 class SweepError(MnistExpError):

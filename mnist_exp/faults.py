@@ -1,0 +1,29 @@
+"""Named fault points, for the reliability tests (tests/test_faults.py).
+
+``point("after_run_finished")`` does nothing unless ``MNIST_EXP_FAULT`` names that point; then the
+process kills itself with SIGKILL right there, as a power cut or ``kill -9`` would: no ``finally``,
+no handler, no flush. ``MNIST_EXP_FAULT=name@N`` fires on the N-th time the point is reached (1-based).
+Reading one environment variable is all it costs when unset.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "MNIST_EXP_FAULT"
+_seen: dict[str, int] = {}
+
+
+def point(name: str) -> None:
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    for item in spec.split(","):
+        target, _, nth = item.strip().partition("@")
+        if target != name:
+            continue
+        _seen[name] = _seen.get(name, 0) + 1
+        if _seen[name] == int(nth or 1):
+            os.write(2, f"\n[fault point {name}: SIGKILL]\n".encode())
+            os.kill(os.getpid(), signal.SIGKILL)
