@@ -4,12 +4,13 @@ so ``mnist-exp --help`` answers at once."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import MnistExpError
+from .errors import DiskFull, MnistExpError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -84,44 +85,83 @@ def main(argv: list[str] | None = None) -> int:
         return int(COMMANDS[args.command](args) or 0)
     except MnistExpError as e:
         print(f"mnist-exp {args.command}: error: {e}", file=sys.stderr)
+        if isinstance(e, DiskFull) and argv is None:
+            # A checkpoint half-written on a full disk makes h5py crash (SIGSEGV) when the interpreter
+            # finalises it; everything is recorded by now, so leave without finalising.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.exit_code)
         return e.exit_code
-    except KeyboardInterrupt:
-        print(f"mnist-exp {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        from . import interrupt
+
+        try:
+            print(f"mnist-exp {args.command}: interrupted", file=sys.stderr)
+        except OSError:  # stderr gone with the terminal
+            pass
+        return interrupt.exit_code(e)  # 128 + signal: SIGINT 130, SIGTERM 143, SIGHUP 129
 
 
 def _overrides(args) -> list[str]:
+    from .config import Override  # an error about one of these names the flag the user typed
+
     out = []
     if getattr(args, "data", None):
         src = args.data
         if src not in ("embedded", "mnist"):
             src = str(Path(src).resolve())
-        out.append(f"data.source={src}")
+        out.append(Override(f"data.source={src}", f"--data {args.data}"))
     if getattr(args, "epochs", None) is not None:
-        out.append(f"training.epochs={args.epochs}")
+        out.append(Override(f"training.epochs={args.epochs}", f"--epochs {args.epochs}"))
     if getattr(args, "max_trials", None) is not None:
-        out.append(f"tuner.max_trials={args.max_trials}")
+        out.append(Override(f"tuner.max_trials={args.max_trials}", f"--max-trials {args.max_trials}"))
     if getattr(args, "tuner", None):
-        out.append(f"tuner.kind={args.tuner}")
+        out.append(Override(f"tuner.kind={args.tuner}", f"--tuner {args.tuner}"))
     if getattr(args, "parallel", None) is not None:
-        out.append(f"tuner.parallel_trials={args.parallel}")
-    if getattr(args, "name", None):
-        out.append(f"name={args.name}")
+        out.append(Override(f"tuner.parallel_trials={args.parallel}", f"--parallel {args.parallel}"))
+    if getattr(args, "name", None) is not None:  # a string as given, even "2024" (checked by names.check)
+        out.append(Override(f"name={json.dumps(args.name)}", "--name"))
     return out + list(args.overrides)
 
 
 def _load(args):
     """Experiment, search space and data, all validated before anything is written."""
+    from . import names
     from .config import load_experiment
-    from .space import load_space, validate_fixed
+    from .space import load_space
 
-    exp = load_experiment(args.experiment, _overrides(args))
+    if getattr(args, "name", None) is not None:
+        names.check(args.name, "--name", key=None)
+    exp = load_experiment(args.experiment, _overrides(args))  # hp: values included
     space = load_space(exp.search_space)
-    validate_fixed(exp.hp, args.experiment or "--set")
     from .data import load_data
 
     ds = load_data(exp.data, exp.seed)
     return exp, space, ds
+
+
+def _store(args, write: bool, experiment: str = "mnist-exp") -> str:
+    """The command's tracking URI, checked (a server answers; a local store is created atomically, or is usable
+    and writable when ``write``) before any MLflow client opens it."""
+    from . import store
+
+    uri = store.resolve_tracking_uri(args.tracking_uri)
+    store.prepare(uri, write=write, experiment=experiment)
+    return uri
+
+
+def _reap(uri: str, command: str) -> None:
+    """Runs left RUNNING by a process that is gone end KILLED, with why (liveness.py). A store this cannot
+    read or write is the command's own checks' business: a warning here, not a failure."""
+    from . import liveness
+
+    try:
+        liveness.reap(uri, f"mnist-exp {command}")
+    except MnistExpError:
+        raise
+    except Exception as e:
+        print(f"mnist-exp {command}: warning: runs of dead processes not checked: {type(e).__name__}: {e}"[:400],
+              file=sys.stderr)
 
 
 def cmd_train(args) -> int:
@@ -129,7 +169,8 @@ def cmd_train(args) -> int:
     from . import tracking
     from .train import run_train
 
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    uri = _store(args, write=True, experiment=exp.mlflow_experiment)
+    _reap(uri, "train")
     print(f"train {exp.name}: {ds.sizes['train']} train / {ds.sizes['val']} val / {ds.sizes['test']} test digits "
           f"from {ds.source}; {exp.training.epochs} epoch(s); store {uri}", flush=True)
     res = run_train(exp, space, ds, uri)
@@ -140,39 +181,79 @@ def cmd_train(args) -> int:
 
 def cmd_sweep(args) -> int:
     exp, space, ds = _load(args)
-    from . import tracking
+    from . import lease
     from .sweep import run_sweep
 
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    result = run_sweep(exp, space, ds, uri, overwrite=args.overwrite)
+    uri = _store(args, write=True, experiment=exp.mlflow_experiment)  # the store only: created once, atomically
+    with lease.acquire(uri, exp.name):  # one sweep of a name at a time; nothing of the sweep is written before
+        _reap(uri, "sweep")
+        result = run_sweep(exp, space, ds, uri, overwrite=args.overwrite)
     return 0 if result.completed else 1
 
 
 def cmd_compare(args) -> int:
-    from . import compare, tracking
+    from . import compare
 
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    compare.check_args(args)  # before the store is opened (or its folder created)
+    uri = _store(args, write=False, experiment=args.experiment_name)
+    _reap(uri, "compare")
     return compare.main(uri, args)
 
 
 def cmd_promote(args) -> int:
-    from . import promote, tracking
+    from . import promote
 
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    promote.check_args(args)
+    uri = _store(args, write=not args.dry_run, experiment=args.experiment_name)
+    if not args.dry_run:  # --dry-run changes nothing
+        _reap(uri, "promote")
     return promote.main(uri, args)
 
 
 def cmd_predict(args) -> int:
-    from . import predict, tracking
+    from . import predict
 
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    return predict.main(uri, args)
+    images = predict.load_all(args.images)  # every file read and checked before the store is touched
+    needs_model = any(reason is None for *_, reason in images)  # images without a digit are not classified
+    uri = _store(args, write=False) if needs_model else ""
+    return predict.main(uri, args, images)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Bind host:port once, as the server will: a busy port is one line here, not a server that exits 0."""
+    import errno
+    import socket
+
+    from .errors import ConfigError
+
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port {port}: must be in 1-65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {host}: cannot resolve ({e.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn/gunicorn do: TIME_WAIT is no conflict
+        try:
+            s.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise ConfigError(f"--port {port}: {host}:{port} is already in use (another mnist-exp ui?); "
+                                  "stop it or choose another --port") from None
+            raise ConfigError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
 
 
 def cmd_ui(args) -> int:
     from . import tracking
 
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    _check_port_free(args.host, args.port)
+    if args.workers < 1:
+        from .errors import ConfigError
+
+        raise ConfigError(f"--workers {args.workers}: must be at least 1")
+    uri = _store(args, write=False)
+    _reap(uri, "ui")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port),
            "--workers", str(args.workers)]
     if uri.startswith("sqlite:"):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import pandas as pd
 
-from . import tracking
+from . import names, tracking
+from .errors import ConfigError
 from .model import HP_DEFAULTS, TUNER_BOOKKEEPING_PREFIX
 
 SUMMARY_METRICS = ["objective", "best_val_accuracy", "final_val_accuracy", "best_val_loss", "final_val_loss",
@@ -121,13 +124,37 @@ def latest_parents(reader, experiment_id: str, names: list[str] | None = None) -
     return out
 
 
+def check_args(args) -> None:
+    """--top and the output files, checked before the store is read: a typo costs no query."""
+    if args.top < 1:
+        raise ConfigError(f"--top {args.top}: must be at least 1")
+    for flag, value in (("--csv", args.csv), ("--plot", args.plot)):
+        if value:
+            out_file(flag, value)
+
+
+def out_file(flag: str, value: str) -> Path:
+    """A file path we can create or replace, or a one-line ConfigError naming the flag."""
+    path = Path(value)
+    folder = path.parent
+    if path.is_dir():
+        raise ConfigError(f"{flag} {value}: is a folder; give a file name")
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {value}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{flag} {value}: not writable")
+    return path
+
+
 def main(uri: str, args) -> int:
+    check_args(args)
     reader = tracking.run_reader(uri)  # a local store is read without importing MLflow (README "Performance")
     experiment_id = reader.experiment_id(args.experiment_name)
     parents = latest_parents(reader, experiment_id, args.sweeps or None) if experiment_id else {}
     missing = [s for s in args.sweeps if s not in parents]
     if missing:
-        print(f"mnist-exp compare: no sweep named {', '.join(missing)} in {uri}", file=sys.stderr)
+        shown = ", ".join(names.shorten(m) for m in missing)  # any text may be asked for; the answer stays one line
+        print(f"mnist-exp compare: no sweep named {shown} in {uri}", file=sys.stderr)
         return 2 if len(missing) == len(args.sweeps) else 0
     if not parents:
         print(f"no sweeps in {uri} (experiment {args.experiment_name}); run one: mnist-exp sweep experiments/quick.yaml")

@@ -9,6 +9,7 @@ one line naming the file, the key and the fault, e.g.::
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,9 +18,22 @@ from typing import Any
 
 import yaml
 
+from . import limits, names, yamlfile
 from .errors import ConfigError
 
 TUNER_KINDS = ("random", "bayesian", "hyperband", "grid")
+MIN_SPLIT = 10  # digits in each of train, validation and test: at least one per class on average
+
+
+def validation_count(n_train: int, validation_split: float) -> int:
+    """Digits carved for validation from ``n_train`` (at least MIN_SPLIT when there is a split)."""
+    return max(MIN_SPLIT, int(round(n_train * validation_split))) if validation_split > 0 else 0
+
+
+def training_too_small(n_train: int, validation_split: float) -> str:
+    n_val = validation_count(n_train, validation_split)
+    return (f"{n_train} digits leave {max(0, n_train - n_val)} for training once validation_split {validation_split} "
+            f"takes {n_val}; training needs at least {MIN_SPLIT} (use at least {n_val + MIN_SPLIT} digits)")
 
 
 @dataclass(frozen=True)
@@ -90,18 +104,19 @@ def load_experiment(path: str | Path | None, overrides: list[str] = ()) -> Exper
     >>> load_experiment(None, ["training.epochs=1"]).training.epochs
     1
     """
-    where = str(path) if path else "<defaults>"
+    where = Where(str(path) if path else "<defaults>")
     raw: dict = {}
     if path:
         raw = _read_yaml(Path(path))
     for item in overrides:
         _apply_override(raw, item, where)
+        where.origin[item.split("=", 1)[0].strip()] = getattr(item, "flag", None) or f"--set {names.shorten(item)}"
     base = Path(path).resolve().parent if path else Path.cwd()
     if "name" not in raw:
         raw["name"] = Path(path).stem if path else "baseline"
     if raw.get("search_space") is not None:
         if not isinstance(raw["search_space"], str):
-            raise ConfigError(f"{where}: search_space: must be a path string")
+            raise ConfigError(f"{where('search_space')}: search_space: must be a path string")
         raw["search_space"] = str((base / raw["search_space"]).resolve())
     src = raw.get("data", {}).get("source") if isinstance(raw.get("data"), dict) else None
     if isinstance(src, str) and src not in ("embedded", "mnist") and not Path(src).is_absolute():
@@ -109,7 +124,36 @@ def load_experiment(path: str | Path | None, overrides: list[str] = ()) -> Exper
     exp = _build(Experiment, raw, where, prefix="")
     exp = dataclasses.replace(exp, path=str(path) if path else None)
     _validate(exp, where)
+    from .space import validate_fixed  # the hp: values, named by where they came from
+
+    for name, value in exp.hp.items():
+        validate_fixed({name: value}, where(f"hp.{name}"))
     return exp
+
+
+class Override(str):
+    """A ``key=value`` override that came from a flag of its own (``--epochs 3``): errors name the flag."""
+
+    def __new__(cls, item: str, flag: str):
+        self = super().__new__(cls, item)
+        self.flag = names.shorten(flag)
+        return self
+
+
+class Where(str):
+    """The file an experiment came from; ``where(key)`` names the ``--set`` that gave ``key`` instead,
+    so an error points at what the user typed: ``--set seed=-1: seed: must be ...``."""
+
+    def __new__(cls, path: str):
+        self = super().__new__(cls, path)
+        self.origin = {}
+        return self
+
+    def __call__(self, key: str) -> str:
+        for given, item in reversed(self.origin.items()):
+            if key == given or key.startswith(given + ".") or given.startswith(key + "."):
+                return item
+        return str(self)
 
 
 def experiment_from_dict(raw: dict, where: str) -> Experiment:
@@ -122,16 +166,10 @@ def experiment_from_dict(raw: dict, where: str) -> Experiment:
 
 
 def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" (line {mark.line + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{line}: {getattr(e, 'problem', e)}") from None
-    if data is None:
-        return {}
+    data = yamlfile.read(path)
+    if data is None or data == {}:  # an empty file would silently sweep the defaults with no search space
+        raise ConfigError(f"{path}: the file is empty; an experiment needs at least a search_space "
+                          "(see experiments/quick.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of keys")
     return data
@@ -139,14 +177,16 @@ def _read_yaml(path: Path) -> dict:
 
 def _apply_override(raw: dict, item: str, where: str) -> None:
     if "=" not in item:
-        raise ConfigError(f"--set {item}: expected key=value (e.g. training.epochs=3)")
+        raise ConfigError(f"--set {names.shorten(item)}: expected key=value (e.g. training.epochs=3)")
     key, value = item.split("=", 1)
     node = raw
     parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {names.shorten(item)}: {names.show(key.strip())}: not a key (e.g. training.epochs)")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {item}: {part} is not a section")
+            raise ConfigError(f"--set {names.shorten(item)}: {names.show(part)} is not a section")
     node[parts[-1]] = parse_scalar(value)
 
 
@@ -166,12 +206,13 @@ def parse_scalar(value: str):
 
 def _build(cls, raw, where: str, prefix: str):
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'top level'}: must be a mapping")
+        raise ConfigError(f"{_at(where, prefix.rstrip('.'))}: {prefix.rstrip('.') or 'top level'}: must be a mapping")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields or key == "path":
             known = ", ".join(k for k in fields if k != "path")
-            raise ConfigError(f"{where}: {prefix}{key}: unknown key (known: {known})")
+            shown = f"{prefix}{names.shorten(str(key))}"
+            raise ConfigError(f"{_at(where, prefix + str(key))}: {shown}: unknown key (known: {known})")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in raw.items():
@@ -183,27 +224,41 @@ def _build(cls, raw, where: str, prefix: str):
     return cls(**kwargs)
 
 
+def _at(where, key: str) -> str:
+    """Where ``key``'s value came from: the file, or the --set that gave it."""
+    return where(key) if callable(where) else str(where)
+
+
 def _check_type(value, hint, where: str, key: str):
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     for t in allowed:
         if t is type(None) and value is None:
             return None
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an integer beyond any float
+                value = math.inf
+            if not math.isfinite(value):
+                raise ConfigError(f"{_at(where, key)}: {key}: must be a finite number (got {value})")
+            return value
         if t is int and isinstance(value, int) and not isinstance(value, bool):
             return value
         if t in (str, bool, dict) and isinstance(value, t):
             return value
-    names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
-    raise ConfigError(f"{where}: {key}: must be {names} (got {value!r})")
+    kinds = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+    raise ConfigError(f"{_at(where, key)}: {key}: must be {kinds} (got {names.show(value)})")
 
 
 def _validate(exp: Experiment, where: str) -> None:
     def bad(key, msg):
-        raise ConfigError(f"{where}: {key}: {msg}")
+        raise ConfigError(f"{_at(where, key)}: {key}: {msg}")
 
-    if not exp.name or any(c in exp.name for c in "/\\ "):
-        bad("name", f"must be a non-empty name without slashes or spaces (got {exp.name!r})")
+    names.check(exp.name, _at(where, "name"))
+    if not exp.mlflow_experiment.strip() or len(exp.mlflow_experiment) > 500:  # MLflow's limit
+        bad("mlflow_experiment", f"must be a non-empty name of at most 500 characters (got {names.show(exp.mlflow_experiment)})")
+    if not 0 <= exp.seed <= limits.MAX_SEED:
+        bad("seed", f"must be in 0 .. 2**32 - 1 (got {exp.seed})")
     if exp.search_space and not Path(exp.search_space).is_file():
         bad("search_space", f"file not found: {exp.search_space}")
     d, t, tu, o = exp.data, exp.training, exp.tuner, exp.objective
@@ -224,6 +279,13 @@ def _validate(exp: Experiment, where: str) -> None:
     ):
         if v < 1:
             bad(key, f"must be at least 1 (got {v})")
+    sections = {"data": d, "training": t, "tuner": tu}
+    for key in limits.UPPER:
+        section, _, attr = key.partition(".")
+        if section in sections and limits.over(key, getattr(sections[section], attr)):
+            bad(key, limits.over(key, getattr(sections[section], attr)))
+    if d.train_size is not None and d.train_size - validation_count(d.train_size, d.validation_split) < MIN_SPLIT:
+        bad("data.train_size", training_too_small(d.train_size, d.validation_split))
     if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
         bad("training.early_stopping_patience", "must be at least 1, or null to disable")
     if t.threads is not None and t.threads < 1:

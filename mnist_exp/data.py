@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DataConfig
+from .config import MIN_SPLIT, DataConfig, training_too_small, validation_count
 from .errors import DataError
 
 EMBEDDED_PATH = Path(__file__).parent / "resources" / "mnist_subset.npz"
@@ -66,8 +66,11 @@ def load_data(cfg: DataConfig, seed: int = 42) -> Dataset:
         test_rng = np.random.default_rng(TEST_SUBSET_SEED)
         x_te, y_te = _take(x_te, y_te, stratified_indices(y_te, cfg.test_size, test_rng, where, "test_size"))
     x_va, y_va = x_tr[:0], y_tr[:0]
-    if cfg.validation_split > 0:
-        n_val = max(10, int(round(len(y_tr) * cfg.validation_split)))
+    n_val = validation_count(len(y_tr), cfg.validation_split)
+    if len(y_tr) - n_val < MIN_SPLIT:  # an empty or near-empty training set fails deep inside TensorFlow
+        key = "data.train_size" if cfg.train_size is not None else "x_train"
+        raise DataError(f"{where}: {key}: {training_too_small(len(y_tr), cfg.validation_split)}")
+    if n_val:
         val_idx = stratified_indices(y_tr, n_val, rng, where, "validation_split")
         keep = np.ones(len(y_tr), bool)
         keep[val_idx] = False

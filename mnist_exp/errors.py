@@ -40,6 +40,12 @@ class TrackingUnavailable(MnistExpError):
     exit_code = 1
 
 
+class DiskFull(MnistExpError):
+    """No space left where the store, artifacts or tuner state are written; finished work is kept."""
+
+    exit_code = 1
+
+
 class SweepError(MnistExpError):
     """A sweep produced no finished trial."""
 

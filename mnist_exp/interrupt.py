@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM, taken where a trial can end cleanly.
+"""Ctrl-C, SIGTERM and SIGHUP, taken where a trial can end cleanly.
 
 A ``KeyboardInterrupt`` raised straight from a signal handler lands wherever Python happens to be.
 Inside TensorFlow's step function (Python called back from C) it came out as
@@ -11,9 +11,15 @@ records the signal, and the interrupt is raised at safe points: a batch end
 (``training.InterruptCheck``), between a trial's phases, or after Keras Tuner has recorded a trial
 that finished anyway (``check()``). Outside a trial, and on a second signal, it is raised at once.
 
+SIGHUP (the terminal closed) is handled like SIGTERM, so the run ends KILLED, not RUNNING. That
+terminal is gone, so stdout/stderr, where they were it, are pointed at /dev/null first: a write to a
+hung-up terminal fails (EIO) and would turn the clean stop into a traceback (and exit code 120).
+The ``KeyboardInterrupt`` carries the signal (``signum``): the CLI exits 128 + signal (SIGINT 130,
+SIGTERM 143, SIGHUP 129).
+
 Example::
 
-    with interrupt.handled():          # Ctrl-C / SIGTERM → KeyboardInterrupt, at safe points
+    with interrupt.handled():          # Ctrl-C / SIGTERM / SIGHUP → KeyboardInterrupt, at safe points
         with interrupt.deferred():
             model.fit(..., callbacks=[training.InterruptCheck()])
             interrupt.check()
@@ -30,19 +36,52 @@ _pending: int | None = None  # a signal received while deferring, not raised yet
 _deferring = False
 
 
+def interrupted(signum: int) -> KeyboardInterrupt:
+    """The KeyboardInterrupt for a signal, carrying it as ``signum`` (the exit code is 128 + signum)."""
+    e = KeyboardInterrupt(f"signal {signum}")
+    e.signum = signum
+    return e
+
+
+def exit_code(e: BaseException) -> int:
+    """128 + the signal a KeyboardInterrupt came from; a plain Ctrl-C (Python's own handler) is SIGINT."""
+    return 128 + getattr(e, "signum", signal.SIGINT)
+
+
 def _handler(signum, frame):
     global _pending
+    if signum == signal.SIGHUP:
+        _detach_dead_terminal()
     if _deferring and _pending is None:
         _pending = signum
         # os.write, not print: a handler may run in the middle of another print
-        os.write(2, f"\n{signal.Signals(signum).name}: stopping at the next safe point (again to force)\n".encode())
+        try:
+            os.write(2, f"\n{signal.Signals(signum).name}: stopping at the next safe point (again to force)\n".encode())
+        except OSError:  # stderr gone: raising here would land inside whatever was running
+            pass
         return
     _pending = None
-    raise KeyboardInterrupt(f"signal {signum}")
+    raise interrupted(signum)
+
+
+def _detach_dead_terminal() -> None:
+    """Point stdout/stderr at /dev/null where they are a hung-up terminal: after a hang-up the kernel
+    fails every write to it with EIO (an empty write too; files and pipes accept one), and isatty()
+    already says no."""
+    for fd in (1, 2):
+        try:
+            os.write(fd, b"")
+        except OSError:
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+            except OSError:
+                pass
 
 
 @contextlib.contextmanager
-def handled(signals=(signal.SIGINT, signal.SIGTERM)):
+def handled(signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
     """Turn the signals into KeyboardInterrupt (at safe points) for the block. Off the main thread
     (where Python allows no signal handlers) it changes nothing."""
     global _pending
@@ -83,5 +122,5 @@ def check() -> None:
     global _pending
     if _pending is not None:
         signum, _pending = _pending, None
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise interrupted(signum)
 

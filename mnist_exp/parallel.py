@@ -128,8 +128,17 @@ def worker_main(argv: list[str] | None = None) -> int:
     except MnistExpError as e:
         print(f"worker {os.environ.get(ENV_ID)}: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        return 130
+    except Exception as e:
+        from .tuners import StoreUnavailable
+
+        if not isinstance(e, StoreUnavailable):
+            raise
+        print(f"worker {os.environ.get(ENV_ID)}: stopped: {e}; its trial runs again on resume", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        from .interrupt import exit_code
+
+        return exit_code(e)  # 128 + signal, as the CLI: the chief's SIGTERM gives 143
 
 
 def _work(args) -> int:

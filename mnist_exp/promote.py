@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from . import compare, tracking
+from . import compare, names, tracking
 from .errors import ConfigError, PromotionRefused
 from .model import HP_DEFAULTS
 
@@ -133,8 +133,16 @@ def promote(uri: str, experiment_id: str, sweep: str | None, model_name: str, al
     return cand, version.version
 
 
+def check_args(args) -> None:
+    """--model-name and --alias, checked before MLflow loads: they end up in the registry and its queries."""
+    names.check(args.model_name, "--model-name", key=None)
+    names.check(args.alias, "--alias", key=None, kind="alias")
+
+
 def main(uri: str, args) -> int:
     import mlflow
+
+    check_args(args)
 
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(args.experiment_name)

@@ -14,11 +14,11 @@ Validation needs no TensorFlow: a bad file fails before anything heavy loads.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from . import limits, yamlfile
 from .errors import ConfigError
 from .model import ACTIVATIONS, HP_DEFAULTS
 
@@ -85,12 +85,7 @@ def load_space(path: str | Path | None) -> SearchSpace:
     if path is None:
         return SearchSpace(path="<none>", params=())
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    raw = yamlfile.read(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping with the key hyperparameters")
     for key in raw:
@@ -185,6 +180,8 @@ def _check_number(path, key, kind, v) -> None:
     ok = isinstance(v, int) if kind == "int" else isinstance(v, (int, float))
     if not ok or isinstance(v, bool):
         raise ConfigError(f"{path}: {key}: must be {'an integer' if kind == 'int' else 'a number'} (got {v!r})")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f"{path}: {key}: must be a finite number (got {v})")
 
 
 def _check_value(where, key, name, v) -> None:
@@ -194,6 +191,10 @@ def _check_value(where, key, name, v) -> None:
         ok = False
     if not ok:
         raise ConfigError(f"{where}: {key}: {name} needs a {py_type.__name__} (got {v!r})")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f"{where}: {key}: must be a finite number (got {v})")
+    if limits.over(name, v):
+        raise ConfigError(f"{where}: {key}: {limits.over(name, v)}")
     if name == "activation" and v not in ACTIVATIONS:
         raise ConfigError(f"{where}: {key}: unknown activation {v!r} (known: {', '.join(ACTIVATIONS)})")
     if name.startswith("dropout") and not 0 <= v < 1:

@@ -16,10 +16,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import interrupt, tracking
+from . import faults, interrupt, tracking
 from .config import Experiment
 from .data import Dataset
-from .errors import ConfigError, SweepError
+from .errors import ConfigError, DiskFull, SweepError, TrackingUnavailable
 from .space import SearchSpace
 
 STATE_FILE = "mnist_exp_sweep.json"
@@ -67,7 +67,7 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     experiment_id = tracking.configure(uri, exp.mlflow_experiment)
     ident = identity(exp, space)
     if overwrite and project.exists():
-        _retire(project)
+        _retire(project, uri, experiment_id, exp.name)
     parent_run_id, resumed = _open_parent(exp, space, ds, experiment_id, project, ident)
 
     from . import training, tuners
@@ -90,7 +90,7 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
           f"parent run {parent_run_id}; {ds.sizes['train']} train / {ds.sizes['val']} val / "
           f"{ds.sizes['test']} test digits", flush=True)
     if parallel:
-        return _run_parallel(tuner, sw, uri, verbose)
+        return _finishing(exp, parent_run_id, lambda: _run_parallel(tuner, sw, uri, verbose))
     tuners.requeue_orphans(tuner.oracle, [tuner.tuner_id])
 
     x, y, val = sw.arrays
@@ -98,6 +98,10 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     try:
         with interrupt.handled():
             tuner.search(x, y, validation_data=val, epochs=exp.training.epochs, verbose=verbose)
+    except tuners.StoreUnavailable as e:
+        raise _store_gone(exp, parent_run_id, str(e)) from None
+    except tuners.DiskFullStop as e:
+        raise _disk_full(exp, parent_run_id, str(e)) from None
     except KeyboardInterrupt:
         tracking.set_status(parent_run_id, tracking.KILLED)
         print(f"sweep {exp.name} interrupted: finished trials are kept; run the same command again to resume",
@@ -106,10 +110,46 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     except RuntimeError as e:  # Keras Tuner's "Number of consecutive failures exceeded the limit"
         crashed = str(e).splitlines()[0]
     except Exception as e:
+        if tuners.disk_full(e):  # writing Keras Tuner's state between trials
+            raise _disk_full(exp, parent_run_id, f"no space left on device ({tuners._first_line(e)})") from None
         tracking.set_status(parent_run_id, tracking.FAILED)
         tracking.set_tags({tracking.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]}, run_id=parent_run_id)
         raise
-    return _finish(tuner, sw, crashed)
+    return _finishing(exp, parent_run_id, lambda: _finish(tuner, sw, crashed))
+
+
+def _finishing(exp, parent_run_id: str, step):
+    """Run the sweep's last step; a store that stopped answering there stops the sweep cleanly too."""
+    from . import tuners
+
+    try:
+        return step()
+    except Exception as e:
+        if isinstance(e, tuners.StoreUnavailable) or tuners.tracking_unavailable(e):
+            raise _store_gone(exp, parent_run_id, tuners._first_line(e)) from None
+        if isinstance(e, tuners.DiskFullStop) or tuners.disk_full(e):
+            raise _disk_full(exp, parent_run_id, f"no space left on device ({tuners._first_line(e)})") from None
+        raise
+
+
+def _disk_full(exp, parent_run_id: str, why: str) -> DiskFull:
+    try:
+        tracking.set_tags({tracking.TAG_ERROR: why[:5000]}, run_id=parent_run_id)
+        tracking.set_status(parent_run_id, tracking.KILLED)
+    except Exception:  # the store's own disk is full: the next command marks the run KILLED
+        pass
+    return DiskFull(f"sweep {exp.name} stopped: {why}; finished trials are kept: free space under "
+                    f"the store and run the same command again to resume")
+
+
+def _store_gone(exp, parent_run_id: str, why: str) -> TrackingUnavailable:
+    """The tracking store went away for longer than MLflow's retries: stop, keep what is recorded."""
+    try:
+        tracking.set_status(parent_run_id, tracking.KILLED)
+    except Exception:  # still gone: the next command marks it (the run's process is dead by then)
+        pass
+    return TrackingUnavailable(f"sweep {exp.name} stopped: {why}; finished trials are kept, the trial in progress "
+                               "runs again: run the same command again once the store answers")
 
 
 def _run_parallel(tuner, sw, uri: str, verbose) -> SweepResult:
@@ -165,11 +205,14 @@ def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict) -> t
         tracking.set_status(parent, tracking.RUNNING)
         _write_state(state_path, exp, ds, parent, experiment_id, ident, state.get("created"))
         return parent, True
-    if project.exists():  # Keras Tuner files without our state: not ours to reuse
+    if project.exists() and any(project.iterdir()):  # Keras Tuner files without our state: not ours to reuse
         raise ConfigError(f"{project}: exists but holds no {STATE_FILE}; use --overwrite or a new --name")
+    # An empty folder is what a kill -9 between its creation and the state file leaves: start afresh.
+    _supersede_parents(experiment_id, exp.name, "a new sweep of this name started")
     tags = {tracking.TAG_KIND: "sweep", tracking.TAG_SWEEP: exp.name, "mnist_exp.tuner": exp.tuner.kind,
             "mnist_exp.objective": f"{exp.objective.direction}:{exp.objective.name}", **tracking.environment_tags()}
     parent = tracking.create_run(experiment_id, exp.name, tags)
+    faults.point("after_parent_created")
     try:
         tuner_params = {f"tuner.{k}": v for k, v in dataclasses.asdict(exp.tuner).items()}
         tracking.log_params_to(parent, {**tuner_params, **exp.as_params(), "objective": exp.objective.name,
@@ -197,18 +240,34 @@ def _write_state(path: Path, exp, ds, parent: str, experiment_id: str, ident: di
                              "data_fingerprint": ds.fingerprint})
 
 
-def _retire(project: Path) -> None:
-    """--overwrite: end the old parent run (kept in MLflow as history) and drop the tuner state."""
-    state_path = project / STATE_FILE
-    if state_path.exists():
-        old = json.loads(state_path.read_text())["parent_run_id"]
-        try:
-            tracking.set_tags({"mnist_exp.superseded": "true"}, run_id=old)
-            if tracking.get_run(old).info.status == tracking.RUNNING:
-                tracking.set_status(old, tracking.KILLED)
-        except Exception:
-            pass
-    shutil.rmtree(project)
+def _retire(project: Path, uri: str, experiment_id: str, name: str) -> None:
+    """--overwrite: mark the old parent run and its trials superseded (ended, never deleted: MLflow keeps
+    them as history) and remove this sweep's own Keras Tuner folder, and nothing else."""
+    root = tuner_dir(uri).resolve()
+    target = project.resolve()
+    if target.parent != root or target.name != name or project.is_symlink():
+        raise ConfigError(f"{project}: --overwrite removes only a sweep's own folder directly inside {root}")
+    _supersede_parents(experiment_id, name, "replaced by --overwrite")
+    shutil.rmtree(target)
+
+
+def _supersede_parents(experiment_id: str, name: str, why: str) -> list[str]:
+    """Tag every earlier parent run of this sweep name, and its trial runs, mnist_exp.superseded; end any
+    still marked RUNNING as KILLED. Nothing is deleted."""
+    done = []
+    parents = tracking.find_runs([experiment_id], f"tags.`{tracking.TAG_KIND}` = 'sweep' and "
+                                                  f"tags.`{tracking.TAG_SWEEP}` = '{name}'")
+    for parent in parents:
+        if parent.data.tags.get(tracking.TAG_SUPERSEDED):
+            continue
+        rid = parent.info.run_id
+        for run in [parent, *tracking.trial_runs(experiment_id, rid)]:
+            tracking.set_tags({tracking.TAG_SUPERSEDED: why}, run_id=run.info.run_id)
+            if run.info.status == tracking.RUNNING:
+                tracking.set_tags({tracking.TAG_ERROR: f"superseded: {why}"}, run_id=run.info.run_id)
+                tracking.set_status(run.info.run_id, tracking.KILLED)
+        done.append(rid)
+    return done
 
 
 def _finish(tuner, sw, crashed: str | None) -> SweepResult:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from . import __version__
+from . import __version__, store
 
 # Run statuses, named as MLflow names them.
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
@@ -24,40 +24,23 @@ TAG_TRIAL = "mnist_exp.trial_id"
 TAG_TUNER_ID = "mnist_exp.tuner_id"  # which Keras Tuner worker ran the trial (tuner0 when not parallel)
 TAG_MODEL_URI = "mnist_exp.model_uri"
 TAG_ERROR = "mnist_exp.error"
+TAG_SUPERSEDED = "mnist_exp.superseded"  # why an earlier parent run of a sweep name (and its trials) is history
 TAG_FINGERPRINT = "mnist_exp.data_fingerprint"
 TAG_TEST_FINGERPRINT = "mnist_exp.test_fingerprint"
-DB_NAME = "mlflow.db"
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The nearest folder at or above ``start`` (cwd) holding ``mlruns/``; else ``start``."""
-    start = (start or Path.cwd()).resolve()
-    for d in (start, *start.parents):
-        if (d / "mlruns").is_dir():
-            return d
-    return start
-
-
-def resolve_tracking_uri(cli_uri: str | None = None) -> str:
-    """--tracking-uri, then MLFLOW_TRACKING_URI, then sqlite:///<project root>/mlruns/mlflow.db."""
-    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    store = project_root() / "mlruns"
-    store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store / DB_NAME}"
-
-
-def local_store_dir(uri: str) -> Path:
-    """Where files beside the store go (artifacts, tuner state): the sqlite file's folder or ./mlruns."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///") :]).resolve().parent
-    return project_root() / "mlruns"
+# Where the store is: store.py decides (and checks it); these names stay for the modules that use them.
+DB_NAME, project_root, resolve_tracking_uri, local_store_dir = (
+    store.DB_NAME, store.project_root, store.resolve_tracking_uri, store.local_store_dir)
 
 
 def configure(uri: str, experiment: str) -> str:
     """Point MLflow at ``uri`` and return the id of ``experiment`` (created if missing)."""
+    import logging
+
     import mlflow
+
+    # MLflow logs every SQL error with its traceback before raising it; we handle what it raises.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    store.prepare(uri, write=True, experiment=experiment)  # before MLflow opens it: created once, atomically
 
     mlflow.set_tracking_uri(uri)
     found = mlflow.get_experiment_by_name(experiment)
@@ -117,19 +100,27 @@ def git_commit() -> str | None:
 
 
 def start_run(experiment_id: str, name: str, tags: dict, parent_run_id: str | None = None) -> str:
-    """Start the active run of this process (nested under parent_run_id when given)."""
+    """Start the active run of this process (nested under parent_run_id when given), with liveness tags
+    and a heartbeat (liveness.py) until it ends."""
     import mlflow
 
+    from . import liveness
+
     run = mlflow.start_run(
-        experiment_id=experiment_id, run_name=name, tags=tags, parent_run_id=parent_run_id, nested=bool(parent_run_id)
+        experiment_id=experiment_id, run_name=name, tags={**tags, **liveness.identity()}, parent_run_id=parent_run_id,
+        nested=bool(parent_run_id)
     )
+    liveness.HEARTBEAT.hold(run.info.run_id, mlflow.get_tracking_uri())
     return run.info.run_id
 
 
 def end_run(status: str) -> None:
     import mlflow
 
+    from . import liveness
+
     if mlflow.active_run() is not None:
+        liveness.HEARTBEAT.release(mlflow.active_run().info.run_id)  # no beat written after the end
         mlflow.end_run(status=status)
 
 
@@ -264,9 +255,13 @@ def find_runs(experiment_ids: list[str], filter_string: str, max_results: int = 
     )
 
 
-def trial_runs(experiment_id: str, parent_run_id: str, reader=None) -> list:
-    """A sweep's trial runs (deleted ones excluded), through MLflow unless another reader is given."""
-    return (reader or MLflowRuns()).runs(experiment_id, {TAG_KIND: "trial", "mlflow.parentRunId": parent_run_id})
+def trial_runs(experiment_id: str, parent_run_id: str, reader=None, trial_id: str | None = None) -> list:
+    """A sweep's trial runs (deleted ones excluded), or one trial's attempts, through MLflow unless
+    another reader is given."""
+    tags = {TAG_KIND: "trial", "mlflow.parentRunId": parent_run_id}
+    if trial_id is not None:
+        tags[TAG_TRIAL] = trial_id
+    return (reader or MLflowRuns()).runs(experiment_id, tags)
 
 
 def get_run(run_id: str):
@@ -274,14 +269,30 @@ def get_run(run_id: str):
 
 
 def create_run(experiment_id: str, name: str, tags: dict) -> str:
-    return client().create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    """A RUNNING run held by this process (liveness tags, heartbeat) until set_status ends it."""
+    import mlflow
+
+    from . import liveness
+
+    run_id = client().create_run(experiment_id, run_name=name, tags={**tags, **liveness.identity()}).info.run_id
+    liveness.HEARTBEAT.hold(run_id, mlflow.get_tracking_uri())
+    return run_id
 
 
 def set_status(run_id: str, status: str) -> None:
+    """RUNNING: this process takes the run over (a resumed sweep's parent): its liveness tags, its heartbeat."""
+    import mlflow
+    from mlflow.entities import RunTag
+
+    from . import liveness
+
     c = client()
     if status == RUNNING:
+        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in liveness.identity().items()])
         c.update_run(run_id, status=RUNNING)
+        liveness.HEARTBEAT.hold(run_id, mlflow.get_tracking_uri())
     else:
+        liveness.HEARTBEAT.release(run_id)
         c.set_terminated(run_id, status=status)
 
 
@@ -349,9 +360,11 @@ class MLflowRuns:
         exp = mlflow.get_experiment_by_name(name)
         return exp.experiment_id if exp else None
 
-    def runs(self, experiment_id: str, tags: dict[str, str]) -> list:
-        """Active runs whose tags equal ``tags``."""
-        return find_runs([experiment_id], " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items()))
+    def runs(self, experiment_id: str | None, tags: dict[str, str], status: str | None = None) -> list:
+        """Active runs whose tags equal ``tags`` (and whose status is ``status``), in one experiment or all."""
+        where = [f"tags.`{k}` = '{v}'" for k, v in tags.items()] + ([f"attributes.status = '{status}'"] if status else [])
+        ids = [experiment_id] if experiment_id is not None else [e.experiment_id for e in client().search_experiments()]
+        return find_runs(ids, " and ".join(where)) if ids else []
 
 
 class SqliteRuns:
@@ -389,9 +402,15 @@ class SqliteRuns:
                               (name,)).fetchone()
         return str(row[0]) if row else None
 
-    def runs(self, experiment_id: str, tags: dict[str, str]) -> list[StoredRun]:
-        """Active runs whose tags equal ``tags``."""
-        where, args = ["r.experiment_id = ?", "r.lifecycle_stage = 'active'"], [int(experiment_id)]
+    def runs(self, experiment_id: str | None, tags: dict[str, str], status: str | None = None) -> list[StoredRun]:
+        """Active runs whose tags equal ``tags`` (and whose status is ``status``), in one experiment or all."""
+        where, args = ["r.lifecycle_stage = 'active'"], []
+        if experiment_id is not None:
+            where.append("r.experiment_id = ?")
+            args.append(int(experiment_id))
+        if status:
+            where.append("r.status = ?")
+            args.append(status)
         for k, v in tags.items():
             where.append("exists (select 1 from tags t where t.run_uuid = r.run_uuid and t.key = ? and t.value = ?)")
             args += [k, v]

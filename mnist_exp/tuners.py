@@ -6,6 +6,13 @@ checkpoints, executions per trial and the oracle all work as the library intends
 then evaluates Keras Tuner's best-epoch checkpoint on the test set and logs it.
 Tuner and oracle state are written atomically (temp file + rename), so a process
 killed at any instant leaves a loadable project.
+
+Exactly once: a trial's MLflow run turning FINISHED is the commit point. A process killed
+after that but before Keras Tuner recorded the trial leaves the oracle with the trial
+ongoing; when the trial comes back (resume, or another worker), ``run_trial`` finds the
+FINISHED run and hands its recorded objective to the oracle instead of training again.
+A run killed before FINISHED is marked KILLED on resume and its trial runs again.
+The ``faults.point`` calls name each boundary; tests/test_faults.py kills the process at each.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from pathlib import Path
 
 import keras_tuner as kt
 
-from . import interrupt, tracking, training
+from . import faults, interrupt, tracking, training
 from .config import Experiment
 from .data import Dataset
 from .model import HP_DEFAULTS, TUNER_BOOKKEEPING_PREFIX, hp_value
@@ -48,6 +55,8 @@ class AtomicOracleMixin:
 
     def _save_trial(self, trial):
         atomic_write_json(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), trial.get_state())
+        if trial.status == "COMPLETED":  # the trial file says COMPLETED, oracle.json not yet
+            faults.point("after_trial_file_saved")
 
     def end_trial(self, trial):
         super().end_trial(trial)
@@ -93,6 +102,7 @@ class TrackedTunerMixin:
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)  # Keras Tuner records the trial (COMPLETED or FAILED) here
+        faults.point("after_trial_recorded")
         interrupt.defer(False)
         interrupt.check()
 
@@ -100,6 +110,9 @@ class TrackedTunerMixin:
         sw, exp, hp = self.sweep, self.sweep.exp, trial.hyperparameters
         for name in HP_DEFAULTS:  # pin what the space leaves out to the baseline, so params are complete
             hp_value(hp, name)
+        adopted = adopt_finished_run(sw, trial.trial_id)
+        if adopted is not None:
+            return adopted
         tags = {
             tracking.TAG_KIND: "trial",
             tracking.TAG_SWEEP: exp.name,
@@ -107,7 +120,11 @@ class TrackedTunerMixin:
             tracking.TAG_TUNER_ID: self.tuner_id,
             **tracking.environment_tags(),
         }
-        run_id = tracking.start_run(sw.experiment_id, f"{exp.name}-{trial.trial_id}", tags, sw.parent_run_id)
+        try:
+            run_id = tracking.start_run(sw.experiment_id, f"{exp.name}-{trial.trial_id}", tags, sw.parent_run_id)
+        except Exception as e:
+            raise _unavailable_or(e) from e
+        faults.point("trial_started")
         t0 = time.perf_counter()
         try:
             interrupt.check()
@@ -125,27 +142,119 @@ class TrackedTunerMixin:
             first_epoch = int(hp.values.get(f"{TUNER_BOOKKEEPING_PREFIX}initial_epoch", 0)) + 1
             training.evaluate_and_log(model, sw.ds, hist, first_epoch)
             tracking.log_metrics({"trial_time_s": time.perf_counter() - t0})
-            tracking.end_run(tracking.FINISHED)
+            faults.point("after_trial_logged")
+            tracking.end_run(tracking.FINISHED)  # the commit point (see the module docstring)
+            faults.point("after_run_finished")
             return histories
         except Exception as e:
+            if tracking_unavailable(e):
+                # Not the trial's fault: it stays ongoing in the oracle and runs again on resume; its run,
+                # which cannot be updated now, is marked KILLED then.
+                raise _unavailable_or(e) from e
+            if disk_full(e):  # not the trial's fault either: stop the sweep, the trial runs again on resume
+                _end_quietly(tracking.KILLED, "no space left on device")
+                raise DiskFullStop(f"no space left on device ({_first_line(e)})") from e
             text = traceback.format_exc()
             sw.first_error = sw.first_error or f"trial {trial.trial_id}: {type(e).__name__}: {e}"
-            tracking.set_tags({tracking.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]})
-            tracking.log_text(text, "error.txt")
-            tracking.end_run(tracking.FAILED)
+            try:
+                tracking.set_tags({tracking.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]})
+                tracking.log_text(text, "error.txt")
+                tracking.end_run(tracking.FAILED)
+            except Exception as e2:
+                raise _unavailable_or(e2) from e
             raise kt.errors.FailedTrialError(f"{type(e).__name__}: {e}") from e
         except BaseException:  # Ctrl-C, SIGTERM: the retry on resume is a new child run
-            tracking.set_tags({tracking.TAG_ERROR: "interrupted"})
-            tracking.end_run(tracking.KILLED)
+            _end_quietly(tracking.KILLED, "interrupted")
             raise
 
 
+def _end_quietly(status: str, why: str) -> None:
+    """End the active run if the store still lets us; if not, the next command marks it KILLED."""
+    try:
+        tracking.set_tags({tracking.TAG_ERROR: why})
+    except Exception:
+        pass
+    try:  # MLflow pops the run before writing: after this, its exit hook cannot mark it FINISHED
+        tracking.end_run(status)
+    except Exception:
+        pass
+
+
+class StoreUnavailable(kt.errors.FatalError):
+    """Raised out of a trial when the tracking store cannot be reached after MLflow's retries.
+    Keras Tuner re-raises FatalError from search() instead of marking the trial failed."""
+
+
+class DiskFullStop(kt.errors.FatalError):
+    """Raised out of a trial when a write found no space left (checkpoint, artifact or store)."""
+
+
+def disk_full(e: BaseException | None) -> bool:
+    """ENOSPC anywhere in the exception's chain, or sqlite's "database or disk is full"."""
+    import errno
+
+    seen = 0
+    while e is not None and seen < 20:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        text = str(e)
+        if "database or disk is full" in text or "No space left on device" in text or "[Errno 28]" in text:
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:300]
+
+
+def tracking_unavailable(e: BaseException) -> bool:
+    try:
+        from .store import is_unavailable
+    except ImportError:  # pragma: no cover - store.py not there yet
+        return False
+    return is_unavailable(e)
+
+
+def _unavailable_or(e: Exception) -> Exception:
+    if isinstance(e, StoreUnavailable) or not tracking_unavailable(e):
+        return e
+    first = (str(e).splitlines() or [type(e).__name__])[0]
+    return StoreUnavailable(f"the tracking store stopped answering: {first[:300]}")
+
+
+def adopt_finished_run(sw: SweepContext, trial_id: str) -> dict | None:
+    """The objective of a FINISHED run of this trial, if a killed process left one the oracle never
+    recorded: returned to Keras Tuner as the trial's result, so the trial is not trained twice."""
+    try:
+        done = [r for r in tracking.trial_runs(sw.experiment_id, sw.parent_run_id, trial_id=trial_id)
+                if r.info.status == tracking.FINISHED and "objective" in r.data.metrics]
+    except Exception as e:
+        raise _unavailable_or(e) from e
+    if not done:
+        return None
+    run = min(done, key=lambda r: r.info.start_time)
+    value = run.data.metrics["objective"]
+    print(f"[sweep {sw.exp.name}] trial {trial_id}: run {run.info.run_id} had finished before the interruption "
+          f"({sw.exp.objective.name}={value:.4f}); recorded, not trained again", flush=True)
+    return {sw.exp.objective.name: value}
+
+
 def requeue_orphans(oracle, ids: list[str]) -> list[str]:
-    """Trials left running by tuner ids that will not ask again (a sweep resumed with fewer parallel
-    workers): into Keras Tuner's retry queue, so the next tuner to ask runs them."""
+    """Trials that no tuner will finish, into Keras Tuner's retry queue so the next tuner to ask runs
+    them: those left running by tuner ids that will not ask again (a sweep resumed with fewer parallel
+    workers), and those a kill -9 inside ``create_trial`` left RUNNING in their trial file but not in
+    oracle.json (Keras Tuner would count them against max_trials and never run them)."""
     orphans = [tid for tid in list(oracle.ongoing_trials) if tid not in ids]
     for tid in orphans:
         oracle._retry_queue.append(oracle.ongoing_trials.pop(tid).trial_id)
+    held = {t.trial_id for t in oracle.ongoing_trials.values()} | set(oracle._retry_queue)
+    for trial_id, t in oracle.trials.items():
+        if t.status == "RUNNING" and trial_id not in held:
+            oracle._retry_queue.append(trial_id)
+            if trial_id not in oracle.start_order:
+                oracle.start_order.append(trial_id)
+            orphans.append(trial_id)
     return orphans
 
 

@@ -63,6 +63,17 @@ def test_predict_cli_on_png_jpeg_and_npz_with_the_champion(swept_store, embedded
     assert agree >= 7  # resizing and JPEG may flip a borderline digit of this tiny model
     assert [x["label"] for x in lines[-3:]] == [int(e.argmax()) for e in expected[:3]]
 
+    # A dark digit on a transparent background reads as that digit; a blank image is flagged, not classified (exit 1).
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., 3] = digits[0]
+    Image.fromarray(rgba, "RGBA").resize((56, 56), Image.BILINEAR).save(swept_store / "clear_bg.png")
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(swept_store / "blank.png")
+    assert main(["predict", str(swept_store / "clear_bg.png"), str(swept_store / "blank.png"), "--json"]) == 1
+    digit, blank = (json.loads(x) for x in capsys.readouterr().out.strip().splitlines())
+    assert digit["digit_found"] and digit["label"] == int(expected[0].argmax())
+    assert blank == {"file": str(swept_store / "blank.png"), "digit_found": False, "reason": "blank image",
+                     "label": None, "probability": None, "probabilities": None}
+
 
 def test_unreadable_image_is_one_line_exit_2(swept_store):
     bad = swept_store / "notes.png"
