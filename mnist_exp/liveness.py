@@ -178,12 +178,15 @@ def reap(uri: str, command: str = "mnist-exp", out=None) -> list[str]:
     if uri.startswith("sqlite:"):
         # Read-only, without MLflow; a store that does not exist yet (or is being created) has nothing to reap.
         reader = tracking.SqliteRuns.open(uri)
-        if reader is None:
+        if reader is not None:
+            try:
+                running = reader.runs(None, {}, status=tracking.RUNNING)
+            finally:
+                reader.close()
+        elif tracking.SqliteRuns.revision(uri) is None:
             return []
-        try:
-            running = reader.runs(None, {}, status=tracking.RUNNING)
-        finally:
-            reader.close()
+        else:  # a schema revision the direct reader does not know (another MLflow migrated it): through MLflow
+            running = tracking.MLflowRuns(uri).runs(None, {}, status=tracking.RUNNING)
     else:
         running = tracking.MLflowRuns(uri).runs(None, {}, status=tracking.RUNNING)
     now = time.time()

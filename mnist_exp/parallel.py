@@ -13,7 +13,6 @@ before exiting, and knows nothing of workers that die.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -142,19 +141,19 @@ def worker_main(argv: list[str] | None = None) -> int:
 
 
 def _work(args) -> int:
-    from . import sweep as sweep_mod
+    from . import state as state_mod
     from .config import experiment_from_dict
     from .data import load_data
     from .errors import ConfigError, DataError
     from .space import load_space
 
-    state_path = sweep_mod.tuner_dir(args.tracking_uri) / args.sweep / sweep_mod.STATE_FILE
-    if not state_path.is_file():
+    state_path = state_mod.state_path(args.tracking_uri, args.sweep)
+    state = state_mod.read(state_path)  # the chief wrote it in the current format before starting workers
+    if state is None:
         raise ConfigError(f"{state_path}: no sweep state (start the sweep with mnist-exp sweep first)")
-    state = json.loads(state_path.read_text())
     exp = experiment_from_dict(state["experiment"], where=str(state_path))
     space = load_space(exp.search_space)
-    changed = [k for k, v in sweep_mod.identity(exp, space).items() if state["identity"].get(k) != v]
+    changed = state_mod.changed_sections(state, exp, space)
     if changed:
         raise ConfigError(f"{state_path}: {', '.join(changed)} changed on disk since the sweep started")
     ds = load_data(exp.data, exp.seed)

@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from . import compare, names, tracking
+from . import __version__, compare, names, tracking
 from .errors import ConfigError, PromotionRefused
 from .model import HP_DEFAULTS
 
@@ -49,6 +49,7 @@ def best_candidate(experiment_id: str, sweep: str | None) -> Candidate:
     best = max(finished, key=lambda r: (sign * r.data.metrics["objective"], -r.info.start_time))
     m, p, t = best.data.metrics, best.data.params, best.data.tags
     tags = {
+        "mnist_exp.version": __version__,  # the release that registered it (the trial run carries its own)
         "mnist_exp.sweep": name,
         "mnist_exp.trial_id": t[tracking.TAG_TRIAL],
         "mnist_exp.run_id": best.info.run_id,

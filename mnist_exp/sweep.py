@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import faults, interrupt, tracking
+from . import faults, interrupt, state, tracking
 from .config import Experiment
 from .data import Dataset
 from .errors import ConfigError, DiskFull, SweepError, TrackingUnavailable
 from .space import SearchSpace
-
-STATE_FILE = "mnist_exp_sweep.json"
+from .state import STATE_FILE, identity, tuner_dir
 
 
 @dataclass(frozen=True)
@@ -35,27 +32,6 @@ class SweepResult:
     best_value: float | None
 
 
-def identity(exp: Experiment, space: SearchSpace) -> dict[str, str]:
-    """Per-section hashes. max_trials and parallel_trials are left out on purpose: raising max_trials
-    extends a sweep, and any number of workers may resume it."""
-    tuner = {k: v for k, v in dataclasses.asdict(exp.tuner).items() if k not in ("max_trials", "parallel_trials")}
-    sections = {
-        "search space": [dataclasses.asdict(p) for p in space.params],
-        "tuner": tuner,
-        "objective": dataclasses.asdict(exp.objective),
-        "fixed hyperparameters (hp)": exp.hp,
-        "data": dataclasses.asdict(exp.data),
-        "training": dataclasses.asdict(exp.training),
-        "seed": exp.seed,
-    }
-    return {k: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()[:16]
-            for k, v in sections.items()}
-
-
-def tuner_dir(uri: str) -> Path:
-    return tracking.local_store_dir(uri) / "tuner"
-
-
 def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwrite: bool = False,
               verbose="auto", hypermodel=None) -> SweepResult:
     """Run (or resume) the sweep. ``hypermodel`` replaces the CNN HyperModel (tests inject faults with it)."""
@@ -64,11 +40,13 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     if exp.objective.name.startswith("val_") and not len(ds.y_val):
         raise ConfigError(f"{exp.path}: data.validation_split: must be > 0 for the objective {exp.objective.name}")
     project = tuner_dir(uri) / exp.name
+    # Read before anything is written: a state file this release cannot read stops here (state.py).
+    prior = None if overwrite else state.read(project / STATE_FILE)
     experiment_id = tracking.configure(uri, exp.mlflow_experiment)
     ident = identity(exp, space)
     if overwrite and project.exists():
         _retire(project, uri, experiment_id, exp.name)
-    parent_run_id, resumed = _open_parent(exp, space, ds, experiment_id, project, ident)
+    parent_run_id, resumed = _open_parent(exp, space, ds, experiment_id, project, ident, prior)
 
     from . import training, tuners
 
@@ -182,17 +160,17 @@ def _run_parallel(tuner, sw, uri: str, verbose) -> SweepResult:
     return _finish(tuner, sw, crashed)
 
 
-def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict) -> tuple[str, bool]:
+def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict, prior: dict | None) -> tuple[str, bool]:
+    """``prior``: the sweep's state as state.read found it (None: a new sweep)."""
     state_path = project / STATE_FILE
-    if state_path.exists():
-        state = json.loads(state_path.read_text())
-        changed = [k for k, v in ident.items() if state["identity"].get(k) != v]
+    if prior is not None:
+        changed = state.changed_sections(prior, exp, space)
         if changed:
             raise ConfigError(
                 f"{exp.path}: sweep '{exp.name}' exists with a different {', '.join(changed)}; "
                 "resume it unchanged, or start afresh with --overwrite or a new --name"
             )
-        parent = state["parent_run_id"]
+        parent = prior["parent_run_id"]
         try:
             tracking.get_run(parent)
         except Exception:
@@ -203,7 +181,8 @@ def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict) -> t
         if killed:
             print(f"marked {len(killed)} interrupted trial run(s) KILLED; their trials are retried", flush=True)
         tracking.set_status(parent, tracking.RUNNING)
-        _write_state(state_path, exp, ds, parent, experiment_id, ident, state.get("created"))
+        # A format-1 state is migrated here, by rename: from now on only this release (or a later one) reads it.
+        state.write(state_path, exp, ds, parent, experiment_id, ident, prior.get("created"))
         return parent, True
     if project.exists() and any(project.iterdir()):  # Keras Tuner files without our state: not ours to reuse
         raise ConfigError(f"{project}: exists but holds no {STATE_FILE}; use --overwrite or a new --name")
@@ -223,21 +202,11 @@ def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict) -> t
             if f:
                 tracking.log_artifact(f, "config", run_id=parent)
         project.mkdir(parents=True, exist_ok=True)
-        _write_state(state_path, exp, ds, parent, experiment_id, ident, time.time())
+        state.write(state_path, exp, ds, parent, experiment_id, ident, time.time())
     except BaseException:
         tracking.set_status(parent, tracking.FAILED)
         raise
     return parent, False
-
-
-def _write_state(path: Path, exp, ds, parent: str, experiment_id: str, ident: dict, created) -> None:
-    """Everything a worker in another process needs, with the parent run id: the experiment as
-    run (after --set), and the data fingerprint to check that it loaded the same digits."""
-    from .tuners import atomic_write_json
-
-    atomic_write_json(path, {"name": exp.name, "parent_run_id": parent, "experiment_id": experiment_id,
-                             "identity": ident, "created": created, "experiment": dataclasses.asdict(exp),
-                             "data_fingerprint": ds.fingerprint})
 
 
 def _retire(project: Path, uri: str, experiment_id: str, name: str) -> None:

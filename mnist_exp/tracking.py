@@ -379,20 +379,26 @@ class SqliteRuns:
     @classmethod
     def open(cls, uri: str) -> SqliteRuns | None:
         """None unless ``uri`` is a sqlite store at a schema revision we know."""
-        if not uri.startswith("sqlite:///"):
+        if cls.revision(uri) not in KNOWN_SCHEMA_REVISIONS:  # None too: no store, or not yet migrated
             return None
-        path = Path(uri[len("sqlite:///") :])
-        if not path.is_file():
+        return cls(Path(uri[len("sqlite:///") :]))
+
+    @classmethod
+    def revision(cls, uri: str) -> str | None:
+        """The schema revision of a local sqlite store (None: not one, or none readable)."""
+        if not uri.startswith("sqlite:///") or not Path(uri[len("sqlite:///") :]).is_file():
             return None
-        reader = cls(path)
         try:
-            revision = reader.db.execute("select version_num from alembic_version").fetchone()
-        except Exception:  # no such table yet, or locked by the process creating the store
-            revision = None
-        if not revision or revision[0] not in KNOWN_SCHEMA_REVISIONS:
-            reader.close()
+            reader = cls(Path(uri[len("sqlite:///") :]))
+        except Exception:
             return None
-        return reader
+        try:
+            row = reader.db.execute("select version_num from alembic_version").fetchone()
+        except Exception:
+            row = None
+        finally:
+            reader.close()
+        return str(row[0]) if row else None
 
     def close(self) -> None:
         self.db.close()
@@ -427,6 +433,17 @@ class SqliteRuns:
         return [StoredRun(info[rid], StoredRunData(**parts[rid])) for rid in info]
 
 
-def run_reader(uri: str):
-    """The fastest reader that can read ``uri``: SqliteRuns for a local store, else MLflowRuns."""
-    return SqliteRuns.open(uri) or MLflowRuns(uri)
+def run_reader(uri: str, command: str = "compare"):
+    """The fastest reader that can read ``uri``: SqliteRuns for a local store, else MLflowRuns. A local
+    store at a schema revision SqliteRuns does not know (migrated by another MLflow) is read through
+    MLflow, with one line on stderr saying so."""
+    reader = SqliteRuns.open(uri)
+    if reader is not None:
+        return reader
+    revision = SqliteRuns.revision(uri)
+    if revision is not None and revision not in KNOWN_SCHEMA_REVISIONS:
+        import sys
+
+        print(f"mnist-exp {command}: store schema {revision} is not one the fast reader knows; reading through MLflow",
+              file=sys.stderr, flush=True)
+    return MLflowRuns(uri)

@@ -17,9 +17,7 @@ The ``faults.point`` calls name each boundary; tests/test_faults.py kills the pr
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -31,20 +29,7 @@ from . import faults, interrupt, tracking, training
 from .config import Experiment
 from .data import Dataset
 from .model import HP_DEFAULTS, TUNER_BOOKKEEPING_PREFIX, hp_value
-
-
-def atomic_write_json(path: str | Path, obj) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from .state import atomic_write_json  # its home is state.py; still importable from here
 
 
 class AtomicOracleMixin:

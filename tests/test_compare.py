@@ -113,3 +113,41 @@ def test_other_stores_are_read_through_mlflow(tmp_path):
         con.execute("create table alembic_version (version_num varchar(32))")
         con.execute("insert into alembic_version values ('0000future')")
     assert tracking.SqliteRuns.open(f"sqlite:///{db}") is None
+
+
+def test_a_store_at_a_schema_revision_the_fast_reader_does_not_know_is_read_through_mlflow(swept_store, capsys):
+    """An MLflow upgrade migrates the store to a revision KNOWN_SCHEMA_REVISIONS may not list yet: compare
+    falls back to MLflow's client and says so once. store.py lets only the installed MLflow's head through
+    (checked here), so the revision is changed under run_reader itself, then put back for MLflow to read."""
+    import sqlite3
+
+    import pytest
+
+    from mnist_exp import compare, store, tracking
+    from mnist_exp.errors import StoreError
+
+    db = swept_store / "mlruns" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    [head] = store.schema_heads()
+    older = store.schema_revisions()[head][0]  # the revision before it
+
+    def set_revision(rev):
+        with sqlite3.connect(db) as con:
+            con.execute("update alembic_version set version_num = ?", (rev,))
+        con.close()
+
+    for rev, why in ((older, "is older than the installed MLflow"), ("ffffffffffff", "is unknown to the installed")):
+        set_revision(rev)
+        with pytest.raises(StoreError, match=why):
+            store.check_store(db, write=False)
+    reader = tracking.run_reader(uri)
+    assert isinstance(reader, tracking.MLflowRuns)
+    assert capsys.readouterr().err == ("mnist-exp compare: store schema ffffffffffff is not one the fast reader "
+                                       "knows; reading through MLflow\n")
+    set_revision(head)  # what the installed MLflow reads (its client refuses any other revision)
+    exp_id = reader.experiment_id("mnist-exp")
+    assert set(compare.latest_parents(reader, exp_id)) == {"a", "b", "c"}
+    fast = tracking.run_reader(uri)
+    assert isinstance(fast, tracking.SqliteRuns) and capsys.readouterr().err == ""  # a known revision: no notice
+    assert _normalised(reader.runs(exp_id, {tracking.TAG_KIND: "trial"})) == \
+        _normalised(fast.runs(exp_id, {tracking.TAG_KIND: "trial"}))

@@ -3,6 +3,7 @@ import subprocess
 import pytest
 from mlflow import MlflowClient
 
+from mnist_exp import __version__
 from mnist_exp.cli import main
 
 from conftest import VENV_BIN, runs
@@ -38,6 +39,7 @@ def test_first_promotion_registers_the_best_trial_with_its_tags(swept_store, cap
     best = best_run("a")
     assert v.tags["mnist_exp.sweep"] == "a" and v.tags["mnist_exp.trial_id"] == best.data.tags["mnist_exp.trial_id"]
     assert v.tags["mnist_exp.run_id"] == run_id and v.tags["metric.test_accuracy"] == "0.9"
+    assert v.tags["mnist_exp.version"] == __version__  # which release registered it
     assert v.tags["mnist_exp.test_fingerprint"] == best.data.tags["mnist_exp.test_fingerprint"]
     assert v.tags["hp.learning_rate"] == best.data.params["learning_rate"]
     assert float(v.tags["metric.objective"]) == pytest.approx(best.data.metrics["objective"])

@@ -1,6 +1,7 @@
 import numpy as np
 from PIL import Image
 
+from mnist_exp import __version__
 from mnist_exp.cli import main
 
 from conftest import runs
@@ -32,6 +33,7 @@ def test_train_logs_params_curves_test_metrics_plots_and_a_loadable_model(store,
     tags = run.data.tags
     for key in ("mnist_exp.version", "mnist_exp.tensorflow", "mnist_exp.keras", "mnist_exp.mlflow"):
         assert tags[key]
+    assert tags["mnist_exp.version"] == __version__  # the release that wrote the run
     assert len(tags["mnist_exp.data_fingerprint"]) == 64
     contexts = sorted(i.tags[0].value if i.tags[0].key == "mlflow.data.context" else i.tags[1].value
                       for i in run.inputs.dataset_inputs)
