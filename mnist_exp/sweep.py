@@ -216,6 +216,9 @@ def _retire(project: Path, uri: str, experiment_id: str, name: str) -> None:
     target = project.resolve()
     if target.parent != root or target.name != name or project.is_symlink():
         raise ConfigError(f"{project}: --overwrite removes only a sweep's own folder directly inside {root}")
+    # The state file goes first: a kill -9 from here on leaves a folder that no run resumes (the next sweep
+    # asks for --overwrite again), never a resumable sweep whose parent is already marked superseded.
+    (target / state.STATE_FILE).unlink(missing_ok=True)
     _supersede_parents(experiment_id, name, "replaced by --overwrite")
     shutil.rmtree(target)
 
@@ -230,7 +233,9 @@ def _supersede_parents(experiment_id: str, name: str, why: str) -> list[str]:
         if parent.data.tags.get(tracking.TAG_SUPERSEDED):
             continue
         rid = parent.info.run_id
-        for run in [parent, *tracking.trial_runs(experiment_id, rid)]:
+        # The parent is tagged last: it is what marks the whole sweep done, so a kill -9 in this loop leaves the
+        # parent untagged and the next call finishes the job.
+        for run in [*tracking.trial_runs(experiment_id, rid), parent]:
             tracking.set_tags({tracking.TAG_SUPERSEDED: why}, run_id=run.info.run_id)
             if run.info.status == tracking.RUNNING:
                 tracking.set_tags({tracking.TAG_ERROR: f"superseded: {why}"}, run_id=run.info.run_id)

@@ -90,6 +90,15 @@ def write_yaml(path: Path, text: str) -> Path:
     return path
 
 
+TINY_SWEEP = f"""# mnist-exp sweep tiny.yaml
+name: tiny
+search_space: {ROOT / "search_spaces" / "small.yaml"}
+data: {{source: embedded, train_size: 200, test_size: 100, validation_split: 0.2}}
+training: {{epochs: 1}}
+tuner: {{kind: random, max_trials: 2}}
+"""  # two one-epoch trials on 200 digits: the cheapest real sweep
+
+
 SWEEP_YAML = """# mnist-exp sweep {name}.yaml
 name: {name}
 search_space: {space}

@@ -10,15 +10,9 @@ import pytest
 
 from mnist_exp.cli import main
 
-from conftest import ROOT, VENV_BIN, runs, write_yaml
+from conftest import TINY_SWEEP, VENV_BIN, runs, write_yaml
 
-TINY = f"""# mnist-exp sweep tiny.yaml
-name: tiny
-search_space: {ROOT / "search_spaces" / "small.yaml"}
-data: {{source: embedded, train_size: 200, test_size: 100, validation_split: 0.2}}
-training: {{epochs: 1}}
-tuner: {{kind: random, max_trials: 2}}
-"""
+TINY = TINY_SWEEP
 
 
 def crash_at(exp_file, point: str) -> str:

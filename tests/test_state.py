@@ -11,15 +11,9 @@ from mnist_exp.cli import main
 from mnist_exp.config import TrainingConfig, load_experiment
 from mnist_exp.space import Param, load_space
 
-from conftest import ROOT, runs, write_yaml
+from conftest import TINY_SWEEP, runs, write_yaml
 
-TINY = f"""# mnist-exp sweep tiny.yaml
-name: tiny
-search_space: {ROOT / "search_spaces" / "small.yaml"}
-data: {{source: embedded, train_size: 200, test_size: 100, validation_split: 0.2}}
-training: {{epochs: 1}}
-tuner: {{kind: random, max_trials: 1}}
-"""
+TINY = TINY_SWEEP.replace("max_trials: 2", "max_trials: 1")
 
 
 def identity_0_1_0(exp, space) -> dict:
