@@ -23,6 +23,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="epochs per trial (training.epochs)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any experiment key, e.g. --set hp.learning_rate=3e-4 --set data.train_size=500")
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Keras's progress bars and Keras Tuner's per-trial tables (default: one line per epoch)")
     _common(p)
 
 
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1: quick to start)")
+    p.add_argument("--no-browser", action="store_true", help="print the address only (the default where there is no display)")
     _common(p)
     return ap
 
@@ -166,14 +169,16 @@ def _reap(uri: str, command: str) -> None:
 
 def cmd_train(args) -> int:
     exp, space, ds = _load(args)
-    from . import tracking
+    from . import progress, tracking
+
+    progress.import_tensorflow()  # without its C++ start-up notices
     from .train import run_train
 
     uri = _store(args, write=True, experiment=exp.mlflow_experiment)
     _reap(uri, "train")
     print(f"train {exp.name}: {ds.sizes['train']} train / {ds.sizes['val']} val / {ds.sizes['test']} test digits "
           f"from {ds.source}; {exp.training.epochs} epoch(s); store {uri}", flush=True)
-    res = run_train(exp, space, ds, uri)
+    res = run_train(exp, space, ds, uri, verbose=args.verbose)
     print(f"run {res.run_id}: test accuracy {res.test_accuracy:.4f}, test loss {res.test_loss:.4f}, "
           f"{res.wall_s:.0f} s. See it: {tracking.ui_command(uri)}")
     return 0
@@ -181,13 +186,15 @@ def cmd_train(args) -> int:
 
 def cmd_sweep(args) -> int:
     exp, space, ds = _load(args)
-    from . import lease
+    from . import lease, progress
+
+    progress.import_tensorflow()  # without its C++ start-up notices
     from .sweep import run_sweep
 
     uri = _store(args, write=True, experiment=exp.mlflow_experiment)  # the store only: created once, atomically
     with lease.acquire(uri, exp.name):  # one sweep of a name at a time; nothing of the sweep is written before
         _reap(uri, "sweep")
-        result = run_sweep(exp, space, ds, uri, overwrite=args.overwrite)
+        result = run_sweep(exp, space, ds, uri, overwrite=args.overwrite, verbose=args.verbose)
     return 0 if result.completed else 1
 
 
@@ -259,7 +266,18 @@ def cmd_ui(args) -> int:
     if uri.startswith("sqlite:"):
         artifacts = tracking.local_store_dir(uri) / "artifacts"
         cmd += ["--default-artifact-root", artifacts.as_uri()]
-    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri}); Ctrl-C stops it", flush=True)
+    from . import uiview
+
+    # A wildcard listens everywhere; the address to open is this machine's.
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(args.host, f"[{args.host}]" if ":" in args.host else args.host)
+    base = f"http://{host}:{args.port}"
+    runs, charts = uiview.for_ui(uri, base)
+    print(f"MLflow UI on {base} (store {uri}); Ctrl-C stops it", flush=True)
+    print(f"  sweeps, trials, objective and hyperparameters: {runs}", flush=True)
+    if charts:
+        print(f"  charts (expand a sweep to chart its trials): {charts}", flush=True)
+    if not args.no_browser and uiview.can_open_browser():
+        uiview.open_when_up(runs, f"{base}/health")
     os.execv(sys.executable, cmd)
     return 0
 

@@ -67,7 +67,9 @@ def start_server(oracle, ip: str = "127.0.0.1"):
     return server, port
 
 
-def launch_workers(uri: str, sweep: str, n: int, threads: int, port: int, ip: str = "127.0.0.1", verbose=1):
+def launch_workers(uri: str, sweep: str, n: int, threads: int, port: int, ip: str = "127.0.0.1", verbose: int = 0):
+    """``verbose``: the workers' fit verbosity (0, or 2: Keras's own line per epoch); every worker prints
+    our one line per epoch regardless."""
     procs = {}
     for i, tid in enumerate(worker_ids(n)):
         env = {**os.environ, ENV_IP: ip, ENV_PORT: str(port), ENV_ID: tid, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -117,7 +119,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", required=True)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed-offset", type=int, default=0)
-    ap.add_argument("--verbose", type=int, default=1, help="0: no per-epoch lines")
+    ap.add_argument("--verbose", type=int, default=0, choices=[0, 2], help="Keras's fit verbosity (2: its line per epoch)")
     ap.add_argument("--chief-pid", type=int, help="stop (trial KILLED) when this parent process is gone")
     args = ap.parse_args(argv)
     from .errors import MnistExpError
@@ -160,6 +162,9 @@ def _work(args) -> int:
     if ds.fingerprint != state.get("data_fingerprint", ds.fingerprint):
         raise DataError(f"{exp.data.source}: data differ from the sweep's (fingerprint {ds.fingerprint[:12]})")
 
+    from .progress import import_tensorflow
+
+    import_tensorflow()  # without its C++ start-up notices, once per worker
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -172,15 +177,16 @@ def _work(args) -> int:
     keras.utils.set_random_seed(exp.seed + 1000 * (1 + args.seed_offset))
     experiment_id = tracking.configure(args.tracking_uri, exp.mlflow_experiment)
     sw = tuners.SweepContext(exp, ds, experiment_id, state["parent_run_id"], arrays=training.fit_arrays(ds),
-                             echo=os.environ.get(ENV_ID) if args.verbose else None)
-    tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), Path(state_path).parent.parent)
+                             worker=os.environ.get(ENV_ID))
+    tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), Path(state_path).parent.parent,
+                              verbose=args.verbose)
     from . import interrupt
 
     with interrupt.handled():
         if args.chief_pid:
             watch_parent(args.chief_pid)
         x, y, val = sw.arrays
-        tuner.search(x, y, validation_data=val, epochs=exp.training.epochs, verbose=0)
+        tuner.search(x, y, validation_data=val, epochs=exp.training.epochs, verbose=args.verbose)
     return 0
 
 

@@ -185,13 +185,25 @@ def main(uri: str, args, images=None) -> int:
 
 
 def _classify(uri: str, model_uri: str, digits: list[np.ndarray]) -> np.ndarray:
+    from .progress import import_tensorflow
+
+    import_tensorflow()  # without its C++ start-up notices
+    import keras
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     x = np.stack(digits)[..., None].astype(np.float32)
-    with contextlib.redirect_stdout(sys.stderr):  # Keras's progress bar would break --json output
+    with contextlib.redirect_stdout(sys.stderr):  # anything printed while loading would break --json output
         try:
             model = mlflow.pyfunc.load_model(model_uri)
         except Exception as e:
             raise DataError(f"{model_uri}: cannot load the model ({(str(e).splitlines() or ['?'])[0]})") from None
-        return np.asarray(model.predict(x))
+        # MLflow's Keras flavour calls predict() with Keras's default bar ("8/1": the model keeps its
+        # steps_per_execution); Keras's own switch sends it to absl logging at INFO, not shown.
+        interactive = keras.utils.is_interactive_logging_enabled()
+        keras.utils.disable_interactive_logging()
+        try:
+            return np.asarray(model.predict(x))
+        finally:
+            if interactive:
+                keras.utils.enable_interactive_logging()

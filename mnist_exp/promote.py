@@ -15,7 +15,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from . import __version__, compare, names, tracking
+from . import __version__, compare, describe, names, tracking
 from .errors import ConfigError, PromotionRefused
 from .model import HP_DEFAULTS
 
@@ -31,6 +31,7 @@ class Candidate:
     test_accuracy: float
     test_fingerprint: str
     tags: dict
+    parent_run_id: str = ""  # the sweep's parent run
 
 
 def best_candidate(experiment_id: str, sweep: str | None) -> Candidate:
@@ -62,7 +63,7 @@ def best_candidate(experiment_id: str, sweep: str | None) -> Candidate:
         **{f"hp.{k}": p[k] for k in HP_DEFAULTS if k in p},
     }
     return Candidate(name, t[tracking.TAG_TRIAL], best.info.run_id, t[tracking.TAG_MODEL_URI], objective,
-                     m["objective"], m["test_accuracy"], t.get(tracking.TAG_TEST_FINGERPRINT, ""), tags)
+                     m["objective"], m["test_accuracy"], t.get(tracking.TAG_TEST_FINGERPRINT, ""), tags, parent.info.run_id)
 
 
 def current_champion(client, model_name: str, alias: str):
@@ -127,6 +128,9 @@ def promote(uri: str, experiment_id: str, sweep: str | None, model_name: str, al
             version = existing[0]
         else:
             version = mlflow.register_model(cand.model_uri, model_name, tags=cand.tags)
+        if not version.description:  # new, or registered before descriptions (or by a process killed just here)
+            client.update_model_version(model_name, version.version,
+                                        description=describe.model_version_description(cand, experiment_id))
         client.set_registered_model_alias(model_name, alias, version.version)
         client.set_model_version_tag(model_name, version.version, "mnist_exp.promoted_at", str(int(time.time())))
         if why:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import faults, interrupt, state, tracking
+from . import describe, faults, interrupt, state, tracking
 from .config import Experiment
 from .data import Dataset
 from .errors import ConfigError, DiskFull, SweepError, TrackingUnavailable
@@ -33,8 +33,9 @@ class SweepResult:
 
 
 def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwrite: bool = False,
-              verbose="auto", hypermodel=None) -> SweepResult:
-    """Run (or resume) the sweep. ``hypermodel`` replaces the CNN HyperModel (tests inject faults with it)."""
+              verbose: bool = False, hypermodel=None) -> SweepResult:
+    """Run (or resume) the sweep. ``hypermodel`` replaces the CNN HyperModel (tests inject faults with it).
+    Prints one line per epoch and per trial; ``verbose`` adds Keras's bars and Keras Tuner's tables (progress.py)."""
     if hypermodel is not None and exp.tuner.parallel_trials > 1:  # workers build their own CNN; nothing else crosses
         raise ValueError("a custom hypermodel cannot reach parallel workers; use tuner.parallel_trials=1")
     if exp.objective.name.startswith("val_") and not len(ds.y_val):
@@ -48,8 +49,9 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
         _retire(project, uri, experiment_id, exp.name)
     parent_run_id, resumed = _open_parent(exp, space, ds, experiment_id, project, ident, prior)
 
-    from . import training, tuners
+    from . import progress, training, tuners
 
+    fit_verbose = progress.fit_verbose(verbose)
     training.set_seed_and_threads(exp)
     parallel = exp.tuner.parallel_trials > 1
     # The chief of a parallel sweep trains nothing: its workers load the data themselves.
@@ -58,7 +60,8 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
 
     # Keras Tuner reads chief/worker from the environment when the Tuner is built
     with ChiefEnvironment("127.0.0.1", 0) if parallel else contextlib.nullcontext():
-        tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), project.parent, hypermodel)
+        tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), project.parent, hypermodel,
+                                  verbose=fit_verbose)
     tuner.oracle.on_trial_ended = tuners.print_progress(tuner.oracle, sw)
     planned = tuners.planned_trials(tuner.oracle)
     done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
@@ -68,14 +71,14 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
           f"parent run {parent_run_id}; {ds.sizes['train']} train / {ds.sizes['val']} val / "
           f"{ds.sizes['test']} test digits", flush=True)
     if parallel:
-        return _finishing(exp, parent_run_id, lambda: _run_parallel(tuner, sw, uri, verbose))
+        return _finishing(exp, parent_run_id, lambda: _run_parallel(tuner, sw, uri, fit_verbose))
     tuners.requeue_orphans(tuner.oracle, [tuner.tuner_id])
 
     x, y, val = sw.arrays
     crashed = None
     try:
         with interrupt.handled():
-            tuner.search(x, y, validation_data=val, epochs=exp.training.epochs, verbose=verbose)
+            tuner.search(x, y, validation_data=val, epochs=exp.training.epochs, verbose=fit_verbose)
     except tuners.StoreUnavailable as e:
         raise _store_gone(exp, parent_run_id, str(e)) from None
     except tuners.DiskFullStop as e:
@@ -130,7 +133,7 @@ def _store_gone(exp, parent_run_id: str, why: str) -> TrackingUnavailable:
                                "runs again: run the same command again once the store answers")
 
 
-def _run_parallel(tuner, sw, uri: str, verbose) -> SweepResult:
+def _run_parallel(tuner, sw, uri: str, fit_verbose: int) -> SweepResult:
     """Chief: serve the oracle to N worker processes until they have all stopped."""
     from . import parallel, tuners
 
@@ -145,7 +148,8 @@ def _run_parallel(tuner, sw, uri: str, verbose) -> SweepResult:
     procs = {}
     try:
         with interrupt.handled():
-            procs = parallel.launch_workers(uri, exp.name, n, threads, port, verbose=0 if verbose == 0 else 1)
+            # Workers share the terminal: Keras's one line per epoch (2), never its redrawn bar (1)
+            procs = parallel.launch_workers(uri, exp.name, n, threads, port, verbose=2 if fit_verbose else 0)
             codes = parallel.wait_workers(procs)
     except KeyboardInterrupt:
         parallel.stop_workers(procs)
@@ -198,6 +202,7 @@ def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict, prio
                                         "objective.direction": exp.objective.direction,
                                         "search_space": Path(space.path).name})
         tracking.log_dataset(ds, run_id=parent)
+        tracking.set_tags({describe.NOTE: describe.sweep_note(exp, ds, experiment_id, space)}, run_id=parent)
         for f in (exp.path, exp.search_space):
             if f:
                 tracking.log_artifact(f, "config", run_id=parent)
@@ -258,12 +263,17 @@ def _finish(tuner, sw, crashed: str | None) -> SweepResult:
         tracking.set_tags({"mnist_exp.best_trial_id": best[0].trial_id}, run_id=parent)
         tracking.log_metrics({f"best_{exp.objective.name}": best[0].score, "trials_completed": len(completed),
                               "trials_failed": len(failed)}, run_id=parent)
+    tracking.set_tags({describe.NOTE: describe.sweep_note(exp, sw.ds, sw.experiment_id, trials=table.to_dict("records"),
+                                                          best_trial_id=best[0].trial_id if best else None)}, run_id=parent)
     if not completed:
         first = sw.first_error or _first_message(failed) or _first_run_error(table) or crashed or "no trial ran"
         tracking.set_tags({tracking.TAG_ERROR: first[:5000]}, run_id=parent)
         tracking.set_status(parent, tracking.FAILED)
         raise SweepError(f"sweep {exp.name}: every trial failed ({len(failed)}); first error: {first}")
     tracking.set_status(parent, tracking.FINISHED)
+    from . import uiview
+
+    uiview.after_sweep(sw, tuner.oracle.hyperparameters)  # the MLflow UI's saved view; a failure is one warning line
     if crashed:
         print(f"sweep {exp.name} stopped early: {crashed}", flush=True)
     print(compare.summary_text(table, exp, parent), flush=True)

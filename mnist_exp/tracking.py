@@ -101,26 +101,35 @@ def git_commit() -> str | None:
 
 def start_run(experiment_id: str, name: str, tags: dict, parent_run_id: str | None = None) -> str:
     """Start the active run of this process (nested under parent_run_id when given), with liveness tags
-    and a heartbeat (liveness.py) until it ends."""
+    and a heartbeat (liveness.py), system metrics and the process's own usage (usage.py) until it ends."""
     import mlflow
 
-    from . import liveness
+    from . import liveness, usage
 
     run = mlflow.start_run(
         experiment_id=experiment_id, run_name=name, tags={**tags, **liveness.identity()}, parent_run_id=parent_run_id,
-        nested=bool(parent_run_id)
+        nested=bool(parent_run_id), log_system_metrics=False,  # usage.py runs MLflow's sampler, stopped before the end
     )
     liveness.HEARTBEAT.hold(run.info.run_id, mlflow.get_tracking_uri())
+    usage.begin(run.info.run_id, mlflow.get_tracking_uri())
     return run.info.run_id
 
 
 def end_run(status: str) -> None:
     import mlflow
 
-    from . import liveness
+    from . import liveness, usage
 
     if mlflow.active_run() is not None:
-        liveness.HEARTBEAT.release(mlflow.active_run().info.run_id)  # no beat written after the end
+        run_id = mlflow.active_run().info.run_id
+        liveness.HEARTBEAT.release(run_id)  # no beat written after the end
+        try:  # the last system sample and process_cpu_s, process_peak_rss_mb ...: before the run ends
+            spent = usage.end(run_id)
+            if spent:
+                log_metrics(spent, run_id=run_id)
+        except Exception:
+            if status == FINISHED:  # a FINISHED run has all its metrics; otherwise end it anyway
+                raise
         mlflow.end_run(status=status)
 
 

@@ -18,9 +18,10 @@ class TrainResult:
     wall_s: float
 
 
-def run_train(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, verbose="auto") -> TrainResult:
-    """Train with the space's defaults (never a sample) and the experiment's fixed hp values."""
-    from . import interrupt, tracking, training
+def run_train(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, verbose: bool = False) -> TrainResult:
+    """Train with the space's defaults (never a sample) and the experiment's fixed hp values. Prints one line
+    per epoch; ``verbose`` adds Keras's progress bar (progress.py)."""
+    from . import interrupt, progress, tracking, training
 
     training.set_seed_and_threads(exp)
     hp = space.to_hyperparameters(fixed=exp.hp)
@@ -40,9 +41,10 @@ def run_train(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, verbos
                                  "trainable_params": training.model_size(model)})
             tracking.log_dataset(ds)
             x, y, val = training.fit_arrays(ds)
+            fit_verbose = progress.fit_verbose(verbose)
             history = hypermodel.fit(
-                hp, model, x, y, validation_data=val, epochs=exp.training.epochs,
-                callbacks=training.callbacks_for(exp, run_id), verbose=verbose,
+                hp, model, x, y, validation_data=val, epochs=exp.training.epochs, verbose=fit_verbose,
+                callbacks=training.callbacks_for(exp, run_id, echo=f"[train {exp.name}]", fit_verbose=fit_verbose),
             )
             interrupt.check()  # after this the run is evaluated and finished; a late signal is ignored
             hist = training.merged_history(history)

@@ -75,7 +75,9 @@ def input_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool 
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """Logs every epoch's loss/accuracy/val_* to the run, with the epoch as step.
+    """Logs every epoch's loss/accuracy/val_* to the run, with the epoch as step, and prints the epoch's
+    one line (``progress.epoch_line``) after ``echo`` when given: the one per-epoch printer of train,
+    sweep and parallel workers.
 
     Holds only the run id, so Keras Tuner's per-trial deep copy is cheap and safe.
     """
@@ -83,7 +85,7 @@ class EpochLogger(keras.callbacks.Callback):
     def __init__(self, run_id: str, echo: str | None = None):
         super().__init__()
         self.run_id = run_id
-        self.echo = echo  # prefix of a one-line summary per epoch (parallel workers: no progress bars)
+        self.echo = echo  # the line's prefix, e.g. "[sweep quick] trial 3"
         self._t0 = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -91,11 +93,34 @@ class EpochLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         metrics = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
-        metrics["epoch_time_s"] = time.perf_counter() - self._t0
-        tracking.log_metrics(metrics, step=epoch + 1, run_id=self.run_id)
+        seconds = time.perf_counter() - self._t0
+        tracking.log_metrics({**metrics, "epoch_time_s": seconds}, step=epoch + 1, run_id=self.run_id)
         if self.echo:
-            shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch_time_s")
-            print(f"{self.echo} epoch {epoch + 1}: {shown} ({metrics['epoch_time_s']:.0f} s)", flush=True)
+            from .progress import epoch_line
+
+            print(epoch_line(self.echo, epoch + 1, (self.params or {}).get("epochs"), metrics, seconds), flush=True)
+
+
+class ProgressBar(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar (``--verbose``), never counting past its end.
+
+    Keras 3.15 calls ``on_*_batch_end`` once per execution of ``steps_per_execution`` steps with the
+    execution's last step computed as ``begin + steps_per_execution - 1``, never clipped to the epoch
+    (trainers/epoch_iterator.py); ProgbarLogger shows that + 1, so 85 batches at 8 per execution end
+    at "88/85", and a one-batch predict shows "8/1". Here the step is clipped to the bar's target.
+    """
+
+    def _clip(self, batch):
+        return batch if not self.target else min(batch, self.target - 1)
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(self._clip(batch), logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        super().on_test_batch_end(self._clip(batch), logs)
+
+    def on_predict_batch_end(self, batch, logs=None):
+        super().on_predict_batch_end(self._clip(batch), logs)
 
 
 class NaNLoss(RuntimeError):
@@ -147,8 +172,12 @@ def hypermodel_for(exp: Experiment, n_train: int) -> CNNHyperModel:
     return CNNHyperModel(exp.training.steps_per_execution, n_train, exp.training.mixed_precision)
 
 
-def callbacks_for(exp: Experiment, run_id: str, echo: str | None = None) -> list:
+def callbacks_for(exp: Experiment, run_id: str, echo: str | None = None, fit_verbose: int = 0) -> list:
+    """``echo``: the per-epoch line's prefix (None: no line); ``fit_verbose``: the fit's verbosity, nonzero
+    adds our ProgressBar (Keras would otherwise add its own, which counts past the end)."""
     cbs = [EpochLogger(run_id, echo), FailOnNaN(), InterruptCheck()]
+    if fit_verbose:
+        cbs.insert(0, ProgressBar())
     if exp.training.early_stopping_patience:
         cbs.append(
             keras.callbacks.EarlyStopping(

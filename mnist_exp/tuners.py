@@ -17,6 +17,8 @@ The ``faults.point`` calls name each boundary; tests/test_faults.py kills the pr
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import time
 import traceback
@@ -63,7 +65,7 @@ class SweepContext:
     started: float = field(default_factory=time.time)
     ended_here: int = 0  # trials ended since this process started (for the ETA)
     first_error: str | None = None
-    echo: str | None = None  # a worker's name: print one line per epoch instead of Keras's bars
+    worker: str | None = None  # a parallel worker's tuner id, shown in its epoch lines
 
 
 class TrackedTunerMixin:
@@ -115,8 +117,10 @@ class TrackedTunerMixin:
             interrupt.check()
             tracking.log_params({**hp.values, **exp.as_params()})
             tracking.log_dataset(sw.ds)
-            echo = sw.echo and f"[{sw.echo}] trial {trial.trial_id}"
-            callbacks = list(kwargs.pop("callbacks", [])) + training.callbacks_for(exp, run_id, echo)
+            echo = f"[sweep {exp.name}{' ' + sw.worker if sw.worker else ''}] trial {trial.trial_id}"
+            # kwargs are search()'s fit arguments: its verbose is the fit's (sweep.py, progress.fit_verbose)
+            callbacks = list(kwargs.pop("callbacks", [])) + training.callbacks_for(exp, run_id, echo,
+                                                                                    kwargs.get("verbose", 0))
             histories = super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
             interrupt.check()
             hist = training.merged_history(histories)
@@ -291,7 +295,8 @@ KINDS = {
 }
 
 
-def make_tuner(sw: SweepContext, hyperparameters, directory: Path, hypermodel=None):
+def make_tuner(sw: SweepContext, hyperparameters, directory: Path, hypermodel=None, verbose: int = 0):
+    """``verbose``: the fits' verbosity (progress.fit_verbose); nonzero also shows Keras Tuner's own messages."""
     exp = sw.exp
     oracle_cls, tuner_cls = KINDS[exp.tuner.kind]
     oracle_kwargs = dict(
@@ -310,12 +315,18 @@ def make_tuner(sw: SweepContext, hyperparameters, directory: Path, hypermodel=No
         oracle_kwargs["max_trials"] = exp.tuner.max_trials
     oracle = type(f"Atomic{oracle_cls.__name__}", (AtomicOracleMixin, oracle_cls), {})(**oracle_kwargs)
     tuner_cls = type(f"Tracked{tuner_cls.__name__}", (TrackedTunerMixin, tuner_cls), {})
-    return tuner_cls(
-        sw,
-        oracle,
-        hypermodel=hypermodel or training.hypermodel_for(exp, len(sw.ds.y_train)),
-        directory=str(directory),
-        project_name=exp.name,
-        overwrite=False,
-        executions_per_trial=exp.tuner.executions_per_trial,
-    )
+    # Keras Tuner prints "Reloading Tuner from …" on every resume; the sweep's own first line says so already
+    with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
+        tuner = tuner_cls(
+            sw,
+            oracle,
+            hypermodel=hypermodel or training.hypermodel_for(exp, len(sw.ds.y_train)),
+            directory=str(directory),
+            project_name=exp.name,
+            overwrite=False,
+            executions_per_trial=exp.tuner.executions_per_trial,
+        )
+    # Keras Tuner's per-trial tables ("Search: Running Trial #…", "Best … So Far"): its oracle's Display. Set here
+    # as well as by search(verbose=…), since a parallel sweep's chief serves the oracle without calling search.
+    oracle.verbose = 1 if verbose else 0
+    return tuner

@@ -84,6 +84,8 @@ def test_train_interrupted_mid_fit_ends_its_run_killed(store):
     assert run.data.tags["mnist_exp.error"].startswith("KeyboardInterrupt")
     assert "SIGINT: stopping at the next safe point" in err
     assert run.data.metrics["loss"] and "test_accuracy" not in run.data.metrics
+    hist = MlflowClient().get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    assert hist and max(h.timestamp for h in hist) <= run.info.end_time and run.data.metrics["process_cpu_s"] > 0
 
 
 def test_handled_off_the_main_thread_changes_nothing():

@@ -49,7 +49,8 @@ def test_two_workers_run_trials_side_by_side(store):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert re.search(r"2 workers \(tuner0, tuner1\), \d+ thread\(s\) each", proc.stdout)
     assert "[sweep par] trial 4/4" in proc.stdout and "ETA" in proc.stdout
-    assert "[tuner1] trial" in proc.stdout  # a worker's per-epoch line
+    assert re.search(r"^\[sweep par tuner1\] trial \S+ epoch 1/2: loss ", proc.stdout, re.M)  # a worker's epoch line
+    assert "Search: Running Trial" not in proc.stdout and "oneDNN" not in proc.stderr  # the chief's oracle is quiet too
 
     parent = parent_run()
     children = trial_runs()
@@ -62,6 +63,9 @@ def test_two_workers_run_trials_side_by_side(store):
         assert 0 <= c.data.metrics["test_accuracy"] <= 1 and c.data.metrics["epochs_run"] == 2
         assert len(MlflowClient().get_metric_history(c.info.run_id, "val_accuracy")) == 2
         assert c.data.tags.get("mnist_exp.model_uri")
+        # the worker's own CPU time and memory, beside MLflow's machine-wide samples
+        assert MlflowClient().get_metric_history(c.info.run_id, "system/cpu_utilization_percentage")
+        assert c.data.metrics["process_cpu_s"] > 0 and c.data.metrics["process_peak_rss_mb"] >= 100
     # side by side: some trial of tuner0 and some trial of tuner1 overlap in time
     spans = {t: [(c.info.start_time, c.info.end_time) for c in children if c.data.tags["mnist_exp.tuner_id"] == t]
              for t in ("tuner0", "tuner1")}
@@ -91,6 +95,10 @@ def test_interrupted_parallel_sweep_resumes_with_one_worker(store):
     ended = [(c.data.tags["mnist_exp.trial_id"], c.info.status, c.data.tags.get("mnist_exp.error")) for c in trial_runs()]
     killed = {tid for tid, status, _ in ended if status == "KILLED"}
     assert len(killed) == 2, (ended, out)
+    for c in trial_runs():  # a KILLED run keeps what it cost up to the signal, and nothing lands after its end
+        if c.info.status == "KILLED":
+            hist = MlflowClient().get_metric_history(c.info.run_id, "system/cpu_utilization_percentage")
+            assert hist and max(h.timestamp for h in hist) <= c.info.end_time and c.data.metrics["process_cpu_s"] > 0
 
     done = subprocess.run([str(VENV_BIN / "mnist-exp"), "sweep", str(exp_file), "--parallel", "1"],
                           capture_output=True, text=True, timeout=600)

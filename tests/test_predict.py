@@ -54,7 +54,9 @@ def test_predict_cli_on_png_jpeg_and_npz_with_the_champion(swept_store, embedded
     np.savez(swept_store / "batch.npz", x=digits[:3])
     capsys.readouterr()
     assert main(["predict", *files, str(swept_store / "batch.npz"), "--json"]) == 0
-    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    captured = capsys.readouterr()
+    assert "━" not in captured.out + captured.err  # no Keras progress bar ("8/1" before), on either stream
+    lines = [json.loads(x) for x in captured.out.strip().splitlines()]
     assert [x["file"] for x in lines] == files + [f"{swept_store / 'batch.npz'}[{i}]" for i in range(3)]
     for x in lines:
         assert len(x["probabilities"]) == 10 and abs(sum(x["probabilities"]) - 1) < 1e-3

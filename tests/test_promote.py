@@ -43,6 +43,12 @@ def test_first_promotion_registers_the_best_trial_with_its_tags(swept_store, cap
     assert v.tags["mnist_exp.test_fingerprint"] == best.data.tags["mnist_exp.test_fingerprint"]
     assert v.tags["hp.learning_rate"] == best.data.params["learning_rate"]
     assert float(v.tags["metric.objective"]) == pytest.approx(best.data.metrics["objective"])
+    # its description says where it came from: sweep, trial, run, the sweep's parent, data, metrics
+    text = v.description
+    assert f"sweep `a`, trial {best.data.tags['mnist_exp.trial_id']}: run [{run_id}]" in text
+    assert best.data.tags["mlflow.parentRunId"] in text and "`test_accuracy` 0.9000" in text
+    assert best.data.tags["mnist_exp.data_fingerprint"] in text and best.data.tags["mnist_exp.test_fingerprint"] in text
+    assert f"max:val_accuracy = {best.data.metrics['objective']:.4f}" in text
     # the best trial is chosen by the objective (validation), never by test accuracy
     others = [r for r in runs(filter_string="tags.`mnist_exp.sweep` = 'a' and tags.`mnist_exp.kind` = 'trial'")
               if r.info.run_id != run_id]

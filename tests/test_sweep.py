@@ -1,7 +1,9 @@
 import json
 import os
+import shlex
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -42,8 +44,12 @@ def kt_trials(store, name="tiny"):
 @pytest.mark.parametrize("kind", ["random", "bayesian", "grid", "hyperband"])
 def test_each_tuner_kind_logs_one_parent_and_a_child_per_trial(store, kind, capsys):
     exp_file = write_yaml(store / "tiny.yaml", TINY)
-    assert main(["sweep", str(exp_file), "--tuner", kind]) == 0
+    verbose = kind == "grid"  # Keras Tuner's tables and Keras's own epoch lines only with --verbose
+    assert main(["sweep", str(exp_file), "--tuner", kind, *["--verbose"] * verbose]) == 0
     out = capsys.readouterr().out
+    assert ("Search: Running Trial #2" in out) == verbose and ("Best val_accuracy So Far" in out) == verbose
+    assert ("Value             |Best Value So Far |Hyperparameter" in out) == verbose
+    assert "\r" not in out and "\x1b[" not in out  # stdout is no terminal here: whole lines, no bar redraws
     [parent], children = sweep_runs()
     trials = kt_trials(store)
     expected = 5 if kind == "hyperband" else 2  # Hyperband(max_epochs=2, factor=2) plans 5 trials
@@ -70,6 +76,8 @@ def test_each_tuner_kind_logs_one_parent_and_a_child_per_trial(store, kind, caps
         assert {a.path for a in c.list_artifacts(run.info.run_id, "plots")} >= {"plots/learning_curves.png",
                                                                                  "plots/confusion_matrix.png"}
         assert run.data.tags["mnist_exp.model_uri"].startswith("models:/")
+        assert_usage_logged(c, run)
+    assert not [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor"]  # every sampler stopped
     if kind == "hyperband":  # bookkeeping is logged under its own names, never as a search-space value
         resumed = [r for r in children if "tuner/trial_id" in r.data.params]
         assert resumed and all("tuner/epochs" in r.data.params for r in children)
@@ -82,6 +90,31 @@ def test_each_tuner_kind_logs_one_parent_and_a_child_per_trial(store, kind, caps
 
     df = pd.read_csv(board)
     assert len(df) == expected and list(df["objective"]) == sorted(df["objective"], reverse=True)
+
+    # The parent's description (MLflow's run note): what was searched, the best trial, the commands.
+    note = parent.data.tags["mlflow.note.content"]
+    best_id = parent.data.tags["mnist_exp.best_trial_id"]
+    [best] = [r for r in children if r.data.tags["mnist_exp.trial_id"] == best_id]
+    assert f"Trial **{best_id}**: `val_accuracy` {best.data.metrics['objective']:.4f}" in note
+    assert f"test accuracy {best.data.metrics['test_accuracy']:.4f}" in note and best.info.run_id in note
+    assert "`learning_rate`: one of 0.001, 0.003" in note and "200 train" not in note and "160 train" in note
+    resume = "mnist-exp sweep tiny.yaml" + ("" if kind == "random" else f" --set tuner.kind={kind}")
+    lines = note.splitlines()
+    assert resume in lines and "mnist-exp compare tiny" in lines and "mnist-exp promote tiny" in lines
+    if kind == "grid":  # the note's resume command, typed as it stands, resumes this sweep and trains nothing
+        assert main(shlex.split(resume)[1:]) == 0
+        assert "resuming, 2 trial(s) done" in capsys.readouterr().out and len(sweep_runs()[1]) == expected
+
+
+def assert_usage_logged(client, run):
+    """MLflow's system metrics (at least one sample, none after the run ended) and the process's own usage."""
+    m = run.data.metrics
+    for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+        hist = client.get_metric_history(run.info.run_id, key)
+        assert hist and max(h.timestamp for h in hist) <= run.info.end_time, key
+    assert 0 < m["process_cpu_s"] < 600
+    assert 100 <= m["process_peak_rss_mb"] < 20000  # a TensorFlow process: hundreds of MB
+    assert m["process_peak_rss_mb"] >= 0.9 * m["process_rss_end_mb"] > 0 and m["process_rss_start_mb"] > 0
 
 
 @pytest.mark.parametrize(
@@ -153,6 +186,8 @@ def test_nan_and_raising_trials_fail_in_both_tuner_and_mlflow_and_the_sweep_goes
             assert "injected failure" in run.data.tags["mnist_exp.error"]
         else:
             assert run.info.status == "FINISHED" and t["status"] == "COMPLETED"
+        assert run.data.metrics["process_cpu_s"] > 0  # a failed trial's run too says what it cost
+    assert not [t for t in threading.enumerate() if t.name == "SystemMetricsMonitor"]
 
 
 class AlwaysFails(CNNHyperModel):

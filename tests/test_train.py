@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 from PIL import Image
 
@@ -15,6 +17,9 @@ def test_train_logs_params_curves_test_metrics_plots_and_a_loadable_model(store,
     [run] = runs()
     assert run.info.status == "FINISHED"
     assert f"run {run.info.run_id}: test accuracy" in out and "mnist-exp ui" in out
+    epochs = re.findall(r"^\[train baseline\] epoch (\d)/2: loss \S+ accuracy \S+ val_loss \S+ val_accuracy \S+ \(\S+ s\)$",
+                        out, re.M)
+    assert epochs == ["1", "2"] and "\r" not in out and "\x1b[" not in out, out  # one line per epoch, no bar
     p = run.data.params
     assert p["filters_1"] == "32" and p["learning_rate"] == "0.001" and p["batch_size"] == "16"
     assert p["activation"] == "relu" and p["dropout_1"] == "0.5" and p["dense_units"] == "128"
@@ -29,6 +34,9 @@ def test_train_logs_params_curves_test_metrics_plots_and_a_loadable_model(store,
         assert sorted(m.step for m in hist) == [1, 2], metric
     m = run.data.metrics
     assert 0.0 <= m["test_accuracy"] <= 1.0 and m["test_loss"] > 0 and m["epochs_run"] == 2
+    # what the run cost: MLflow's machine-wide samples, and this process's own CPU time and memory
+    assert c.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    assert m["process_cpu_s"] > 0 and m["process_peak_rss_mb"] >= 100 and m["process_rss_end_mb"] > 0
 
     tags = run.data.tags
     for key in ("mnist_exp.version", "mnist_exp.tensorflow", "mnist_exp.keras", "mnist_exp.mlflow"):
