@@ -110,8 +110,9 @@ def _start_monitor(run_id: str, uri: str):
 
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        # Its INFO lines ("Started monitoring system metrics." ...) would be three more lines per trial.
-        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        # Its INFO lines ("Started monitoring system metrics." ...) would be three more lines per trial, and its
+        # warnings, when the store stops answering, would land after the sweep's own one-line error.
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
         monitor = SystemMetricsMonitor(run_id, sampling_interval=SAMPLING_S, tracking_uri=uri)
         monitor.start()  # a daemon thread: it never keeps the process alive
         return monitor
