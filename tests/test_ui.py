@@ -139,6 +139,10 @@ def test_ui_from_home_and_from_the_printed_address(ui, tmp_path):
         page.get_by_text("mnist-exp sweeps", exact=True).click()
         page.locator("label", has=page.locator("input[value=CHART]")).click()
         expand_sweep(page, "a")
+        expand_sweep(page, "b")
         parallel = page.get_by_test_id("experiment-view-compare-runs-card").filter(has_text="Parallel Coordinates")
-        expect(parallel.locator("svg text", has_text="filters_1").first).to_be_visible()
+        # learning_rate: a hyperparameter that varies within each sweep (CI once drew no filters_1 axis here, with
+        # only sweep a expanded, whose two trials share filters_1)
+        expect(parallel.locator("svg text", has_text="learning_rate").first).to_be_visible()
+        expect(parallel.locator("svg text", has_text="objective").first).to_be_visible()
         browser.close()
