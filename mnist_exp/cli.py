@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import DiskFull, MnistExpError
+from .errors import ConfigError, DiskFull, MnistExpError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -45,8 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-trials", type=int, help="tuner.max_trials")
     p.add_argument("--tuner", choices=["random", "bayesian", "hyperband", "grid"], help="tuner.kind")
     p.add_argument("--parallel", type=int, metavar="N",
-                   help="tuner.parallel_trials: N trials at once, each in a worker process with a share of the cores")
+                   help="tuner.parallel_trials: N trials at once, each in a worker process with a share of the cores "
+                        "(with --serve: N local workers, 0 allowed)")
+    p.add_argument("--serve", metavar="[HOST:]PORT",
+                   help="be the chief that workers on other machines join (mnist-exp worker), listening on that "
+                        "address only (PORT alone: loopback); needs $MNIST_EXP_TOKEN")
+    p.add_argument("--lease-timeout", type=float, default=30.0, metavar="S",
+                   help="a worker silent this long loses its trial to another worker (default 30)")
     p.add_argument("--overwrite", action="store_true", help="discard an existing sweep of that name and start afresh")
+
+    p = sub.add_parser("worker", help="train a sweep's trials for its chief (mnist-exp sweep --serve), on any machine")
+    p.add_argument("--tracking-uri", help="the sweep's tracking server (default: $MLFLOW_TRACKING_URI, else the one the "
+                                          "chief uses when that is a server)")
+    p.add_argument("--chief", required=True, metavar="HOST:PORT", help="the chief's address (its --serve)")
+    p.add_argument("--data", help="where this machine has the sweep's data (checked against the sweep's fingerprint)")
+    p.add_argument("--id", help="this worker's id, stable across its restarts (default: the host name)")
+    p.add_argument("--threads", type=int, help="TensorFlow threads (default: all cores)")
+    p.add_argument("--wait", type=float, default=60.0, metavar="S", help="wait this long for the chief (default 60)")
+    p.add_argument("--verbose", action="store_true", help="Keras's own line per epoch as well")
+    p.add_argument("--chief-pid", type=int, help=argparse.SUPPRESS)  # local workers: stop when the chief is gone
 
     p = sub.add_parser("compare", help="leaderboard of sweep trials read from MLflow")
     p.add_argument("sweeps", nargs="*", help="sweep names (default: every sweep)")
@@ -78,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1: quick to start)")
     p.add_argument("--no-browser", action="store_true", help="print the address only (the default where there is no display)")
     _common(p)
+
+    p = sub.add_parser("server", help="a team MLflow tracking server on PostgreSQL, artifacts proxied (all kept in DIR)")
+    p.add_argument("dir", metavar="DIR", help="folder for the PostgreSQL cluster, artifacts and logs (made on first use)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface, for other machines)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=2, help="MLflow server worker processes (default 2)")
     return ap
 
 
@@ -185,6 +208,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    local_workers = _local_workers(args)
+    if args.serve is not None:
+        from . import wire
+
+        wire.parse_address(args.serve, "--serve")
+        wire.token_from_env("--serve")
+    if not 1 <= args.lease_timeout <= 86400:
+        raise ConfigError(f"--lease-timeout: must be 1-86400 seconds (got {args.lease_timeout})")
     exp, space, ds = _load(args)
     from . import lease, progress
 
@@ -194,8 +225,29 @@ def cmd_sweep(args) -> int:
     uri = _store(args, write=True, experiment=exp.mlflow_experiment)  # the store only: created once, atomically
     with lease.acquire(uri, exp.name):  # one sweep of a name at a time; nothing of the sweep is written before
         _reap(uri, "sweep")
-        result = run_sweep(exp, space, ds, uri, overwrite=args.overwrite, verbose=args.verbose)
+        result = run_sweep(exp, space, ds, uri, overwrite=args.overwrite, verbose=args.verbose, serve=args.serve,
+                           local_workers=local_workers, lease_s=args.lease_timeout)
     return 0 if result.completed else 1
+
+
+def _local_workers(args) -> int | None:
+    """--parallel with --serve counts local workers (0 allowed); without --serve it is tuner.parallel_trials."""
+    if args.serve is None:
+        return None
+    n = args.parallel
+    if n is not None and n < 0:
+        raise ConfigError(f"--parallel: must be >= 0 with --serve (got {n})")
+    if n == 0:
+        args.parallel = None  # not an experiment setting: tuner.parallel_trials stays as the file says
+    return n
+
+
+def cmd_worker(args) -> int:
+    from . import worker
+
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads: must be >= 1 (got {args.threads})")
+    return worker.main(args)
 
 
 def cmd_compare(args) -> int:
@@ -251,9 +303,30 @@ def _check_port_free(host: str, port: int) -> None:
             raise ConfigError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
 
 
+def _ui_on_server(args, uri: str) -> int:
+    """A tracking server serves its own UI: write the saved view there and print its addresses; start nothing
+    (``mlflow ui`` cannot take an http store: it exited with a traceback after printing an address never served)."""
+    from . import uiview
+
+    _store(args, write=False)
+    _reap(uri, "ui")
+    runs, charts = uiview.for_ui(uri, uri.rstrip("/"))
+    print(f"MLflow UI of the tracking server {uri} (it serves its own; nothing started here)", flush=True)
+    print(f"  sweeps, trials, objective and hyperparameters: {runs}", flush=True)
+    if charts:
+        print(f"  charts (expand a sweep to chart its trials): {charts}", flush=True)
+    if not args.no_browser and uiview.can_open_browser():
+        import webbrowser
+
+        webbrowser.open(runs)
+    return 0
+
+
 def cmd_ui(args) -> int:
     from . import tracking
 
+    if (args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "").startswith(("http://", "https://")):
+        return _ui_on_server(args, args.tracking_uri or os.environ["MLFLOW_TRACKING_URI"])
     _check_port_free(args.host, args.port)
     if args.workers < 1:
         from .errors import ConfigError
@@ -282,13 +355,45 @@ def cmd_ui(args) -> int:
     return 0
 
 
+def cmd_server(args) -> int:
+    import socket
+    import time
+
+    from . import interrupt, server
+
+    t0 = time.monotonic()
+    with interrupt.handled():  # Ctrl-C / SIGTERM / SIGHUP: stop both servers, exit 0
+        try:
+            srv = server.start(args.dir, host=args.host, port=args.port, workers=args.workers)
+        except KeyboardInterrupt:
+            print("mnist-exp server: interrupted while starting; nothing left running", file=sys.stderr)
+            return 130
+        try:
+            print(f"MLflow tracking server on {srv.uri} (PostgreSQL in {srv.dir}/pgdata, port {srv.pg_port}; "
+                  f"artifacts in {srv.dir}/artifacts), up in {time.monotonic() - t0:.1f} s; Ctrl-C stops it", flush=True)
+            print(f"export MLFLOW_TRACKING_URI={srv.uri}", flush=True)
+            if args.host not in server.LOOPBACK:
+                print(f"  from other machines: export MLFLOW_TRACKING_URI=http://{socket.getfqdn()}:{srv.port}", flush=True)
+            code = srv.wait()
+            print(f"mnist-exp server: the MLflow server exited ({code}); see {srv.dir}/mlflow.log", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("mnist-exp server: stopping", flush=True)
+            return 0
+        finally:
+            with interrupt.deferred():  # a signal while stopping does not cut the stop short (a second one does)
+                srv.stop()
+
+
 COMMANDS = {
     "train": cmd_train,
     "sweep": cmd_sweep,
+    "worker": cmd_worker,
     "compare": cmd_compare,
     "promote": cmd_promote,
     "predict": cmd_predict,
     "ui": cmd_ui,
+    "server": cmd_server,
 }
 
 if __name__ == "__main__":

@@ -65,6 +65,11 @@ def resolve_tracking_uri(cli_uri: str | None = None) -> str:
     return f"sqlite:///{store / DB_NAME}"
 
 
+def is_remote(uri: str) -> bool:
+    """A tracking server (every machine reaches the same store), as opposed to a store on this machine's disk."""
+    return uri.startswith(("http://", "https://"))
+
+
 def local_store_dir(uri: str) -> Path:
     """Where files beside the store go (artifacts, tuner state): the sqlite file's folder or ./mlruns."""
     if uri.startswith("sqlite:///"):

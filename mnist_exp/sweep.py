@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import describe, faults, interrupt, state, tracking
+from . import describe, faults, interrupt, state, store, tracking
 from .config import Experiment
 from .data import Dataset
 from .errors import ConfigError, DiskFull, SweepError, TrackingUnavailable
@@ -33,10 +33,14 @@ class SweepResult:
 
 
 def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwrite: bool = False,
-              verbose: bool = False, hypermodel=None) -> SweepResult:
+              verbose: bool = False, hypermodel=None, serve: str | None = None, local_workers: int | None = None,
+              lease_s: float = 30.0) -> SweepResult:
     """Run (or resume) the sweep. ``hypermodel`` replaces the CNN HyperModel (tests inject faults with it).
-    Prints one line per epoch and per trial; ``verbose`` adds Keras's bars and Keras Tuner's tables (progress.py)."""
-    if hypermodel is not None and exp.tuner.parallel_trials > 1:  # workers build their own CNN; nothing else crosses
+    Prints one line per epoch and per trial; ``verbose`` adds Keras's bars and Keras Tuner's tables (progress.py).
+    ``serve`` (HOST:PORT): be a chief that workers on other machines join (chief.py), with ``local_workers``
+    of its own (default tuner.parallel_trials); trials of a silent worker are re-run after ``lease_s``."""
+    parallel = exp.tuner.parallel_trials > 1 or serve is not None
+    if hypermodel is not None and parallel:  # workers build their own CNN; nothing else crosses
         raise ValueError("a custom hypermodel cannot reach parallel workers; use tuner.parallel_trials=1")
     if exp.objective.name.startswith("val_") and not len(ds.y_val):
         raise ConfigError(f"{exp.path}: data.validation_split: must be > 0 for the objective {exp.objective.name}")
@@ -53,7 +57,6 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
 
     fit_verbose = progress.fit_verbose(verbose)
     training.set_seed_and_threads(exp)
-    parallel = exp.tuner.parallel_trials > 1
     # The chief of a parallel sweep trains nothing: its workers load the data themselves.
     sw = tuners.SweepContext(exp, ds, experiment_id, parent_run_id, arrays=() if parallel else training.fit_arrays(ds))
     from .parallel import ChiefEnvironment
@@ -65,13 +68,14 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     tuner.oracle.on_trial_ended = tuners.print_progress(tuner.oracle, sw)
     planned = tuners.planned_trials(tuner.oracle)
     done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
-    at_once = f", {exp.tuner.parallel_trials} at once" if parallel else ""
+    at_once = f", {exp.tuner.parallel_trials} at once" if exp.tuner.parallel_trials > 1 else ""
     print(f"sweep {exp.name} ({exp.tuner.kind}, {planned} trials planned{at_once}, objective {exp.objective.direction} "
           f"{exp.objective.name}): {'resuming, ' + str(done) + ' trial(s) done' if resumed else 'new'}; "
           f"parent run {parent_run_id}; {ds.sizes['train']} train / {ds.sizes['val']} val / "
           f"{ds.sizes['test']} test digits", flush=True)
     if parallel:
-        return _finishing(exp, parent_run_id, lambda: _run_parallel(tuner, sw, uri, fit_verbose))
+        return _finishing(exp, parent_run_id, lambda: _run_parallel(tuner, sw, uri, fit_verbose, project, serve,
+                                                                    local_workers, lease_s))
     tuners.requeue_orphans(tuner.oracle, [tuner.tuner_id])
 
     x, y, val = sw.arrays
@@ -133,35 +137,75 @@ def _store_gone(exp, parent_run_id: str, why: str) -> TrackingUnavailable:
                                "runs again: run the same command again once the store answers")
 
 
-def _run_parallel(tuner, sw, uri: str, fit_verbose: int) -> SweepResult:
-    """Chief: serve the oracle to N worker processes until they have all stopped."""
-    from . import parallel, tuners
+def _run_parallel(tuner, sw, uri: str, fit_verbose: int, project: Path, serve: str | None,
+                  local_workers: int | None, lease_s: float) -> SweepResult:
+    """Chief: serve the oracle (chief.py) to local worker processes and, with ``serve``, to workers
+    elsewhere, until the oracle is done (or, without ``serve``, until the local workers have all stopped)."""
+    import secrets
+
+    from . import chief as chief_mod
+    from . import parallel, tuners, wire
 
     exp = sw.exp
-    n = exp.tuner.parallel_trials
+    n = exp.tuner.parallel_trials if local_workers is None else local_workers
     ids = parallel.worker_ids(n)
-    tuners.requeue_orphans(tuner.oracle, ids)
-    threads = parallel.threads_per_worker(n, exp.training.threads)
-    server, port = parallel.start_server(tuner.oracle)
-    print(f"chief serving the oracle on 127.0.0.1:{port}; {n} workers ({', '.join(ids)}), "
-          f"{threads} thread(s) each", flush=True)
-    procs = {}
+    if serve:
+        host, port = wire.parse_address(serve, "--serve")
+        token = wire.token_from_env("--serve")
+    else:
+        host, port, token = "127.0.0.1", 0, secrets.token_hex(16)  # local workers get it in their environment
+    # Trials held by remote workers when the chief stopped wait one lease for them (chief.py); others requeue.
+    tuners.requeue_orphans(tuner.oracle, ids + (list(tuner.oracle.ongoing_trials) if serve else []))
+    threads = parallel.threads_per_worker(max(n, 1), exp.training.threads)
+    chief = chief_mod.Chief(tuner.oracle, sw, uri, _description(sw, uri, project), token, lease_s)
+    port = chief.start(host, port)
+    address = wire.target(host, port)
+    print(f"chief serving the oracle on {address}; {n} {'local ' if serve else ''}workers"
+          f"{' (' + ', '.join(ids) + ')' if ids else ''}"
+          f"{', ' + str(threads) + ' thread(s) each' if n else ''}", flush=True)
+    if serve and store.is_remote(uri):
+        print(f"workers: {wire.TOKEN_ENV}=<the token> mnist-exp worker --chief {address} [--data PATH]", flush=True)
+    elif serve:
+        print(f"workers: {wire.TOKEN_ENV}=<the token> mnist-exp worker --chief {address} --tracking-uri {uri} "
+              "(a store on this machine: workers elsewhere need a tracking server, see mnist-exp server)", flush=True)
+    local = wire.target("127.0.0.1" if host in ("0.0.0.0", "::") else host, port)
+    procs, codes = {}, {}
     try:
         with interrupt.handled():
-            # Workers share the terminal: Keras's one line per epoch (2), never its redrawn bar (1)
-            procs = parallel.launch_workers(uri, exp.name, n, threads, port, verbose=2 if fit_verbose else 0)
-            codes = parallel.wait_workers(procs)
+            procs = parallel.launch_workers(uri, local, token, ids, threads, verbose=bool(fit_verbose))
+            waiting_said = False
+            while True:
+                parallel.poll_workers(procs, codes)
+                local_done = len(codes) == len(procs)
+                if local_done and (chief.done() or not serve):
+                    break
+                if serve and local_done and not waiting_said and not chief.live_workers():
+                    print(f"chief {address}: waiting for workers", flush=True)
+                    waiting_said = True
+                time.sleep(0.5)
     except KeyboardInterrupt:
+        chief.stopping = True  # remote workers hear it with their next heartbeat
         parallel.stop_workers(procs)
+        chief.stop(grace_s=2 * chief.heartbeat_s if serve else 0)
         tracking.set_status(sw.parent_run_id, tracking.KILLED)
         print(f"sweep {exp.name} interrupted: finished trials are kept; run the same command again to resume",
               flush=True)
         raise
     finally:
-        server.stop(grace=1)
+        chief.stop()
     bad = {tid: code for tid, code in codes.items() if code}
     crashed = f"worker(s) exited with an error: {bad}" if bad else None
     return _finish(tuner, sw, crashed)
+
+
+def _description(sw, uri: str, project: Path) -> dict:
+    """What a worker anywhere needs to run this sweep's trials (worker.py): the sweep's state as written
+    to its state file, the search space's text and where the runs go."""
+    desc = state.read(project / STATE_FILE)
+    space = sw.exp.search_space
+    return {**desc, "space_yaml": Path(space).read_text(encoding="utf-8") if space else None,
+            "space_name": Path(space).name if space else None,
+            "tracking_uri": uri if store.is_remote(uri) else None, "store": uri}
 
 
 def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict, prior: dict | None) -> tuple[str, bool]:

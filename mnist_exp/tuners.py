@@ -52,6 +52,48 @@ class AtomicOracleMixin:
         if hook:
             hook(self.trials[trial.trial_id])
 
+    # A chief's oracle, called from its gRPC threads (chief.py): each under Keras Tuner's per-oracle lock, so a
+    # check of who holds a trial and what follows from it cannot interleave with another worker's call.
+
+    @kt.synchronized
+    def holds(self, tuner_id: str, trial_id: str) -> bool:
+        trial = self.ongoing_trials.get(tuner_id)
+        return trial is not None and trial.trial_id == trial_id
+
+    @kt.synchronized
+    def revoke(self, tuner_id: str):
+        """A silent worker's lease is over: its trial goes to the retry queue (the next worker to ask runs
+        it) and it no longer counts as a tuner the search waits for. Returns the trial, or None."""
+        self.tuner_ids.discard(tuner_id)
+        trial = self.ongoing_trials.pop(tuner_id, None)
+        if trial is not None:
+            self._retry_queue.append(trial.trial_id)
+            self.save()
+        return trial
+
+    @kt.synchronized
+    def create_trial_for(self, tuner_id: str):
+        """create_trial, but a worker is told to wait (IDLE) instead of to stop while other workers still
+        hold trials: one of them may go silent and its trial come back to the queue."""
+        trial = self.create_trial(tuner_id)
+        if trial.status == kt.engine.trial.TrialStatus.STOPPED and self.ongoing_trials:
+            self.tuner_ids.add(tuner_id)
+            return kt.engine.trial.Trial(self.hyperparameters.copy(), status=kt.engine.trial.TrialStatus.IDLE)
+        return trial
+
+    @kt.synchronized
+    def update_trial_from(self, tuner_id: str, trial_id: str, metrics, step=0):
+        if not self.holds(tuner_id, trial_id):
+            return None
+        return self.update_trial(trial_id, metrics, step=step)
+
+    @kt.synchronized
+    def end_trial_from(self, tuner_id: str, trial) -> bool:
+        if not self.holds(tuner_id, trial.trial_id):
+            return False
+        self.end_trial(trial)
+        return True
+
 
 @dataclass
 class SweepContext:
@@ -93,6 +135,12 @@ class TrackedTunerMixin:
         interrupt.defer(False)
         interrupt.check()
 
+    def claim(self, trial_id: str) -> None:
+        """Raise Superseded if this process may no longer commit the trial (a worker asks its chief)."""
+
+    def extra_callbacks(self) -> list:
+        return []
+
     def run_trial(self, trial, *args, **kwargs):
         sw, exp, hp = self.sweep, self.sweep.exp, trial.hyperparameters
         for name in HP_DEFAULTS:  # pin what the space leaves out to the baseline, so params are complete
@@ -121,6 +169,7 @@ class TrackedTunerMixin:
             # kwargs are search()'s fit arguments: its verbose is the fit's (sweep.py, progress.fit_verbose)
             callbacks = list(kwargs.pop("callbacks", [])) + training.callbacks_for(exp, run_id, echo,
                                                                                     kwargs.get("verbose", 0))
+            callbacks += self.extra_callbacks()
             histories = super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
             interrupt.check()
             hist = training.merged_history(histories)
@@ -132,9 +181,16 @@ class TrackedTunerMixin:
             training.evaluate_and_log(model, sw.ds, hist, first_epoch)
             tracking.log_metrics({"trial_time_s": time.perf_counter() - t0})
             faults.point("after_trial_logged")
+            self.claim(trial.trial_id)
             tracking.end_run(tracking.FINISHED)  # the commit point (see the module docstring)
             faults.point("after_run_finished")
             return histories
+        except Superseded as e:  # its result is kept as a superseded attempt, never as the trial's
+            _end_quietly(tracking.KILLED, f"superseded: {e}", superseded=str(e))
+            raise
+        except ChiefGone:
+            _end_quietly(tracking.KILLED, "the chief stopped answering; the trial runs again")
+            raise
         except Exception as e:
             if tracking_unavailable(e):
                 # Not the trial's fault: it stays ongoing in the oracle and runs again on resume; its run,
@@ -157,10 +213,13 @@ class TrackedTunerMixin:
             raise
 
 
-def _end_quietly(status: str, why: str) -> None:
+def _end_quietly(status: str, why: str, superseded: str | None = None) -> None:
     """End the active run if the store still lets us; if not, the next command marks it KILLED."""
     try:
-        tracking.set_tags({tracking.TAG_ERROR: why})
+        tags = {tracking.TAG_ERROR: why[:5000]}
+        if superseded:
+            tags[tracking.TAG_SUPERSEDED] = superseded[:5000]
+        tracking.set_tags(tags)
     except Exception:
         pass
     try:  # MLflow pops the run before writing: after this, its exit hook cannot mark it FINISHED
@@ -172,6 +231,15 @@ def _end_quietly(status: str, why: str) -> None:
 class StoreUnavailable(kt.errors.FatalError):
     """Raised out of a trial when the tracking store cannot be reached after MLflow's retries.
     Keras Tuner re-raises FatalError from search() instead of marking the trial failed."""
+
+
+class ChiefGone(kt.errors.FatalError):
+    """A worker's chief stopped answering: the worker stops; the chief gives the trial to another."""
+
+
+class Superseded(Exception):
+    """The chief refused a worker's report: the trial's lease had expired and another worker has it.
+    Not fatal: the worker goes on with its next trial."""
 
 
 class DiskFullStop(kt.errors.FatalError):
@@ -295,8 +363,10 @@ KINDS = {
 }
 
 
-def make_tuner(sw: SweepContext, hyperparameters, directory: Path, hypermodel=None, verbose: int = 0):
-    """``verbose``: the fits' verbosity (progress.fit_verbose); nonzero also shows Keras Tuner's own messages."""
+def make_tuner(sw: SweepContext, hyperparameters, directory: Path, hypermodel=None, verbose: int = 0,
+               mixins: tuple = ()):
+    """``verbose``: the fits' verbosity (progress.fit_verbose); nonzero also shows Keras Tuner's own messages.
+    ``mixins``: put before ours (a worker's, worker.py)."""
     exp = sw.exp
     oracle_cls, tuner_cls = KINDS[exp.tuner.kind]
     oracle_kwargs = dict(
@@ -314,7 +384,7 @@ def make_tuner(sw: SweepContext, hyperparameters, directory: Path, hypermodel=No
     else:
         oracle_kwargs["max_trials"] = exp.tuner.max_trials
     oracle = type(f"Atomic{oracle_cls.__name__}", (AtomicOracleMixin, oracle_cls), {})(**oracle_kwargs)
-    tuner_cls = type(f"Tracked{tuner_cls.__name__}", (TrackedTunerMixin, tuner_cls), {})
+    tuner_cls = type(f"Tracked{tuner_cls.__name__}", (*mixins, TrackedTunerMixin, tuner_cls), {})
     # Keras Tuner prints "Reloading Tuner from …" on every resume; the sweep's own first line says so already
     with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
         tuner = tuner_cls(

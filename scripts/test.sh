@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up .venv with the test extras and Debian's Chromium (for the browser test), then runs pytest.
+# Sets up .venv with the test extras and the Debian packages the tests need (below), then runs pytest.
 # Usage: bash scripts/test.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,10 +7,16 @@ PY=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[test]"
-if [ ! -x "${MNIST_EXP_CHROMIUM:-/usr/bin/chromium}" ]; then
+# Debian packages the tests use: Chromium (the browser test), PostgreSQL (the tracking server's tests), iproute2
+# (network namespaces for the multi-machine tests); installed with apt only when missing.
+APT=()
+[ -x "${MNIST_EXP_CHROMIUM:-/usr/bin/chromium}" ] || APT+=(chromium)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || APT+=(postgresql)
+command -v ip >/dev/null || [ -x /usr/sbin/ip ] || APT+=(iproute2)
+if [ ${#APT[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${APT[@]}" >/dev/null
 fi
 exec .venv/bin/python -m pytest "$@"

@@ -178,3 +178,27 @@ def wait_http(url: str, proc, timeout: float = 120) -> None:
                 out = proc.stdout.read()[-3000:] if proc.stdout else ""
                 raise AssertionError(f"server at {url} did not start:\n{out}") from None
             time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory):
+    """A real team tracking server (mnist_exp.server: MLflow on PostgreSQL, artifacts proxied) on a free port.
+    Under root PostgreSQL runs as the postgres user, who cannot enter pytest's private (0700) temp folders: the
+    server's folder is then made in /tmp, open to be traversed (0711), and removed afterwards."""
+    import shutil
+    import tempfile
+
+    from mnist_exp import server
+
+    if os.geteuid() == 0:
+        folder = Path(tempfile.mkdtemp(prefix="mnist-exp-server-"))
+        folder.chmod(0o711)
+    else:
+        folder = tmp_path_factory.mktemp("server")
+    srv = server.start(folder / "srv", port=free_port())
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        if os.geteuid() == 0:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,172 @@
+"""A chief (``sweep --serve``) and ``mnist-exp worker`` processes on loopback, each worker in its own folder
+and HOME, a real sqlite store: the protocol (token, leases, claims) without several machines.
+tests/test_multihost.py runs the same over network namespaces with a tracking server on PostgreSQL."""
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+from conftest import ROOT, VENV_BIN, free_port, runs, wait_for_store, write_yaml
+
+TOKEN = "t0k3n-for-tests-0123456789abcdef"
+
+CLUSTER = """# mnist-exp sweep cl.yaml --serve 127.0.0.1:PORT --parallel 0
+name: cl
+search_space: SPACE
+data: {source: embedded, train_size: 200, test_size: 100, validation_split: 0.2}
+training: {epochs: EPOCHS}
+tuner: {kind: random, max_trials: TRIALS}
+"""
+
+
+def sweep_yaml(epochs: int, trials: int) -> str:
+    return (CLUSTER.replace("SPACE", str(ROOT / "search_spaces" / "small.yaml"))
+            .replace("EPOCHS", str(epochs)).replace("TRIALS", str(trials)))
+
+
+def trial_runs(name="cl"):
+    return runs(filter_string=f"tags.`mnist_exp.kind` = 'trial' and tags.`mnist_exp.sweep` = '{name}'")
+
+
+def start(args, cwd, env=None, **kw):
+    full = {**os.environ, "MNIST_EXP_TOKEN": TOKEN, "HOME": str(cwd), "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([str(VENV_BIN / "mnist-exp"), *map(str, args)], cwd=cwd, env=full, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+
+
+def finish(proc, timeout=300) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"timed out:\n{out[-4000:]}") from None
+    return out
+
+
+def chief(store, port, epochs=1, trials=4, lease=6, extra=()):
+    exp = write_yaml(store / "cl.yaml", sweep_yaml(epochs, trials))
+    return start(["sweep", exp, "--serve", f"127.0.0.1:{port}", "--parallel", "0", "--lease-timeout", lease, *extra],
+                 store)
+
+
+def worker(store, port, wid, env=None):
+    uri = os.environ["MLFLOW_TRACKING_URI"]
+    return start(["worker", "--chief", f"127.0.0.1:{port}", "--tracking-uri", uri, "--id", wid, "--threads", "1"],
+                 store / "hosts" / wid, env)
+
+
+def once_each(n):
+    """Every trial has exactly one FINISHED run; returns the runs by trial id."""
+    done = {}
+    for r in trial_runs():
+        if r.info.status == "FINISHED":
+            tid = r.data.tags["mnist_exp.trial_id"]
+            assert tid not in done, f"trial {tid} finished twice"
+            done[tid] = r
+    assert sorted(done) == [str(i) for i in range(n)], sorted(done)
+    return done
+
+
+def test_workers_on_their_own_folders_run_every_trial_once(store):
+    port = free_port()
+    ch = chief(store, port)
+    wait_for_store(ch)
+    bad = worker(store, port, "intruder", env={"MNIST_EXP_TOKEN": "not-the-token-0123456789"})
+    ws = [worker(store, port, w) for w in ("wa", "wb")]
+    bad_out = finish(bad, 120)
+    assert bad.returncode == 2, bad_out
+    assert bad_out.strip().splitlines()[-1].startswith("mnist-exp worker: error: --chief 127.0.0.1:")
+    assert "wrong or missing token" in bad_out
+    outs = [finish(w) for w in ws]
+    out = finish(ch)
+    assert ch.returncode == 0, out[-3000:]
+    for w, o in zip(ws, outs):
+        assert w.returncode == 0, o[-3000:]
+        assert "the chief has no more trials; done" in o
+    assert "[sweep cl] trial 4/4" in out
+    done = once_each(4)
+    assert {r.data.tags["mnist_exp.tuner_id"] for r in done.values()} <= {"wa", "wb"}
+    assert not [r for r in trial_runs() if r.info.status != "FINISHED"]
+    # checkpoints stayed in each worker's temporary folder, none in the chief's project
+    assert not list((store / "mlruns" / "tuner" / "cl").glob("trial_*/checkpoint*"))
+
+
+def test_a_worker_killed_mid_trial_loses_its_trial_to_another_within_the_lease(store):
+    port = free_port()
+    ch = chief(store, port, epochs=20, trials=3, lease=5)
+    wait_for_store(ch)
+    wa = worker(store, port, "wa")
+    # wa is mid-training: its run has logged an epoch
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        running = [r for r in trial_runs() if r.info.status == "RUNNING" and "loss" in r.data.metrics]
+        if running:
+            break
+        assert wa.poll() is None, finish(wa)
+        time.sleep(0.3)
+    [victim] = running
+    os.killpg(wa.pid, signal.SIGKILL)
+    wa.wait()
+    wb = worker(store, port, "wb")
+    out_b = finish(wb, 400)
+    out = finish(ch, 60)
+    assert ch.returncode == 0 and wb.returncode == 0, out[-3000:] + out_b[-3000:]
+    tid = victim.data.tags["mnist_exp.trial_id"]
+    assert re.search(rf"worker wa silent for more than 5 s: trial {tid} goes back to the queue", out), out[-3000:]
+    done = once_each(3)
+    assert done[tid].data.tags["mnist_exp.tuner_id"] == "wb"
+    from mlflow import MlflowClient
+
+    killed = MlflowClient().get_run(victim.info.run_id)
+    assert killed.info.status == "KILLED" and "lease expired" in killed.data.tags["mnist_exp.error"]
+
+
+def test_serve_needs_a_token_and_a_valid_address(store):
+    from conftest import cli
+
+    exp = write_yaml(store / "cl.yaml", sweep_yaml(1, 1))
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_EXP_TOKEN"}
+    p = subprocess.run([str(VENV_BIN / "mnist-exp"), "sweep", str(exp), "--serve", "127.0.0.1:1234"], env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and p.stderr.startswith("mnist-exp sweep: error: MNIST_EXP_TOKEN: not set")
+    for bad, why in (("localhost", "must be HOST:PORT"), ("127.0.0.1:99999", "port must be 1-65535")):
+        p = cli("sweep", exp, "--serve", bad, env={"MNIST_EXP_TOKEN": TOKEN})
+        assert p.returncode == 2 and why in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    p = cli("worker", "--chief", "127.0.0.1:1", env={"MNIST_EXP_TOKEN": "short"})
+    assert p.returncode == 2 and "MNIST_EXP_TOKEN: at least 16 characters" in p.stderr
+    assert not (store / "mlruns" / "tuner" / "cl").exists()
+
+
+def test_a_worker_restarted_with_its_id_gets_its_own_trial_back(store):
+    """Within the lease the chief keeps the trial for its worker: the restarted worker (same --id) runs it
+    again; the killed attempt's run is marked KILLED by the new process (same machine, pid gone)."""
+    port = free_port()
+    ch = chief(store, port, epochs=20, trials=2, lease=60)
+    wait_for_store(ch)
+    wa = worker(store, port, "wa")
+    deadline = time.time() + 180
+    running = []
+    while not running and time.time() < deadline:
+        running = [r for r in trial_runs() if r.info.status == "RUNNING" and "loss" in r.data.metrics]
+        assert wa.poll() is None, finish(wa)
+        time.sleep(0.3)
+    [first] = running
+    os.killpg(wa.pid, signal.SIGKILL)
+    wa.wait()
+    again = worker(store, port, "wa")
+    out_a = finish(again, 400)
+    out = finish(ch, 60)
+    assert ch.returncode == 0 and again.returncode == 0, out[-3000:] + out_a[-3000:]
+    assert "goes back to the queue" not in out  # nothing was revoked: the trial waited for its worker
+    tid = first.data.tags["mnist_exp.trial_id"]
+    assert re.search(rf"^\[sweep cl wa\] trial {tid} epoch 1/20", out_a, re.M), out_a[-3000:]
+    done = once_each(2)
+    assert done[tid].info.run_id != first.info.run_id
+    from mlflow import MlflowClient
+
+    old = MlflowClient().get_run(first.info.run_id)
+    assert old.info.status == "KILLED", old.info

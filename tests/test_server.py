@@ -1,0 +1,144 @@
+"""The team tracking server (``mnist-exp server``: MLflow on PostgreSQL, artifacts proxied): a sweep, compare, promote,
+predict and ui through the CLI against a real one, nothing but the tuner's own state written locally, and a restart
+(through the CLI) that keeps everything."""
+
+import json
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from conftest import TINY_SWEEP, VENV_BIN, cli, write_yaml
+
+
+@pytest.fixture(scope="module")
+def project(tracking_server, tmp_path_factory, embedded):
+    """One tiny sweep through the CLI against the server, then compare, promote and predict; their outputs."""
+    root = tmp_path_factory.mktemp("project")  # no mlruns/: the project root is this folder
+    digit = embedded["x_test"][0]
+    Image.fromarray(digit).save(root / "digit.png")
+    write_yaml(root / "tiny.yaml", TINY_SWEEP)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
+        mp.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+        out = SimpleNamespace(root=root, label=int(embedded["y_test"][0]), wall={})
+        for name, args in (("sweep", ["sweep", "tiny.yaml"]), ("compare", ["compare", "tiny"]),
+                           ("promote", ["promote", "tiny"]),
+                           ("predict", ["predict", "--model", "models:/mnist-cnn@champion", "digit.png", "--json"])):
+            t = time.monotonic()
+            setattr(out, name, cli(*args, check=0).stdout)
+            out.wall[name] = round(time.monotonic() - t, 1)
+        print(f"wall times (s): {out.wall}")
+        yield out
+
+
+@pytest.fixture
+def client(tracking_server, project, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(project.root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
+    return MlflowClient(tracking_server.uri)
+
+
+def sweep_runs(client):
+    exp = client.get_experiment_by_name("mnist-exp")
+    found = client.search_runs([exp.experiment_id], "tags.`mnist_exp.sweep` = 'tiny'")
+    parents = [r for r in found if r.data.tags.get("mnist_exp.kind") == "sweep"]
+    trials = [r for r in found if r.data.tags.get("mnist_exp.kind") == "trial"]
+    return exp, parents, trials
+
+
+def test_sweep_compare_promote_predict_land_in_the_server(tracking_server, project, client, tmp_path):
+    import mlflow
+
+    exp, [parent], trials = sweep_runs(client)
+    assert parent.info.status == "FINISHED" and len(trials) == 2
+    assert {t.info.status for t in trials} == {"FINISHED"}
+    assert exp.artifact_location.startswith("mlflow-artifacts:")  # proxied: clients never see the server's folder
+    assert "sweep tiny: 2 finished trial(s)" in project.compare
+
+    # The champion alias is in the server's registry, on a trial of the sweep; its model comes back through the proxy.
+    champion = client.get_model_version_by_alias("mnist-cnn", "champion")
+    assert champion.run_id in {t.info.run_id for t in trials}
+    assert f"models:/mnist-cnn@champion -> version {champion.version}" in project.promote
+    model = mlflow.artifacts.download_artifacts("models:/mnist-cnn@champion", dst_path=str(tmp_path / "model"))
+    assert (tmp_path / "model" / "MLmodel").is_file() and "keras" in (tmp_path / "model" / "MLmodel").read_text()
+    assert any(p.stat().st_size > 10_000 for p in (tmp_path / "model").rglob("*") if p.is_file()), model
+    assert client.list_artifacts(trials[0].info.run_id)  # the trial's own files (plots, curves), listed by the server
+    stored = [p for p in (tracking_server.dir / "artifacts").rglob("*") if p.is_file()]
+    assert any(p.name == "MLmodel" for p in stored)  # where the proxy keeps them, on the server's machine
+
+    [line] = [json.loads(x) for x in project.predict.strip().splitlines()]
+    assert line["digit_found"] and len(line["probabilities"]) == 10 and abs(sum(line["probabilities"]) - 1) < 1e-3
+    assert line["label"] == max(range(10), key=lambda i: line["probabilities"][i])
+
+    # Locally only the sweep's own state (Keras Tuner's files, the sweep's lease): no store, no artifacts.
+    local = sorted(p.relative_to(project.root).as_posix() for p in project.root.rglob("*") if p.is_file())
+    kept = [p for p in local if p.startswith("mlruns/")]
+    assert kept and all(p.startswith(("mlruns/tuner/tiny/", "mlruns/leases/")) for p in kept), kept
+    assert not [p for p in local if p.endswith(".db") or "artifacts" in p or "MLmodel" in p], local
+
+
+def test_ui_on_a_tracking_server_prints_its_own_addresses_and_starts_nothing(tracking_server, project, client):
+    proc = cli("ui", "--no-browser", check=0, timeout=120)
+    exp = client.get_experiment_by_name("mnist-exp")
+    assert f"{tracking_server.uri}/#/experiments/{exp.experiment_id}/runs?" in proc.stdout
+    assert "viewStateShareKey=mnist-exp-sweeps" in proc.stdout and "nothing started here" in proc.stdout
+    assert "mlflow.sharedViewState.mnist-exp-sweeps" in exp.tags  # the saved view, written to the server
+
+
+def test_restart_through_the_cli_keeps_runs_models_and_artifacts(tracking_server, project, client, tmp_path):
+    """Last in this module: it stops the shared server and starts `mnist-exp server` on the same folder."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from mnist_exp import server
+
+    _, [parent], trials = sweep_runs(client)
+    before = {r.info.run_id: r.info.status for r in [parent, *trials]}
+    folder, port = tracking_server.dir, tracking_server.port
+    tracking_server.stop()
+    t = time.monotonic()
+    # On every interface, as for workers on other machines: they may name it by this machine's hostname.
+    command = ["server", str(folder), "--host", "0.0.0.0", "--port", str(port), "--workers", "1"]
+    proc = subprocess.Popen([str(VENV_BIN / "mnist-exp"), *command],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in proc.stdout:  # ends if the command exits
+            lines.append(line)
+            if line.startswith("export MLFLOW_TRACKING_URI="):
+                break
+        assert lines and lines[-1] == f"export MLFLOW_TRACKING_URI={tracking_server.uri}\n", "".join(lines)
+        remote = f"from other machines: export MLFLOW_TRACKING_URI=http://{socket.getfqdn()}:{port}"
+        assert remote in proc.stdout.readline()
+        api = f"{tracking_server.uri}/api/2.0/mlflow/experiments/search?max_results=1"
+        for host, status in ((socket.gethostname(), 200), ("elsewhere.example.com", 403)):  # MLflow's Host check
+            request = urllib.request.Request(api, headers={"Host": f"{host}:{port}"})
+            try:
+                assert urllib.request.urlopen(request, timeout=10).status == status
+            except urllib.error.HTTPError as e:
+                assert e.code == status, host
+        print(f"restart through the CLI: {time.monotonic() - t:.1f} s")
+        again = MlflowClient(tracking_server.uri)
+        _, [parent2], trials2 = sweep_runs(again)
+        assert {r.info.run_id: r.info.status for r in [parent2, *trials2]} == before
+        assert again.get_model_version_by_alias("mnist-cnn", "champion").run_id in before
+        mlflow.artifacts.download_artifacts("models:/mnist-cnn@champion", dst_path=str(tmp_path))
+        assert (tmp_path / "MLmodel").is_file()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, rest
+    assert "stopping" in rest
+    assert not server._Postgres(folder).running() and not (folder / "mlflow.pid").exists()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{tracking_server.uri}/health", timeout=2)
