@@ -2,20 +2,33 @@
 
 The best trial is chosen by the sweep's objective (a validation metric); the test
 set only decides whether it may replace the champion, and only when both were
-tested on the same data (same test fingerprint). Promotions are serialised by a
-lock beside the store, so two racing promotions end with the better model.
+tested on the same data (same test fingerprint).
+
+Promotions are serialised by a lock kept in the model registry itself, so it holds for
+any store (sqlite, or a tracking server shared by several machines): the registered model
+``<model>.promotion-lock``. Creating a registered model is an atomic test-and-set on every
+backend (the registry's unique name: exactly one of several concurrent creates succeeds, the
+others get RESOURCE_ALREADY_EXISTS), and its tags, written in the same request, name the
+holder (pid, host, process start, time, a random token). Inside the lock the champion is read,
+judged, the version registered with its tags and description, and only then is the alias
+moved, after checking that the lock is still ours and the alias still where it was judged;
+the alias is read back afterwards. A waiter polls with backoff for ``LOCK_WAIT_S`` and then
+fails naming the holder. A lock left by a crashed promotion is broken, with one line: at once
+when its holder was on this machine and is gone, after ``LOCK_TTL_S`` when it was elsewhere.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
+import os
+import random
+import secrets
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from . import __version__, compare, describe, names, tracking
+from . import __version__, compare, describe, liveness, names, tracking
 from .errors import ConfigError, PromotionRefused
 from .model import HP_DEFAULTS
 
@@ -93,54 +106,228 @@ def verdict(cand: Candidate, champion) -> str | None:
     return None
 
 
-@contextmanager
-def registry_lock(uri: str):
-    """Serialise promotions against one store (a file lock beside a local store)."""
-    path = tracking.local_store_dir(uri) / "registry.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+# --- the promotion lock: a registered model, created atomically, deleted on release --------------------
+
+LOCK_SUFFIX = ".promotion-lock"
+LOCK_TTL_S = 600  # a promotion takes seconds; a lock from another machine this old is from a crashed one
+LOCK_WAIT_S = float(os.environ.get("MNIST_EXP_PROMOTION_WAIT_S") or 60)  # how long a second promotion waits
+TAG_TOKEN, TAG_SINCE, TAG_SWEEP = "mnist_exp.lock.token", "mnist_exp.lock.since", "mnist_exp.lock.sweep"
+
+
+class PromotionBusy(PromotionRefused):
+    """Another promotion holds (or took over) the lock; nothing was changed. Exit 1, like a refusal: the store
+    and the input are fine and running again later is the remedy, unlike exit 2 (bad input, unusable store)."""
+
+
+def lock_name(model_name: str) -> str:
+    return model_name + LOCK_SUFFIX
+
+
+def _code(e) -> str:
+    return getattr(e, "error_code", "")
+
+
+def lock_holder(client, lock: str) -> dict | None:
+    """The lock's tags, or None when nobody holds it. A registered model of that name that is not
+    one of our locks is a ConfigError: it is never taken for a lock, nor broken."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(3):
         try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            model = client.get_registered_model(lock)
+        except MlflowException as e:
+            if _code(e) == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        if TAG_TOKEN in model.tags:
+            tags = dict(model.tags)
+            tags.setdefault(TAG_SINCE, str((model.creation_timestamp or 0) / 1000))
+            return tags
+        # The model and its tags are read by two statements: a lock released between them reads untagged
+        # (seen on sqlite with four racers). Read again; only a model that stays untagged is not a lock.
+        time.sleep(0.05 * (attempt + 1))
+    raise ConfigError(f"registered model {lock} exists but is not a promotion lock (no {TAG_TOKEN} tag); "
+                      f"the name is reserved for promotions of {lock[:-len(LOCK_SUFFIX)]}: rename it")
+
+
+def describe_holder(tags: dict, now: float | None = None) -> str:
+    try:
+        age = f", taken {(now or time.time()) - float(tags[TAG_SINCE]):.0f} s ago"
+    except (KeyError, ValueError):
+        age = ""
+    sweep = f" promoting sweep {tags[TAG_SWEEP]}" if tags.get(TAG_SWEEP) else ""
+    return f"pid {tags.get(liveness.TAG_PID, '?')} on host {tags.get(liveness.TAG_HOST, '?')}{sweep}{age}"
+
+
+def stale_reason(tags: dict, now: float | None = None) -> str | None:
+    """Why a held lock may be broken, or None. On this machine (same host and boot) the kernel says whether
+    its holder lives (a live holder is waited for, however long); from elsewhere only age tells."""
+    now = now or time.time()
+    if tags.get(liveness.TAG_HOST) == liveness.HOST and \
+            tags.get(liveness.TAG_PROC_START, "").partition(":")[0] == liveness.BOOT_ID:
+        return liveness.dead_reason({**tags, liveness.TAG_HEARTBEAT: str(now)})
+    try:
+        age = now - float(tags[TAG_SINCE])
+    except (KeyError, ValueError):
+        age = float("inf")
+    if age > LOCK_TTL_S:  # clocks of the machines sharing a store agree far better than this
+        return f"{describe_holder(tags, now)}, longer than a promotion may take ({LOCK_TTL_S} s)"
+    return None
+
+
+def _delete_if_token(client, lock: str, token: str) -> None:
+    """Delete the lock if it still carries ``token`` (a lock taken over meanwhile is someone else's)."""
+    from mlflow.exceptions import MlflowException
+
+    holder = lock_holder(client, lock)
+    if holder is None or holder.get(TAG_TOKEN) != token:
+        return
+    try:
+        client.delete_registered_model(lock)
+    except MlflowException as e:
+        if _code(e) != "RESOURCE_DOES_NOT_EXIST":  # deleted meanwhile (a retried request, a breaker)
+            raise
+
+
+def acquire_lock(client, model_name: str, sweep: str = "", wait_s: float | None = None) -> str:
+    """Take the promotion lock of ``model_name``; returns our token. Raises PromotionBusy after ``wait_s``."""
+    from mlflow.exceptions import MlflowException
+
+    lock, token = lock_name(model_name), secrets.token_hex(16)
+    tags = {**liveness.identity(), TAG_TOKEN: token, TAG_SINCE: f"{time.time():.3f}", TAG_SWEEP: sweep or ""}
+    tags.pop(liveness.TAG_HEARTBEAT)  # nothing refreshes it: a lock's age is TAG_SINCE
+    description = (f"Promotion lock of registered model `{model_name}`, not a model: `mnist-exp promote` holds it "
+                   f"for the seconds it takes to move an alias. If no promotion is running, it was left by a "
+                   f"crashed one; the next promotion breaks it (at once on the holder's machine, after "
+                   f"{LOCK_TTL_S} s elsewhere), or delete it.")
+    wait_s = LOCK_WAIT_S if wait_s is None else wait_s
+    deadline, delay = time.monotonic() + wait_s, 0.05
+    while True:
+        try:
+            client.create_registered_model(lock, tags=tags, description=description)
+            return token
+        except MlflowException as e:
+            # DOES_NOT_EXIST: the holder released between our failed insert and MLflow's look-up of it
+            if _code(e) not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
+                raise
+        holder = lock_holder(client, lock)
+        if holder is None:
+            continue  # released meanwhile: try again at once
+        if holder[TAG_TOKEN] == token:
+            return token  # our own create, answered late and retried by the HTTP client
+        why = stale_reason(holder)
+        if why:
+            print(f"mnist-exp promote: breaking the promotion lock {lock}: {why}", file=sys.stderr)
+            _delete_if_token(client, lock, holder[TAG_TOKEN])
+            continue
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise PromotionBusy(f"another promotion holds {lock} ({describe_holder(holder)}); waited {wait_s:.0f} s "
+                                "and changed nothing; run again when it is done")
+        time.sleep(min(left, delay * random.uniform(0.5, 1.5)))  # jitter: waiters do not poll in step
+        delay = min(delay * 2, 2.0)
+
+
+def lock_held(client, model_name: str, token: str) -> bool:
+    holder = lock_holder(client, lock_name(model_name))
+    return holder is not None and holder.get(TAG_TOKEN) == token
+
+
+def release_lock(client, model_name: str, token: str) -> None:
+    _delete_if_token(client, lock_name(model_name), token)
+
+
+@contextmanager
+def promotion_lock(client, model_name: str, sweep: str = "", wait_s: float | None = None):
+    """``with promotion_lock(client, name) as token:`` one promotion of ``name`` at a time, on any store."""
+    token = acquire_lock(client, model_name, sweep, wait_s)
+    try:
+        yield token
+    finally:
+        try:
+            release_lock(client, model_name, token)
+        except Exception as e:  # never hide the promotion's own outcome; the lock is recoverable
+            print(f"mnist-exp promote: warning: could not release the promotion lock {lock_name(model_name)} "
+                  f"({type(e).__name__}: {str(e)[:200]}); once this process has exited the next promotion breaks it "
+                  f"(from another machine after {LOCK_TTL_S} s)", file=sys.stderr)
 
 
 def promote(uri: str, experiment_id: str, sweep: str | None, model_name: str, alias: str,
             dry_run: bool = False, force: bool = False) -> tuple[Candidate, str]:
-    """Returns (candidate, model version). Raises PromotionRefused and changes nothing when refused."""
+    """Returns (candidate, model version). Raises PromotionRefused and changes nothing when refused.
+    ``uri`` is unused (the lock lives in the registry of the current tracking URI); kept for callers."""
     import mlflow
 
     client = tracking.client()
     cand = best_candidate(experiment_id, sweep)
-    with registry_lock(uri):
-        champion = current_champion(client, model_name, alias)
-        why = verdict(cand, champion)
-        if why and not force:
-            raise PromotionRefused(f"not promoting {cand.sweep} trial {cand.trial_id} (run {cand.run_id}): {why}; "
-                                   "--force overrides")
-        existing = client.search_model_versions(f"name='{model_name}' and run_id='{cand.run_id}'")
-        existing = [v for v in existing if v.tags.get("mnist_exp.run_id") == cand.run_id]
-        if dry_run:
-            what = f"version {existing[0].version}" if existing else "a new version"
-            return cand, f"(dry run) would point {alias} at {what}"
+    if dry_run:  # reads only, so no lock (a lock is a write, and a dry run may face a read-only store)
+        return cand, _judge(client, cand, model_name, alias, force, dry_run=True)[1]
+    with promotion_lock(client, model_name, cand.sweep) as token:
+        champion, why = _judge(client, cand, model_name, alias, force)
+        existing = _versions_of(client, model_name, cand.run_id)
         if existing:
             version = existing[0]
         else:
-            version = mlflow.register_model(cand.model_uri, model_name, tags=cand.tags)
+            version = mlflow.register_model(cand.model_uri, model_name, tags=cand.tags)  # tags in the same request
+        # Everything the version should say is written before the alias moves, so an alias never points at a
+        # version without its description or promotion tags (a crash anywhere before leaves the alias alone).
         if not version.description:  # new, or registered before descriptions (or by a process killed just here)
             client.update_model_version(model_name, version.version,
                                         description=describe.model_version_description(cand, experiment_id))
-        client.set_registered_model_alias(model_name, alias, version.version)
         client.set_model_version_tag(model_name, version.version, "mnist_exp.promoted_at", str(int(time.time())))
         if why:
             client.set_model_version_tag(model_name, version.version, "mnist_exp.forced", why[:5000])
+        elif "mnist_exp.forced" in (version.tags or {}):  # forced once, promoted on its merit now
+            client.delete_model_version_tag(model_name, version.version, "mnist_exp.forced")
+        _move_alias(client, model_name, alias, champion, version.version, token)
     return cand, version.version
+
+
+def _judge(client, cand: Candidate, model_name: str, alias: str, force: bool, dry_run: bool = False):
+    """(champion, why it may not be replaced or None); PromotionRefused unless ``force``. For a dry run the
+    second item is the line saying what would happen."""
+    champion = current_champion(client, model_name, alias)
+    why = verdict(cand, champion)
+    if why and not force:
+        raise PromotionRefused(f"not promoting {cand.sweep} trial {cand.trial_id} (run {cand.run_id}): {why}; "
+                               "--force overrides")
+    if dry_run:
+        existing = _versions_of(client, model_name, cand.run_id)
+        what = f"version {existing[0].version}" if existing else "a new version"
+        return champion, f"(dry run) would point {alias} at {what}"
+    return champion, why
+
+
+def _versions_of(client, model_name: str, run_id: str) -> list:
+    found = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
+    return [v for v in found if v.tags.get("mnist_exp.run_id") == run_id]
+
+
+def _move_alias(client, model_name: str, alias: str, champion, version, token: str) -> None:
+    """Point ``alias`` at ``version``, compare-and-set style: only while the lock is still ours and the alias is
+    still where it was when judged, then read it back. Each check catches a writer that bypassed the lock (an
+    older mnist-exp, MLflow used directly) or a lock broken under a promotion that outlived LOCK_TTL_S."""
+    lock = lock_name(model_name)
+    if not lock_held(client, model_name, token):
+        raise PromotionBusy(f"the promotion lock {lock} was taken over while this promotion ran (longer than "
+                            f"{LOCK_TTL_S} s?); {model_name}@{alias} was not moved; run again")
+    was = getattr(champion, "version", None)
+    now = getattr(current_champion(client, model_name, alias), "version", None)
+    if str(now) != str(was):
+        raise PromotionBusy(f"{model_name}@{alias} moved from version {was} to {now} while this promotion judged it "
+                            "(a writer that does not take the promotion lock); it was not moved again; run again")
+    client.set_registered_model_alias(model_name, alias, version)
+    after = getattr(current_champion(client, model_name, alias), "version", None)
+    if str(after) != str(version):
+        raise PromotionBusy(f"{model_name}@{alias} points at version {after}, not {version} as this promotion set it "
+                            "(a writer that does not take the promotion lock); run again to judge against it")
 
 
 def check_args(args) -> None:
     """--model-name and --alias, checked before MLflow loads: they end up in the registry and its queries."""
     names.check(args.model_name, "--model-name", key=None)
+    if args.model_name.endswith(LOCK_SUFFIX):
+        raise ConfigError(f"--model-name: {args.model_name!r} ends with {LOCK_SUFFIX!r}, which names promotion locks")
     names.check(args.alias, "--alias", key=None, kind="alias")
 
 

@@ -1,6 +1,7 @@
 """A chief (``sweep --serve``) and ``mnist-exp worker`` processes on loopback, each worker in its own folder
-and HOME, a real sqlite store: the protocol (token, leases, claims) without several machines.
-tests/test_multihost.py runs the same over network namespaces with a tracking server on PostgreSQL."""
+and HOME, a real sqlite store. tests/test_multihost.py runs a sweep over network namespaces with a tracking
+server on PostgreSQL (every trial once, a wrong token, a worker killed, cut off, the chief killed);
+tests/test_launch.py launches workers with ssh-style commands."""
 
 import os
 import re
@@ -69,60 +70,6 @@ def once_each(n):
             done[tid] = r
     assert sorted(done) == [str(i) for i in range(n)], sorted(done)
     return done
-
-
-def test_workers_on_their_own_folders_run_every_trial_once(store):
-    port = free_port()
-    ch = chief(store, port)
-    wait_for_store(ch)
-    bad = worker(store, port, "intruder", env={"MNIST_EXP_TOKEN": "not-the-token-0123456789"})
-    ws = [worker(store, port, w) for w in ("wa", "wb")]
-    bad_out = finish(bad, 120)
-    assert bad.returncode == 2, bad_out
-    assert bad_out.strip().splitlines()[-1].startswith("mnist-exp worker: error: --chief 127.0.0.1:")
-    assert "wrong or missing token" in bad_out
-    outs = [finish(w) for w in ws]
-    out = finish(ch)
-    assert ch.returncode == 0, out[-3000:]
-    for w, o in zip(ws, outs):
-        assert w.returncode == 0, o[-3000:]
-        assert "the chief has no more trials; done" in o
-    assert "[sweep cl] trial 4/4" in out
-    done = once_each(4)
-    assert {r.data.tags["mnist_exp.tuner_id"] for r in done.values()} <= {"wa", "wb"}
-    assert not [r for r in trial_runs() if r.info.status != "FINISHED"]
-    # checkpoints stayed in each worker's temporary folder, none in the chief's project
-    assert not list((store / "mlruns" / "tuner" / "cl").glob("trial_*/checkpoint*"))
-
-
-def test_a_worker_killed_mid_trial_loses_its_trial_to_another_within_the_lease(store):
-    port = free_port()
-    ch = chief(store, port, epochs=20, trials=3, lease=5)
-    wait_for_store(ch)
-    wa = worker(store, port, "wa")
-    # wa is mid-training: its run has logged an epoch
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        running = [r for r in trial_runs() if r.info.status == "RUNNING" and "loss" in r.data.metrics]
-        if running:
-            break
-        assert wa.poll() is None, finish(wa)
-        time.sleep(0.3)
-    [victim] = running
-    os.killpg(wa.pid, signal.SIGKILL)
-    wa.wait()
-    wb = worker(store, port, "wb")
-    out_b = finish(wb, 400)
-    out = finish(ch, 60)
-    assert ch.returncode == 0 and wb.returncode == 0, out[-3000:] + out_b[-3000:]
-    tid = victim.data.tags["mnist_exp.trial_id"]
-    assert re.search(rf"worker wa silent for more than 5 s: trial {tid} goes back to the queue", out), out[-3000:]
-    done = once_each(3)
-    assert done[tid].data.tags["mnist_exp.tuner_id"] == "wb"
-    from mlflow import MlflowClient
-
-    killed = MlflowClient().get_run(victim.info.run_id)
-    assert killed.info.status == "KILLED" and "lease expired" in killed.data.tags["mnist_exp.error"]
 
 
 def test_serve_needs_a_token_and_a_valid_address(store):

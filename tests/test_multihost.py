@@ -117,6 +117,11 @@ def test_a_sweep_across_three_machines_survives_worker_and_chief_faults(lan, tmp
 
         chief = Proc(h, "chief", sweep_cmd, env)
         chief.wait_for(r"chief serving the oracle on " + re.escape(chief_addr), 120)
+        intruder = Proc(h, "w2", ["worker", "--chief", chief_addr, "--id", "intruder"],
+                        {"MNIST_EXP_TOKEN": "not-the-sweeps-token-0123456789"})
+        assert intruder.p.wait(60) == 2, intruder.out
+        assert re.fullmatch(rf"mnist-exp worker: error: --chief {re.escape(chief_addr)}: refused: wrong or missing "
+                            r"token: set MNIST_EXP_TOKEN to the chief's\n", intruder.out), intruder.out
         w1, w2 = worker("w1"), worker("w2")
         os.environ["MLFLOW_TRACKING_URI"] = srv.uri  # this process reads the server too
         try:
