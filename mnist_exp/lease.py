@@ -11,18 +11,11 @@ needs no guessing; the file's JSON content only names the holder for the message
 a clean release (content left behind under a free lock is a holder that died). The descriptor is not
 inherited by the processes a sweep starts (Python opens it close-on-exec); parallel workers take no lease.
 
-An ``http(s)://`` tracking server has no lease backend of its own yet: the lease is taken on the local
-folder (``./mlruns/leases`` under the project root), which serialises sweeps started from this folder
-on this machine only. It does not protect a sweep against the same name started on another machine.
-
-A remote backend (the next step, sweeps across machines) would keep the lease in the tracking server
-itself: a lease run per (experiment, sweep name) in a dedicated experiment, tagged with the holder
-(pid, host, process start, command) and a heartbeat tag refreshed by a daemon thread (as liveness.py
-does for runs). ``try_acquire``: read the lease run; if its heartbeat is fresh and the holder is not
-this process, report it; otherwise write our holder id with a new random token, wait a moment and read
-back: the token that reads back wins (compare-and-check, since MLflow offers no compare-and-set), and a
-loser sees the winner's token. A holder whose heartbeat is older than a few intervals is taken over.
-``release`` clears the token. That needs clocks that agree within the staleness window.
+``RegistryLease`` (a tracking server, ``http(s)://``): the sweeps of one server may start on any machine, so
+the lease lives in the server itself: a registered model ``mnist-exp.sweep-lease.<name>``, taken by creating
+it (atomic on every backend, reglock.py), tagged with the holder, whose heartbeat tag the holder refreshes
+every ``liveness.HEARTBEAT_S`` s and deletes on release. A holder on this machine that is gone is taken over at
+once; one elsewhere when its heartbeat is older than ``liveness.STALE_S`` (clocks agreeing within that).
 """
 
 from __future__ import annotations
@@ -179,17 +172,77 @@ def _read(fd: int) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+class RegistryLease:
+    """A lease per sweep name in a tracking server's model registry; see the module docstring."""
+
+    PREFIX = "mnist-exp.sweep-lease."
+    TAG_COMMAND = "mnist_exp.lock.command"
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._held: dict = {}
+
+    def _lock(self, name: str, me: Holder | None = None):
+        from . import liveness, tracking
+        from .reglock import RegistryLock
+
+        description = (f"Lease of sweep `{name}`, not a model: the `mnist-exp sweep` running it holds it and deletes "
+                       f"it when it ends. A lease whose holder stopped sending heartbeats ({liveness.STALE_S:.0f} s) "
+                       "is taken over by the next sweep of that name.")
+        tags = {self.TAG_COMMAND: me.command} if me else {}
+        return RegistryLock(tracking.client(self.uri), self.PREFIX + name, description, ttl_s=liveness.STALE_S,
+                            heartbeat_s=liveness.HEARTBEAT_S, tags=tags, kind="sweep lease", announce=False)
+
+    def _holder(self, tags: dict | None) -> Holder | None:
+        from . import liveness
+        from .reglock import TAG_SINCE
+
+        if not tags:
+            return None
+        try:
+            return Holder(int(tags.get(liveness.TAG_PID, "0")), tags.get(liveness.TAG_HOST, "?"),
+                          tags.get(liveness.TAG_PROC_START, ""), tags.get(self.TAG_COMMAND, "?"),
+                          float(tags.get(TAG_SINCE, "0")))
+        except ValueError:
+            return None
+
+    def try_acquire(self, name: str, me: Holder) -> tuple[bool, Holder | None]:
+        from .reglock import Busy
+
+        lock = self._lock(name, me)
+        try:
+            broken = lock.acquire(0.0)
+        except Busy as e:
+            return False, self._holder(e.holder)
+        self._held[name] = lock
+        return True, self._holder(broken)
+
+    def release(self, name: str) -> None:
+        lock = self._held.pop(name, None)
+        if lock is not None:
+            lock.release()
+
+    def holder(self, name: str) -> Holder | None:
+        lock = self._lock(name)
+        tags = lock.holder()
+        return None if tags is None or lock.stale_reason(tags) else self._holder(tags)
+
+
 def lease_folder(uri: str) -> Path:
-    """Beside a local store; for a tracking server, the local project folder (no protection across machines)."""
+    """Beside a local store (a tracking server's leases are in its registry: RegistryLease)."""
     from . import tracking
 
     return tracking.local_store_dir(uri) / "leases"
 
 
-_backends: dict[Path, LocalFileLease] = {}
+_backends: dict = {}
 
 
 def backend_for(uri: str) -> LeaseBackend:
+    from . import store
+
+    if store.is_remote(uri):
+        return _backends.setdefault(uri, RegistryLease(uri))
     folder = lease_folder(uri).resolve()
     return _backends.setdefault(folder, LocalFileLease(folder))
 

@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import secrets
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from . import __version__, compare, describe, liveness, names, tracking
+from . import __version__, compare, describe, names, tracking
 from .errors import ConfigError, PromotionRefused
 from .model import HP_DEFAULTS
+from .reglock import Busy, RegistryLock
 
 
 @dataclass(frozen=True)
@@ -106,12 +105,12 @@ def verdict(cand: Candidate, champion) -> str | None:
     return None
 
 
-# --- the promotion lock: a registered model, created atomically, deleted on release --------------------
+# --- the promotion lock: a registered model, created atomically, deleted on release (reglock.py) ----------
 
 LOCK_SUFFIX = ".promotion-lock"
 LOCK_TTL_S = 600  # a promotion takes seconds; a lock from another machine this old is from a crashed one
 LOCK_WAIT_S = float(os.environ.get("MNIST_EXP_PROMOTION_WAIT_S") or 60)  # how long a second promotion waits
-TAG_TOKEN, TAG_SINCE, TAG_SWEEP = "mnist_exp.lock.token", "mnist_exp.lock.since", "mnist_exp.lock.sweep"
+TAG_SWEEP = "mnist_exp.lock.sweep"
 
 
 class PromotionBusy(PromotionRefused):
@@ -123,131 +122,33 @@ def lock_name(model_name: str) -> str:
     return model_name + LOCK_SUFFIX
 
 
-def _code(e) -> str:
-    return getattr(e, "error_code", "")
-
-
-def lock_holder(client, lock: str) -> dict | None:
-    """The lock's tags, or None when nobody holds it. A registered model of that name that is not
-    one of our locks is a ConfigError: it is never taken for a lock, nor broken."""
-    from mlflow.exceptions import MlflowException
-
-    for attempt in range(3):
-        try:
-            model = client.get_registered_model(lock)
-        except MlflowException as e:
-            if _code(e) == "RESOURCE_DOES_NOT_EXIST":
-                return None
-            raise
-        if TAG_TOKEN in model.tags:
-            tags = dict(model.tags)
-            tags.setdefault(TAG_SINCE, str((model.creation_timestamp or 0) / 1000))
-            return tags
-        # The model and its tags are read by two statements: a lock released between them reads untagged
-        # (seen on sqlite with four racers). Read again; only a model that stays untagged is not a lock.
-        time.sleep(0.05 * (attempt + 1))
-    raise ConfigError(f"registered model {lock} exists but is not a promotion lock (no {TAG_TOKEN} tag); "
-                      f"the name is reserved for promotions of {lock[:-len(LOCK_SUFFIX)]}: rename it")
-
-
-def describe_holder(tags: dict, now: float | None = None) -> str:
-    try:
-        age = f", taken {(now or time.time()) - float(tags[TAG_SINCE]):.0f} s ago"
-    except (KeyError, ValueError):
-        age = ""
-    sweep = f" promoting sweep {tags[TAG_SWEEP]}" if tags.get(TAG_SWEEP) else ""
-    return f"pid {tags.get(liveness.TAG_PID, '?')} on host {tags.get(liveness.TAG_HOST, '?')}{sweep}{age}"
-
-
-def stale_reason(tags: dict, now: float | None = None) -> str | None:
-    """Why a held lock may be broken, or None. On this machine (same host and boot) the kernel says whether
-    its holder lives (a live holder is waited for, however long); from elsewhere only age tells."""
-    now = now or time.time()
-    if tags.get(liveness.TAG_HOST) == liveness.HOST and \
-            tags.get(liveness.TAG_PROC_START, "").partition(":")[0] == liveness.BOOT_ID:
-        return liveness.dead_reason({**tags, liveness.TAG_HEARTBEAT: str(now)})
-    try:
-        age = now - float(tags[TAG_SINCE])
-    except (KeyError, ValueError):
-        age = float("inf")
-    if age > LOCK_TTL_S:  # clocks of the machines sharing a store agree far better than this
-        return f"{describe_holder(tags, now)}, longer than a promotion may take ({LOCK_TTL_S} s)"
-    return None
-
-
-def _delete_if_token(client, lock: str, token: str) -> None:
-    """Delete the lock if it still carries ``token`` (a lock taken over meanwhile is someone else's)."""
-    from mlflow.exceptions import MlflowException
-
-    holder = lock_holder(client, lock)
-    if holder is None or holder.get(TAG_TOKEN) != token:
-        return
-    try:
-        client.delete_registered_model(lock)
-    except MlflowException as e:
-        if _code(e) != "RESOURCE_DOES_NOT_EXIST":  # deleted meanwhile (a retried request, a breaker)
-            raise
-
-
-def acquire_lock(client, model_name: str, sweep: str = "", wait_s: float | None = None) -> str:
-    """Take the promotion lock of ``model_name``; returns our token. Raises PromotionBusy after ``wait_s``."""
-    from mlflow.exceptions import MlflowException
-
-    lock, token = lock_name(model_name), secrets.token_hex(16)
-    tags = {**liveness.identity(), TAG_TOKEN: token, TAG_SINCE: f"{time.time():.3f}", TAG_SWEEP: sweep or ""}
-    tags.pop(liveness.TAG_HEARTBEAT)  # nothing refreshes it: a lock's age is TAG_SINCE
+def registry_lock(client, model_name: str, sweep: str = "") -> RegistryLock:
     description = (f"Promotion lock of registered model `{model_name}`, not a model: `mnist-exp promote` holds it "
                    f"for the seconds it takes to move an alias. If no promotion is running, it was left by a "
                    f"crashed one; the next promotion breaks it (at once on the holder's machine, after "
                    f"{LOCK_TTL_S} s elsewhere), or delete it.")
-    wait_s = LOCK_WAIT_S if wait_s is None else wait_s
-    deadline, delay = time.monotonic() + wait_s, 0.05
-    while True:
-        try:
-            client.create_registered_model(lock, tags=tags, description=description)
-            return token
-        except MlflowException as e:
-            # DOES_NOT_EXIST: the holder released between our failed insert and MLflow's look-up of it
-            if _code(e) not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
-                raise
-        holder = lock_holder(client, lock)
-        if holder is None:
-            continue  # released meanwhile: try again at once
-        if holder[TAG_TOKEN] == token:
-            return token  # our own create, answered late and retried by the HTTP client
-        why = stale_reason(holder)
-        if why:
-            print(f"mnist-exp promote: breaking the promotion lock {lock}: {why}", file=sys.stderr)
-            _delete_if_token(client, lock, holder[TAG_TOKEN])
-            continue
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise PromotionBusy(f"another promotion holds {lock} ({describe_holder(holder)}); waited {wait_s:.0f} s "
-                                "and changed nothing; run again when it is done")
-        time.sleep(min(left, delay * random.uniform(0.5, 1.5)))  # jitter: waiters do not poll in step
-        delay = min(delay * 2, 2.0)
-
-
-def lock_held(client, model_name: str, token: str) -> bool:
-    holder = lock_holder(client, lock_name(model_name))
-    return holder is not None and holder.get(TAG_TOKEN) == token
-
-
-def release_lock(client, model_name: str, token: str) -> None:
-    _delete_if_token(client, lock_name(model_name), token)
+    return RegistryLock(client, lock_name(model_name), description, ttl_s=LOCK_TTL_S, tags={TAG_SWEEP: sweep or ""},
+                        who="mnist-exp promote", kind="promotion lock",
+                        about=lambda tags: f" promoting sweep {tags[TAG_SWEEP]}" if tags.get(TAG_SWEEP) else "")
 
 
 @contextmanager
 def promotion_lock(client, model_name: str, sweep: str = "", wait_s: float | None = None):
-    """``with promotion_lock(client, name) as token:`` one promotion of ``name`` at a time, on any store."""
-    token = acquire_lock(client, model_name, sweep, wait_s)
+    """``with promotion_lock(client, name) as lock:`` one promotion of ``name`` at a time, on any store."""
+    lock = registry_lock(client, model_name, sweep)
+    wait_s = LOCK_WAIT_S if wait_s is None else wait_s
     try:
-        yield token
+        lock.acquire(wait_s)
+    except Busy as e:
+        raise PromotionBusy(f"another promotion holds {lock.name} ({lock.describe(e.holder)}); waited {wait_s:.0f} s "
+                            "and changed nothing; run again when it is done") from None
+    try:
+        yield lock
     finally:
         try:
-            release_lock(client, model_name, token)
+            lock.release()
         except Exception as e:  # never hide the promotion's own outcome; the lock is recoverable
-            print(f"mnist-exp promote: warning: could not release the promotion lock {lock_name(model_name)} "
+            print(f"mnist-exp promote: warning: could not release the promotion lock {lock.name} "
                   f"({type(e).__name__}: {str(e)[:200]}); once this process has exited the next promotion breaks it "
                   f"(from another machine after {LOCK_TTL_S} s)", file=sys.stderr)
 
@@ -262,7 +163,7 @@ def promote(uri: str, experiment_id: str, sweep: str | None, model_name: str, al
     cand = best_candidate(experiment_id, sweep)
     if dry_run:  # reads only, so no lock (a lock is a write, and a dry run may face a read-only store)
         return cand, _judge(client, cand, model_name, alias, force, dry_run=True)[1]
-    with promotion_lock(client, model_name, cand.sweep) as token:
+    with promotion_lock(client, model_name, cand.sweep) as lock:
         champion, why = _judge(client, cand, model_name, alias, force)
         existing = _versions_of(client, model_name, cand.run_id)
         if existing:
@@ -279,7 +180,7 @@ def promote(uri: str, experiment_id: str, sweep: str | None, model_name: str, al
             client.set_model_version_tag(model_name, version.version, "mnist_exp.forced", why[:5000])
         elif "mnist_exp.forced" in (version.tags or {}):  # forced once, promoted on its merit now
             client.delete_model_version_tag(model_name, version.version, "mnist_exp.forced")
-        _move_alias(client, model_name, alias, champion, version.version, token)
+        _move_alias(client, model_name, alias, champion, version.version, lock)
     return cand, version.version
 
 
@@ -303,13 +204,12 @@ def _versions_of(client, model_name: str, run_id: str) -> list:
     return [v for v in found if v.tags.get("mnist_exp.run_id") == run_id]
 
 
-def _move_alias(client, model_name: str, alias: str, champion, version, token: str) -> None:
+def _move_alias(client, model_name: str, alias: str, champion, version, lock: RegistryLock) -> None:
     """Point ``alias`` at ``version``, compare-and-set style: only while the lock is still ours and the alias is
     still where it was when judged, then read it back. Each check catches a writer that bypassed the lock (an
     older mnist-exp, MLflow used directly) or a lock broken under a promotion that outlived LOCK_TTL_S."""
-    lock = lock_name(model_name)
-    if not lock_held(client, model_name, token):
-        raise PromotionBusy(f"the promotion lock {lock} was taken over while this promotion ran (longer than "
+    if not lock.held():
+        raise PromotionBusy(f"the promotion lock {lock.name} was taken over while this promotion ran (longer than "
                             f"{LOCK_TTL_S} s?); {model_name}@{alias} was not moved; run again")
     was = getattr(champion, "version", None)
     now = getattr(current_champion(client, model_name, alias), "version", None)

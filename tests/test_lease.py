@@ -160,3 +160,52 @@ def test_a_record_left_by_a_dead_holder_is_not_reported_as_live(tmp_path):
     me = lease.Holder.me()
     path.write_text(json.dumps(me.__dict__))
     assert lease.LocalFileLease._read_live(path, wait_s=0.2) == me
+
+
+def test_a_tracking_servers_lease_lives_in_its_registry_for_every_machine(tracking_server, tmp_path, capsys):
+    """Against a server the lease is a registered model there (reglock.py), so a second machine's sweep of the
+    name is refused too: a live holder here is refused by name, a killed one taken over at once; a holder on
+    another machine is refused while its heartbeat is fresh and taken over once it is older than STALE_S."""
+    from mlflow import MlflowClient
+
+    from mnist_exp.reglock import TAG_SINCE, TAG_TOKEN
+
+    uri = tracking_server.uri
+    backend = lease.backend_for(uri)
+    assert isinstance(backend, lease.RegistryLease)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, uri, "srv"], stdout=subprocess.PIPE, text=True,
+                              cwd=tmp_path)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LeaseHeld, match=rf"^sweep srv is already running: pid {holder.pid} on host "
+                                            rf"{re.escape(liveness.HOST)} since .* \(mnist-exp sweep experiments/quick"):
+            with lease.acquire(uri, "srv"):
+                pass
+        assert backend.holder("srv").pid == holder.pid
+    finally:
+        holder.kill()  # no release: the lease stays in the registry
+        holder.wait()
+    with lease.acquire(uri, "srv"):
+        assert backend.holder("srv").pid == os.getpid()
+    assert f"taking over the lease of pid {holder.pid} on host {liveness.HOST}" in capsys.readouterr().err
+    client = MlflowClient(uri, uri)
+    name = lease.RegistryLease.PREFIX + "srv"
+    assert not client.search_registered_models(f"name = '{name}'")  # released: deleted
+
+    def elsewhere(beat_age: float):
+        now = time.time()
+        client.create_registered_model(name, tags={
+            TAG_TOKEN: "0" * 32, TAG_SINCE: f"{now - 3600:.3f}", liveness.TAG_HOST: "other-machine",
+            liveness.TAG_PID: "4242", liveness.TAG_PROC_START: "x:1", liveness.TAG_HEARTBEAT: f"{now - beat_age:.3f}",
+            lease.RegistryLease.TAG_COMMAND: "mnist-exp sweep x.yaml"})
+
+    elsewhere(beat_age=5)  # a sweep on another machine, alive
+    with pytest.raises(LeaseHeld, match=r"pid 4242 on host other-machine since .* \(mnist-exp sweep x\.yaml\)"):
+        with lease.acquire(uri, "srv"):
+            pass
+    client.delete_registered_model(name)
+    elsewhere(beat_age=liveness.STALE_S + 10)  # its heartbeat stopped: that machine or process is gone
+    with lease.acquire(uri, "srv"):
+        pass
+    assert "taking over the lease of pid 4242 on host other-machine" in capsys.readouterr().err
+    assert not client.search_registered_models(f"name = '{name}'")
