@@ -192,7 +192,7 @@ def _reap(uri: str, command: str) -> None:
 
 def cmd_train(args) -> int:
     exp, space, ds = _load(args)
-    from . import progress, tracking
+    from . import progress, store
 
     progress.import_tensorflow()  # without its C++ start-up notices
     from .train import run_train
@@ -203,7 +203,7 @@ def cmd_train(args) -> int:
           f"from {ds.source}; {exp.training.epochs} epoch(s); store {uri}", flush=True)
     res = run_train(exp, space, ds, uri, verbose=args.verbose)
     print(f"run {res.run_id}: test accuracy {res.test_accuracy:.4f}, test loss {res.test_loss:.4f}, "
-          f"{res.wall_s:.0f} s. See it: {tracking.ui_command(uri)}")
+          f"{res.wall_s:.0f} s. See it: {store.ui_command(uri)}")
     return 0
 
 
@@ -323,9 +323,9 @@ def _ui_on_server(args, uri: str) -> int:
 
 
 def cmd_ui(args) -> int:
-    from . import tracking
+    from . import store
 
-    if (args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "").startswith(("http://", "https://")):
+    if store.is_remote(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""):
         return _ui_on_server(args, args.tracking_uri or os.environ["MLFLOW_TRACKING_URI"])
     _check_port_free(args.host, args.port)
     if args.workers < 1:
@@ -336,9 +336,8 @@ def cmd_ui(args) -> int:
     _reap(uri, "ui")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port),
            "--workers", str(args.workers)]
-    if uri.startswith("sqlite:"):
-        artifacts = tracking.local_store_dir(uri) / "artifacts"
-        cmd += ["--default-artifact-root", artifacts.as_uri()]
+    if store.artifact_root(uri):
+        cmd += ["--default-artifact-root", store.artifact_root(uri)]
     from . import uiview
 
     # A wildcard listens everywhere; the address to open is this machine's.

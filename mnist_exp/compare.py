@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import names, tracking
+from . import names, runreader, store, tracking
 from .errors import ConfigError
 from .model import HP_DEFAULTS, TUNER_BOOKKEEPING_PREFIX
 
@@ -96,7 +96,7 @@ def summary_text(df: pd.DataFrame, exp, parent_run_id: str, top: int = 5) -> str
              _format(best[cols].rename(columns={"objective": exp.objective.name}))]
     import mlflow
 
-    lines.append(f"parent run {parent_run_id}; open the UI: {tracking.ui_command(mlflow.get_tracking_uri())}")
+    lines.append(f"parent run {parent_run_id}; open the UI: {store.ui_command(mlflow.get_tracking_uri())}")
     return "\n".join(lines)
 
 
@@ -148,7 +148,7 @@ def out_file(flag: str, value: str) -> Path:
 
 def main(uri: str, args) -> int:
     check_args(args)
-    reader = tracking.run_reader(uri)  # a local store is read without importing MLflow (README "Performance")
+    reader = runreader.run_reader(uri)  # a local store is read without importing MLflow (README "Performance")
     experiment_id = reader.experiment_id(args.experiment_name)
     parents = latest_parents(reader, experiment_id, args.sweeps or None) if experiment_id else {}
     missing = [s for s in args.sweeps if s not in parents]

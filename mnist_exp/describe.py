@@ -65,7 +65,7 @@ def commands(exp: Experiment, uri: str) -> list[str]:
     """Resume, compare and promote this sweep, as typed from the project root (the folder holding mlruns/)."""
     from shlex import quote
 
-    flag = "" if _default_store(uri) else f" --tracking-uri {quote(uri)}"
+    flag = "" if not uri or store.is_default(uri) else f" --tracking-uri {quote(uri)}"
     sweep = f"mnist-exp sweep {quote(_shown_path(exp.path))}" if exp.path else "mnist-exp sweep"
     file_exp = _from_file(exp)
     if file_exp is None or file_exp.name != exp.name:
@@ -179,9 +179,3 @@ def _shown_path(path: str) -> str:
         return str(p.relative_to(store.project_root()))
     except ValueError:
         return str(p)
-
-
-def _default_store(uri: str) -> bool:
-    """The store mnist-exp finds by itself from the project root (no --tracking-uri needed)."""
-    return not uri or uri.startswith("sqlite:///") and Path(uri[len("sqlite:///"):]).resolve().parent == \
-        store.project_root() / "mlruns"

@@ -230,9 +230,9 @@ class RegistryLease:
 
 def lease_folder(uri: str) -> Path:
     """Beside a local store (a tracking server's leases are in its registry: RegistryLease)."""
-    from . import tracking
+    from . import store
 
-    return tracking.local_store_dir(uri) / "leases"
+    return store.local_store_dir(uri) / "leases"
 
 
 _backends: dict = {}

@@ -12,7 +12,7 @@ another machine is dead when its heartbeat is older than ``STALE_S`` (clocks are
 within a minute). Dead runs end KILLED with ``mnist_exp.error`` saying why, and their end time is
 their last heartbeat. Runs without the tags (an older mnist-exp, or MLflow used directly) are left
 alone; a resumed sweep still marks its own stale children (sweep.py). A local sqlite store is read
-without importing MLflow (tracking.SqliteRuns): MLflow is imported only when there is a run to mark.
+without importing MLflow (runreader.SqliteRuns): MLflow is imported only when there is a run to mark.
 """
 
 from __future__ import annotations
@@ -173,22 +173,22 @@ atexit.register(HEARTBEAT.stop)
 def reap(uri: str, command: str = "mnist-exp", out=None) -> list[str]:
     """Mark KILLED the RUNNING runs of the store whose process is gone; one line each on ``out``
     (stderr). Returns their run ids."""
-    from . import tracking
+    from . import runreader, store, tracking
 
-    if uri.startswith("sqlite:"):
+    if store.sqlite_path(uri) is not None:
         # Read-only, without MLflow; a store that does not exist yet (or is being created) has nothing to reap.
-        reader = tracking.SqliteRuns.open(uri)
+        reader = runreader.SqliteRuns.open(uri)
         if reader is not None:
             try:
                 running = reader.runs(None, {}, status=tracking.RUNNING)
             finally:
                 reader.close()
-        elif tracking.SqliteRuns.revision(uri) is None:
+        elif runreader.SqliteRuns.revision(uri) is None:
             return []
         else:  # a schema revision the direct reader does not know (another MLflow migrated it): through MLflow
-            running = tracking.MLflowRuns(uri).runs(None, {}, status=tracking.RUNNING)
+            running = runreader.MLflowRuns(uri).runs(None, {}, status=tracking.RUNNING)
     else:
-        running = tracking.MLflowRuns(uri).runs(None, {}, status=tracking.RUNNING)
+        running = runreader.MLflowRuns(uri).runs(None, {}, status=tracking.RUNNING)
     now = time.time()
     dead = [(r, why) for r in running if (why := dead_reason(r.data.tags, now))]
     if not dead:

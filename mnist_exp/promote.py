@@ -26,7 +26,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from . import __version__, compare, describe, names, tracking
+from . import __version__, compare, describe, names, runreader, tracking
 from .errors import ConfigError, PromotionRefused
 from .model import HP_DEFAULTS
 from .reglock import Busy, RegistryLock
@@ -47,7 +47,7 @@ class Candidate:
 
 
 def best_candidate(experiment_id: str, sweep: str | None) -> Candidate:
-    parents = compare.latest_parents(tracking.MLflowRuns(), experiment_id, [sweep] if sweep else None)
+    parents = compare.latest_parents(runreader.MLflowRuns(), experiment_id, [sweep] if sweep else None)
     if not parents:
         raise ConfigError(f"no sweep named {sweep}" if sweep else "no sweeps in the store; run mnist-exp sweep first")
     parent = max(parents.values(), key=lambda r: r.info.start_time)

@@ -70,6 +70,24 @@ def is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
+def is_default(uri: str) -> bool:
+    """The store mnist-exp finds by itself from the project root (no --tracking-uri needed)."""
+    path = sqlite_path(uri)
+    return path is not None and path.resolve().parent == project_root() / "mlruns"
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment's artifacts go: beside a local store; None for a server (its own, proxied)."""
+    return (local_store_dir(uri) / "artifacts").as_uri() if uri.startswith("sqlite:") else None
+
+
+def ui_command(uri: str) -> str:
+    """How to look at the runs of ``uri``."""
+    if is_remote(uri):
+        return f"open {uri}"
+    return "mnist-exp ui" if is_default(uri) else f"mnist-exp ui --tracking-uri {uri}"
+
+
 def local_store_dir(uri: str) -> Path:
     """Where files beside the store go (artifacts, tuner state): the sqlite file's folder or ./mlruns."""
     if uri.startswith("sqlite:///"):

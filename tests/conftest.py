@@ -57,7 +57,7 @@ def wait_for_store(proc, experiment="mnist-exp", timeout=180) -> None:
     the store is polled read-only, without MLflow, until then."""
     import time
 
-    from mnist_exp.tracking import SqliteRuns
+    from mnist_exp.runreader import SqliteRuns
 
     deadline = time.time() + timeout
     while time.time() < deadline:
