@@ -30,6 +30,11 @@ DATABASE = ROLE = "mlflow"
 SUPERUSER = "postgres"
 PG_HOST = "127.0.0.1"
 START_TIMEOUT_S = 120.0
+# Database connections per MLflow server worker. MLflow's Flask app runs in AnyIO's default thread pool (40 threads
+# per worker) and a request may hold two connections at once; with SQLAlchemy's default pool (5 + 10 overflow) 60
+# writers at once starved it for good ("QueuePool limit of size 5 overflow 10 reached", every request failing after
+# 30 s; 30 writers were fine). 2 x 40 per worker, and PostgreSQL's max_connections sized to match.
+POOL_SIZE, POOL_OVERFLOW = 40, 40
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -84,7 +89,7 @@ def start(folder, host: str = "127.0.0.1", port: int = 5000, workers: int = 2, p
     try:
         _stop_orphans(folder)
         pg = _Postgres(folder)
-        pg_port = pg.start(pg_port)
+        pg_port = pg.start(pg_port, max_connections=workers * (POOL_SIZE + POOL_OVERFLOW) + 20)
         password = pg.ensure_database()
         proc = _start_mlflow(folder, host, port, workers, pg_port, password)
         _wait_healthy(proc, f"http://{_address(host, connect=True)}:{port}/health", folder / "mlflow.log")
@@ -119,7 +124,7 @@ class _Postgres:
             raise StoreError(f"{self.data}: {what} failed (exit {p.returncode}): {tail}"[:600])
         return p.stdout
 
-    def start(self, port: int | None) -> int:
+    def start(self, port: int | None, max_connections: int = 100) -> int:
         self.sock.mkdir(mode=0o700, exist_ok=True)
         self.data.mkdir(mode=0o700, exist_ok=True)
         if self.as_root:
@@ -130,7 +135,7 @@ class _Postgres:
                      "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-locale", what="initdb")
         self.port = port or _saved_port(self.dir / "pg.port")
         options = ("-k", str(self.sock), "-p", str(self.port), "-c", f"listen_addresses={PG_HOST}",
-                   "-c", "unix_socket_permissions=0700")
+                   "-c", "unix_socket_permissions=0700", "-c", f"max_connections={max_connections}")
         options = " ".join(map(shlex.quote, options))  # pg_ctl hands -o to a shell
         self.run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(int(START_TIMEOUT_S)),
                  "-o", options, "start", what=f"pg_ctl start (log: {self.log})")
@@ -243,7 +248,9 @@ def _start_mlflow(folder: Path, host: str, port: int, workers: int, pg_port: int
     # MLflow's job runner (GenAI scorers, prompt optimisation, trace jobs: nothing mnist-exp uses) is off unless the
     # user turns it on: its huey consumers (about 5 processes, 15 threads each) slowed start-up and once held up a
     # SIGTERM'ed server until SIGKILL 20 s later.
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ, "PGPASSWORD": password}
+    # The pool: see POOL_SIZE. A user's own MLFLOW_SQLALCHEMYSTORE_* values win.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(POOL_SIZE),
+           "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(POOL_OVERFLOW), **os.environ, "PGPASSWORD": password}
     with open(folder / "mlflow.log", "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 cwd=folder, start_new_session=True)  # own group: Ctrl-C is ours to pass on
