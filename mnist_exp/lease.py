@@ -219,8 +219,17 @@ class RegistryLease:
 
     def release(self, name: str) -> None:
         lock = self._held.pop(name, None)
-        if lock is not None:
+        if lock is None:
+            return
+        try:
             lock.release()
+        except Exception as e:
+            from . import store
+
+            # The server is gone (the sweep is stopping because of it): the lease stays, its holder's process ends
+            # now, and the next sweep of the name takes it over at once here (after STALE_S elsewhere), saying so.
+            if not store.is_unavailable(e):
+                raise
 
     def holder(self, name: str) -> Holder | None:
         lock = self._lock(name)
