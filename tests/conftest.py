@@ -6,8 +6,12 @@ Tests train real (tiny) Keras models and write to a real sqlite MLflow store in 
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +206,37 @@ def tracking_server(tmp_path_factory):
         srv.stop()
         if os.geteuid() == 0:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+class Output:
+    """A started process (its own session, stdout piped, text) whose output a thread collects, so it never blocks
+    on a full pipe; ``name`` labels the failure messages."""
+
+    def __init__(self, popen: subprocess.Popen, name: str = ""):
+        self.p, self.name, self.lines = popen, name or " ".join(map(str, popen.args[:3])), []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.lines.append(line)
+
+    @property
+    def out(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            m = re.search(pattern, self.out)
+            if m:
+                return m
+            time.sleep(0.2)
+        raise AssertionError(f"{self.name}: no {pattern!r} within {timeout} s:\n{self.out[-4000:]}")
+
+    def wait(self, timeout: float) -> int:
+        """The exit code; past ``timeout`` the process group is killed and the test fails with its output."""
+        try:
+            return self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.p.pid, signal.SIGKILL)
+            raise AssertionError(f"{self.name} still running after {timeout} s:\n{self.out[-4000:]}") from None

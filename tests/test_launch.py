@@ -11,13 +11,12 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, VENV_BIN, free_port, runs, wait_for_store, write_yaml
+from conftest import ROOT, VENV_BIN, Output, free_port, runs, wait_for_store, write_yaml
 
 LAUNCH = ROOT / "scripts" / "launch-workers.sh"
 DOCS = ROOT / "docs" / "launch"
@@ -40,29 +39,9 @@ def env(**extra) -> dict:
     return full
 
 
-class Proc:
-    """A process whose output a thread collects (it never blocks on a full pipe)."""
-
-    def __init__(self, argv, cwd, env):
-        self.lines: list[str] = []
-        self.p = subprocess.Popen(list(map(str, argv)), cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.p.stdout:
-            self.lines.append(line)
-
-    @property
-    def out(self) -> str:
-        return "".join(self.lines)
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.p.pid, signal.SIGKILL)
-            raise AssertionError(f"{self.p.args[:3]} still running after {timeout} s:\n{self.out[-4000:]}") from None
+def Proc(argv, cwd, env) -> Output:
+    return Output(subprocess.Popen(list(map(str, argv)), cwd=cwd, env=env, text=True, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
 
 
 def cmdlines() -> dict[int, bytes]:

@@ -11,13 +11,12 @@ import re
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, VENV_BIN
+from conftest import ROOT, VENV_BIN, Output
 
 TOKEN = "multi-host-token-0123456789abcdef"
 LEASE = 6
@@ -35,38 +34,12 @@ tuner: {kind: random, max_trials: 10}
 STARTED: list = []  # every Proc of the test, whose output is printed at the end (shown when the test fails)
 
 
-class Proc:
-    """A process in a namespace with its output collected by a thread (so it never blocks on a full pipe)."""
-
-    def __init__(self, hosts, name, argv, env):
-        self.name, self.lines = name, []
-        STARTED.append(self)
-        self.p = hosts.popen(name, [str(VENV_BIN / "mnist-exp"), *map(str, argv)], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.p.stdout:
-            self.lines.append(line)
-
-    @property
-    def out(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float) -> re.Match:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            m = re.search(pattern, self.out)
-            if m:
-                return m
-            time.sleep(0.2)
-        raise AssertionError(f"{self.name}: no {pattern!r} within {timeout} s:\n{self.out[-4000:]}")
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"{self.name} still running after {timeout} s:\n{self.out[-4000:]}") from None
+def Proc(hosts, name, argv, env) -> Output:
+    """``mnist-exp argv`` on host ``name``."""
+    proc = Output(hosts.popen(name, [str(VENV_BIN / "mnist-exp"), *map(str, argv)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True), name)
+    STARTED.append(proc)
+    return proc
 
 
 def trial_runs(client, experiment_id):
