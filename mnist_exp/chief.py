@@ -38,8 +38,6 @@ class Chief:
         # A resumed chief gives the workers that held trials when it stopped one lease to come back for them.
         now = time.monotonic()
         self.seen: dict[str, float] = {tid: now for tid in oracle.ongoing_trials}
-        self.peers: dict[str, str] = {}
-        self.revoked: list[tuple[str, str]] = []  # (worker, trial id)
         self.stop_triggered = False
         self.stopping = False
         self._stop = threading.Event()
@@ -94,14 +92,12 @@ class Chief:
 
     # --- the registry ------------------------------------------------------------------------------
 
-    def touch(self, worker: str | None, peer: str = "") -> None:
+    def touch(self, worker: str | None) -> None:
         if worker:
             with self.lock:
                 if worker not in self.seen:
-                    print(f"[sweep {self.sw.exp.name}] worker {worker} joined{' from ' + peer if peer else ''}",
-                          flush=True)
+                    print(f"[sweep {self.sw.exp.name}] worker {worker} joined", flush=True)
                 self.seen[worker] = time.monotonic()
-                self.peers[worker] = peer
 
     def _watch_leases(self) -> None:
         while not self._stop.wait(min(1.0, self.heartbeat_s)):
@@ -113,7 +109,6 @@ class Chief:
                     del self.seen[w]
                     trial = self.oracle.revoke(w)
                     if trial is not None:
-                        self.revoked.append((w, trial.trial_id))
                         lost.append((w, trial.trial_id))
             for w, trial_id in lost:
                 print(f"[sweep {self.sw.exp.name}] worker {w} silent for more than {self.lease_s:.0f} s: "
