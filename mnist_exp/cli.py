@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .config import TUNER_KINDS
 from .errors import ConfigError, DiskFull, MnistExpError
 
 
@@ -43,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(p)
     p.add_argument("--name", help="sweep name (default: the experiment's name)")
     p.add_argument("--max-trials", type=int, help="tuner.max_trials")
-    p.add_argument("--tuner", choices=["random", "bayesian", "hyperband", "grid"], help="tuner.kind")
+    p.add_argument("--tuner", choices=TUNER_KINDS, help="tuner.kind")
+    p.add_argument("--budget", metavar="DURATION",
+                   help="tuner.budget: wall-clock limit such as 2h, 90m, 1h30m; no trial starts that would not end in it")
+    p.add_argument("--refit", action="store_true", default=None,
+                   help="tuner.refit: retrain the best configuration on train + validation digits as its own run")
     p.add_argument("--parallel", type=int, metavar="N",
                    help="tuner.parallel_trials: N trials at once, each in a worker process with a share of the cores "
                         "(with --serve: N local workers, 0 allowed)")
@@ -143,6 +148,10 @@ def _overrides(args) -> list[str]:
         out.append(Override(f"tuner.max_trials={args.max_trials}", f"--max-trials {args.max_trials}"))
     if getattr(args, "tuner", None):
         out.append(Override(f"tuner.kind={args.tuner}", f"--tuner {args.tuner}"))
+    if getattr(args, "budget", None) is not None:
+        out.append(Override(f"tuner.budget={args.budget}", f"--budget {args.budget}"))
+    if getattr(args, "refit", None):
+        out.append(Override("tuner.refit=true", "--refit"))
     if getattr(args, "parallel", None) is not None:
         out.append(Override(f"tuner.parallel_trials={args.parallel}", f"--parallel {args.parallel}"))
     if getattr(args, "name", None) is not None:  # a string as given, even "2024" (checked by names.check)

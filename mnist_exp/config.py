@@ -68,6 +68,12 @@ class TunerConfig:
     # Trials at once, each in a Keras Tuner worker process with a share of the cores. Not part of the
     # sweep's identity: a sweep may be resumed with another number.
     parallel_trials: int = 1
+    # Wall-clock limit of one invocation ("2h", "90m", seconds): no trial starts that would not end in
+    # it (budget.py). Not part of the identity either.
+    budget: str | int | float | None = None
+    # After the search, train the best trial's configuration again on every training digit (train and
+    # validation) as its own run, tagged as the trial's refit; promote then registers the refit.
+    refit: bool = False
 
 
 @dataclass(frozen=True)
@@ -294,6 +300,16 @@ def _validate(exp: Experiment, where: str) -> None:
         bad("training.mixed_precision", f"must be mixed_float16, mixed_bfloat16 or null (got {t.mixed_precision!r})")
     if tu.kind not in TUNER_KINDS:
         bad("tuner.kind", f"must be one of {', '.join(TUNER_KINDS)} (got {tu.kind!r})")
+    if tu.budget is not None:
+        from .budget import parse_duration
+
+        try:
+            parse_duration(tu.budget)
+        except ValueError as e:
+            bad("tuner.budget", str(e))
+    if tu.refit and d.validation_split == 0:
+        bad("tuner.refit", "refits on training + validation digits: needs data.validation_split > 0 (the search "
+                           "selects on the validation split)")
     if tu.factor < 2:
         bad("tuner.factor", f"must be at least 2 (got {tu.factor})")
     if o.direction not in ("max", "min"):

@@ -1,14 +1,17 @@
 """The CNN as a function of Keras Tuner hyperparameters; defaults are the seed baseline.
 
-``HP_DEFAULTS`` is plain data (no TensorFlow import) so that search spaces can be
-validated before anything heavy loads.
+``HP_DEFAULTS`` and ``CHOICES`` are plain data (no TensorFlow import) so that search spaces can be
+validated before anything heavy loads. Every lever of the search is one entry in ``HP_DEFAULTS``
+(with its bounds in ``RANGES`` / ``CHOICES``) and one use in ``build_model``.
 """
 
 from __future__ import annotations
 
+import math
+
 # name -> (python type, default). Defaults reproduce the seed baseline exactly.
 HP_DEFAULTS: dict[str, tuple[type, object]] = {
-    "learning_rate": (float, 1e-3),
+    "learning_rate": (float, 1e-3),  # the peak when a schedule is on
     "filters_1": (int, 128),
     "filters_2": (int, 64),
     "filters_3": (int, 64),
@@ -18,9 +21,45 @@ HP_DEFAULTS: dict[str, tuple[type, object]] = {
     "activation": (str, "relu"),
     "batch_norm": (bool, False),
     "batch_size": (int, 16),
+    # architecture
+    "conv_blocks": (str, "seed"),  # seed: the seed's three convolutions; deep: two batch-normalised blocks
+    "kernel_size": (int, 3),
+    "pooling": (str, "flatten"),  # flatten | global_avg, before the dense head
+    # optimisation
+    "optimizer": (str, "adam"),
+    "weight_decay": (float, 0.0),
+    "lr_schedule": (str, "constant"),
+    "warmup_fraction": (float, 0.0),  # cosine: share of the steps spent ramping up to learning_rate
+    "label_smoothing": (float, 0.0),
+    # augmentation, training only (Keras preprocessing layers are identities at inference)
+    "rotation": (float, 0.0),  # degrees, either way
+    "translation": (float, 0.0),  # fraction of the image, either way
+    "zoom": (float, 0.0),  # fraction, in or out
 }
 ACTIVATIONS = ("relu", "elu", "selu", "gelu", "swish", "silu", "tanh", "sigmoid", "leaky_relu", "mish", "softplus")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "activation": ACTIVATIONS,
+    "conv_blocks": ("seed", "deep"),
+    "pooling": ("flatten", "global_avg"),
+    "optimizer": ("adam", "adamw", "sgd"),
+    "lr_schedule": ("constant", "cosine", "one_cycle", "plateau"),
+}
+# name -> (low, high, low inclusive, high inclusive) for float levers
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "dropout_1": (0.0, 1.0, True, False),
+    "dropout_2": (0.0, 1.0, True, False),
+    "weight_decay": (0.0, 1.0, True, True),
+    "warmup_fraction": (0.0, 0.5, True, True),
+    "label_smoothing": (0.0, 0.5, True, True),
+    "rotation": (0.0, 90.0, True, True),
+    "translation": (0.0, 0.5, True, True),
+    "zoom": (0.0, 0.5, True, True),
+}
+KERNEL_SIZES = (1, 3, 5, 7)
 TUNER_BOOKKEEPING_PREFIX = "tuner/"  # Hyperband's tuner/epochs, tuner/trial_id, ...
+SGD_MOMENTUM = 0.9  # Nesterov
+ONE_CYCLE = {"ramp": 0.3, "start_div": 25.0, "end_div": 1e4}  # fastai's one-cycle shape
+PLATEAU = {"factor": 0.5, "patience": 2, "min_div": 100.0}  # halve after 2 epochs without progress
 
 
 def hp_value(hp, name: str):
@@ -30,8 +69,24 @@ def hp_value(hp, name: str):
     return hp.Fixed(name, HP_DEFAULTS[name][1])
 
 
-def build_model(hp=None, steps_per_execution: int = 1, mixed_precision: str | None = None):
-    """Build and compile the CNN. ``build_model()`` is the seed baseline.
+def value_fault(name: str, v) -> str | None:
+    """What is wrong with ``v`` as the value of lever ``name`` beyond its type, or None."""
+    if name in CHOICES and v not in CHOICES[name]:
+        return f"unknown {name} {v!r} (known: {', '.join(CHOICES[name])})"
+    if name in RANGES:
+        lo, hi, lo_in, hi_in = RANGES[name]
+        if not ((lo <= v if lo_in else lo < v) and (v <= hi if hi_in else v < hi)):
+            return f"must be in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'} (got {v})"
+    if name == "kernel_size" and v not in KERNEL_SIZES:
+        return f"must be one of {', '.join(map(str, KERNEL_SIZES))} (got {v})"
+    if name == "learning_rate" and v <= 0:
+        return f"must be > 0 (got {v})"
+    return None
+
+
+def build_model(hp=None, steps_per_execution: int = 1, mixed_precision: str | None = None, steps: int | None = None):
+    """Build and compile the CNN. ``build_model()`` is the seed baseline; ``steps`` is the number of
+    optimizer steps the model will train (a decaying schedule needs it).
 
     >>> import keras_tuner as kt
     >>> hp = kt.HyperParameters(); hp.Fixed("learning_rate", 3e-4)
@@ -43,40 +98,117 @@ def build_model(hp=None, steps_per_execution: int = 1, mixed_precision: str | No
 
     hp = hp if hp is not None else kt.HyperParameters()
     v = {name: hp_value(hp, name) for name in HP_DEFAULTS}
-    act = v["activation"]
     # Mixed precision per layer, not Keras's global policy: one process runs many trials. The softmax
     # stays float32 so the loss is computed in float32.
     dt = {"dtype": mixed_precision} if mixed_precision else {}
-
-    def conv(filters):
-        out = [layers.Conv2D(filters, (3, 3), activation=None if v["batch_norm"] else act, **dt)]
-        if v["batch_norm"]:
-            out += [layers.BatchNormalization(**dt), layers.Activation(act, **dt)]
-        return out
-
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(28, 28, 1)),
-            *conv(v["filters_1"]),
-            layers.MaxPooling2D((2, 2), **dt),
-            layers.Dropout(v["dropout_1"], **dt),
-            *conv(v["filters_2"]),
-            layers.MaxPooling2D((2, 2), **dt),
-            layers.Dropout(v["dropout_2"], **dt),
-            *conv(v["filters_3"]),
-            layers.Flatten(**dt),
-            layers.Dense(v["dense_units"], activation=act, **dt),
-            layers.Dense(10, activation="softmax", dtype="float32"),
-        ],
-        name="mnist_cnn",
-    )
-    optimizer = keras.optimizers.Adam(learning_rate=v["learning_rate"])
+    body = _deep(v, layers, dt) if v["conv_blocks"] == "deep" else _seed(v, layers, dt)
+    head = [layers.Flatten(**dt) if v["pooling"] == "flatten" else layers.GlobalAveragePooling2D(**dt)]
+    if v["conv_blocks"] == "deep":
+        head.append(layers.Dropout(v["dropout_2"], **dt))
+    head += [layers.Dense(v["dense_units"], activation=v["activation"], **dt),
+             layers.Dense(10, activation="softmax", dtype="float32")]
+    model = keras.Sequential([keras.Input(shape=(28, 28, 1)), *_augmentation(v, layers), *body, *head],
+                             name="mnist_cnn")
+    optimizer = _optimizer(keras, v, steps)
     if mixed_precision == "mixed_float16":  # float16 gradients underflow without loss scaling
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    model.compile(
-        optimizer=optimizer,
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-        steps_per_execution=steps_per_execution,
-    )
+    loss = (keras.losses.CategoricalCrossentropy(label_smoothing=v["label_smoothing"]) if v["label_smoothing"]
+            else "categorical_crossentropy")
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], steps_per_execution=steps_per_execution)
     return model
+
+
+def _augmentation(v, layers) -> list:
+    """Constant (black) fill, never reflect: a reflected stroke is a different digit."""
+    out = []
+    if v["rotation"]:
+        out.append(layers.RandomRotation(v["rotation"] / 360.0, fill_mode="constant", fill_value=0.0))
+    if v["translation"]:
+        out.append(layers.RandomTranslation(v["translation"], v["translation"], fill_mode="constant", fill_value=0.0))
+    if v["zoom"]:
+        out.append(layers.RandomZoom(v["zoom"], v["zoom"], fill_mode="constant", fill_value=0.0))
+    return out
+
+
+class _Size:
+    """Tracks the feature map's side so that a convolution which would shrink it below 3 pads instead
+    (kernel 3 on the seed's blocks never does: the seed exactly)."""
+
+    def __init__(self):
+        self.side = 28
+
+    def padding(self, k: int, stride: int = 1) -> str:
+        if stride == 1 and self.side - k + 1 >= 3:
+            self.side = self.side - k + 1
+            return "valid"
+        self.side = math.ceil(self.side / stride)
+        return "same"
+
+    def pool(self):
+        self.side //= 2
+
+
+def _conv(v, layers, dt, size: _Size, filters: int, k: int, stride: int = 1, bn: bool = False) -> list:
+    pad = size.padding(k, stride)
+    act = v["activation"]
+    out = [layers.Conv2D(filters, (k, k), strides=stride, padding=pad, activation=None if bn else act, **dt)]
+    return out + [layers.BatchNormalization(**dt), layers.Activation(act, **dt)] if bn else out
+
+
+def _seed(v, layers, dt) -> list:
+    size, k, bn = _Size(), v["kernel_size"], v["batch_norm"]
+    out = _conv(v, layers, dt, size, v["filters_1"], k, bn=bn)
+    size.pool()
+    out += [layers.MaxPooling2D((2, 2), **dt), layers.Dropout(v["dropout_1"], **dt)]
+    out += _conv(v, layers, dt, size, v["filters_2"], k, bn=bn)
+    size.pool()
+    out += [layers.MaxPooling2D((2, 2), **dt), layers.Dropout(v["dropout_2"], **dt)]
+    return out + _conv(v, layers, dt, size, v["filters_3"], k, bn=bn)
+
+
+def _deep(v, layers, dt) -> list:
+    """Two blocks of conv-conv-strided conv (5x5, stride 2), batch-normalised, then one more convolution:
+    the single network of the "MNIST-CNN-99.75" study. Widths filters_1, filters_2, filters_3."""
+    size, k, out = _Size(), v["kernel_size"], []
+    for filters, dropout in ((v["filters_1"], v["dropout_1"]), (v["filters_2"], v["dropout_1"])):
+        out += _conv(v, layers, dt, size, filters, k, bn=True)
+        out += _conv(v, layers, dt, size, filters, k, bn=True)
+        out += _conv(v, layers, dt, size, filters, 5, stride=2, bn=True)
+        out.append(layers.Dropout(dropout, **dt))
+    return out + _conv(v, layers, dt, size, v["filters_3"], k, bn=True)
+
+
+def _optimizer(keras, v, steps: int | None):
+    lr = learning_rate_schedule(keras, v["lr_schedule"], v["learning_rate"], v["warmup_fraction"], steps)
+    wd = v["weight_decay"] or None
+    name = v["optimizer"]
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=SGD_MOMENTUM, nesterov=True, weight_decay=wd)
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=v["weight_decay"])
+    return keras.optimizers.Adam(learning_rate=lr, weight_decay=wd)
+
+
+def learning_rate_schedule(keras, kind: str, peak: float, warmup: float, steps: int | None):
+    """Keras's own schedules (saved and reloaded with the model as built-ins). ``plateau`` is a constant
+    rate lowered by a callback (``plateau_callback``)."""
+    if kind in ("constant", "plateau") or not steps:
+        return peak
+    S = keras.optimizers.schedules
+    if kind == "cosine":
+        ramp = int(steps * warmup)
+        if not ramp:
+            return S.CosineDecay(peak, decay_steps=steps, alpha=0.0)
+        return S.CosineDecay(0.0, decay_steps=max(1, steps - ramp), alpha=0.0, warmup_target=peak, warmup_steps=ramp)
+    ramp = max(1, int(steps * ONE_CYCLE["ramp"]))  # one_cycle: up from peak/25, down to peak/1e4
+    start = peak / ONE_CYCLE["start_div"]
+    return S.CosineDecay(start, decay_steps=max(1, steps - ramp), alpha=1.0 / ONE_CYCLE["end_div"],
+                         warmup_target=peak, warmup_steps=ramp)
+
+
+def plateau_callback(keras, hp, monitor: str):
+    """ReduceLROnPlateau for ``lr_schedule: plateau`` (else None)."""
+    if hp_value(hp, "lr_schedule") != "plateau":
+        return None
+    return keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=PLATEAU["factor"], patience=PLATEAU["patience"],
+                                             min_lr=hp_value(hp, "learning_rate") / PLATEAU["min_div"], verbose=0)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import limits, yamlfile
 from .errors import ConfigError
-from .model import ACTIVATIONS, HP_DEFAULTS
+from .model import HP_DEFAULTS, value_fault
 
 KEYS = {
     "int": {"type", "min", "max", "step", "sampling", "default"},
@@ -195,11 +195,7 @@ def _check_value(where, key, name, v) -> None:
         raise ConfigError(f"{where}: {key}: must be a finite number (got {v})")
     if limits.over(name, v):
         raise ConfigError(f"{where}: {key}: {limits.over(name, v)}")
-    if name == "activation" and v not in ACTIVATIONS:
-        raise ConfigError(f"{where}: {key}: unknown activation {v!r} (known: {', '.join(ACTIVATIONS)})")
-    if name.startswith("dropout") and not 0 <= v < 1:
-        raise ConfigError(f"{where}: {key}: dropout must be in [0, 1) (got {v})")
+    if fault := value_fault(name, v):
+        raise ConfigError(f"{where}: {key}: {fault}")
     if py_type is int and v < 1:
         raise ConfigError(f"{where}: {key}: must be at least 1 (got {v})")
-    if name == "learning_rate" and v <= 0:
-        raise ConfigError(f"{where}: {key}: must be > 0 (got {v})")

@@ -31,7 +31,7 @@ FORMAT = 2
 STATE_FILE = "mnist_exp_sweep.json"
 
 # Left out of the identity: raising max_trials extends a sweep, and any number of workers may resume it.
-NOT_IDENTITY = {"tuner": ("max_trials", "parallel_trials")}
+NOT_IDENTITY = {"tuner": ("max_trials", "parallel_trials", "budget", "refit")}
 
 # The fields each section had when format 1 was current (mnist-exp 0.1.0): data, never to be edited.
 FORMAT1_FIELDS = {
@@ -132,8 +132,14 @@ def _same(v, default) -> bool:
 
 
 def identity(exp, space) -> dict[str, str]:
-    """Per-section hashes of the current format."""
-    return {k: _hash(canonical(v, NOT_IDENTITY.get(k, ()))) for k, v in _sections(exp, space).items()}
+    """Per-section hashes of the current format. Under Hyperband, training.epochs is not the trials'
+    length (fidelity.py) and is left out."""
+    from .fidelity import decided_by_tuner
+
+    skips = dict(NOT_IDENTITY)
+    if decided_by_tuner(exp.tuner.kind):
+        skips["training"] = ("epochs",)
+    return {k: _hash(canonical(v, skips.get(k, ()))) for k, v in _sections(exp, space).items()}
 
 
 def identity_format1(exp, space) -> tuple[dict[str, str], list[str]]:

@@ -66,6 +66,8 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
         tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), project.parent, hypermodel,
                                   verbose=fit_verbose)
     tuner.oracle.on_trial_ended = tuners.print_progress(tuner.oracle, sw)
+    tuner.oracle.configured_epochs = exp.training.epochs
+    tuner.oracle.budget = _budget(exp, ds)
     planned = tuners.planned_trials(tuner.oracle)
     done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
     at_once = f", {exp.tuner.parallel_trials} at once" if exp.tuner.parallel_trials > 1 else ""
@@ -101,6 +103,19 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
         tracking.set_tags({tracking.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]}, run_id=parent_run_id)
         raise
     return _finishing(exp, parent_run_id, lambda: _finish(tuner, sw, crashed))
+
+
+def _budget(exp, ds):
+    """The oracle's Budget (budget.py), keeping room for the refit when there is one; None without a budget."""
+    if exp.tuner.budget is None:
+        return None
+    from .budget import Budget, parse_duration
+    from .fidelity import decided_by_tuner
+
+    longest = exp.tuner.max_epochs if decided_by_tuner(exp.tuner.kind) else exp.training.epochs
+    scale = (len(ds.y_train) + len(ds.y_val)) / max(1, len(ds.y_train))
+    return Budget(parse_duration(exp.tuner.budget), reserve_epochs=longest if exp.tuner.refit else 0,
+                  refit_scale=scale)
 
 
 def _finishing(exp, parent_run_id: str, step):
@@ -321,6 +336,15 @@ def _finish(tuner, sw, crashed: str | None) -> SweepResult:
     if crashed:
         print(f"sweep {exp.name} stopped early: {crashed}", flush=True)
     print(compare.summary_text(table, exp, parent), flush=True)
+    budget = tuner.oracle.budget
+    if budget is not None and budget.refused:
+        print(f"sweep {exp.name}: {budget.refused}; the rest of the search waits: run the same command again "
+              "(with a larger --budget) to go on", flush=True)
+        tracking.set_tags({"mnist_exp.budget_stop": budget.refused}, run_id=parent)
+    if exp.tuner.refit:
+        from .refit import refit_best
+
+        refit_best(sw, tuner.oracle, tracking.tracking_uri())
     return SweepResult(exp.name, parent, len(completed), len(failed),
                        best[0].trial_id if best else None, best[0].score if best else None)
 

@@ -17,7 +17,8 @@ from . import __version__, store
 
 # Run statuses, named as MLflow names them.
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
-TAG_KIND = "mnist_exp.kind"  # train | sweep | trial
+TAG_KIND = "mnist_exp.kind"  # train | sweep | trial | refit
+TAG_REFIT_OF = "mnist_exp.refit_of"  # a refit run: the trial run whose configuration it trained again
 TAG_SWEEP = "mnist_exp.sweep"
 TAG_TRIAL = "mnist_exp.trial_id"
 TAG_TUNER_ID = "mnist_exp.tuner_id"  # which Keras Tuner worker ran the trial (tuner0 when not parallel)
@@ -26,6 +27,13 @@ TAG_ERROR = "mnist_exp.error"
 TAG_SUPERSEDED = "mnist_exp.superseded"  # why an earlier parent run of a sweep name (and its trials) is history
 TAG_FINGERPRINT = "mnist_exp.data_fingerprint"
 TAG_TEST_FINGERPRINT = "mnist_exp.test_fingerprint"
+
+
+def tracking_uri() -> str:
+    """The store ``configure`` pointed MLflow at."""
+    import mlflow
+
+    return mlflow.get_tracking_uri()
 
 
 def configure(uri: str, experiment: str) -> str:
@@ -263,6 +271,16 @@ def trial_runs(experiment_id: str, parent_run_id: str, reader=None, trial_id: st
     tags = {TAG_KIND: "trial", "mlflow.parentRunId": parent_run_id}
     if trial_id is not None:
         tags[TAG_TRIAL] = trial_id
+    from .runreader import MLflowRuns
+
+    return (reader or MLflowRuns()).runs(experiment_id, tags)
+
+
+def refit_runs(experiment_id: str, parent_run_id: str, trial_run_id: str | None = None, reader=None) -> list:
+    """A sweep's refit runs (refit.py), or those of one trial run."""
+    tags = {TAG_KIND: "refit", "mlflow.parentRunId": parent_run_id}
+    if trial_run_id is not None:
+        tags[TAG_REFIT_OF] = trial_run_id
     from .runreader import MLflowRuns
 
     return (reader or MLflowRuns()).runs(experiment_id, tags)

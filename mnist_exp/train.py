@@ -18,9 +18,11 @@ class TrainResult:
     wall_s: float
 
 
-def run_train(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, verbose: bool = False) -> TrainResult:
+def run_train(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, verbose: bool = False,
+              tags: dict | None = None, parent_run_id: str | None = None, run_name: str | None = None) -> TrainResult:
     """Train with the space's defaults (never a sample) and the experiment's fixed hp values. Prints one line
-    per epoch; ``verbose`` adds Keras's progress bar (progress.py)."""
+    per epoch; ``verbose`` adds Keras's progress bar (progress.py). ``tags``, ``parent_run_id``, ``run_name``:
+    a refit's (refit.py)."""
     from . import interrupt, progress, tracking, training
 
     training.set_seed_and_threads(exp)
@@ -29,12 +31,12 @@ def run_train(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, verbos
     model = hypermodel.build(hp)
 
     experiment_id = tracking.configure(uri, exp.mlflow_experiment)
-    tags = {tracking.TAG_KIND: "train", **tracking.environment_tags()}
+    tags = {tracking.TAG_KIND: "train", **tracking.environment_tags(), **(tags or {})}
     if exp.path:
         tags["mnist_exp.experiment_file"] = exp.path
     t0 = time.perf_counter()
     with interrupt.handled(), interrupt.deferred():  # Ctrl-C / SIGTERM: the run ends KILLED, not mid-write
-        run_id = tracking.start_run(experiment_id, f"train-{exp.name}", tags)
+        run_id = tracking.start_run(experiment_id, run_name or f"train-{exp.name}", tags, parent_run_id)
         try:
             interrupt.check()
             tracking.log_params({**hp.values, **exp.as_params(), **_data_params(ds),
@@ -44,7 +46,8 @@ def run_train(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, verbos
             fit_verbose = progress.fit_verbose(verbose)
             history = hypermodel.fit(
                 hp, model, x, y, validation_data=val, epochs=exp.training.epochs, verbose=fit_verbose,
-                callbacks=training.callbacks_for(exp, run_id, echo=f"[train {exp.name}]", fit_verbose=fit_verbose),
+                callbacks=training.callbacks_for(exp, run_id, echo=f"[{run_name or 'train ' + exp.name}]",
+                                                 fit_verbose=fit_verbose),
             )
             interrupt.check()  # after this the run is evaluated and finished; a late signal is ignored
             hist = training.merged_history(history)

@@ -14,10 +14,10 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from . import interrupt, plots, tracking
+from . import fidelity, interrupt, plots, tracking
 from .config import Experiment, TrainingConfig
 from .data import Dataset, one_hot, to_model_inputs
-from .model import build_model, hp_value
+from .model import build_model, hp_value, plateau_callback
 
 # Keras Tuner's load_model restores weights only; Keras warns that optimizer slots are skipped.
 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
@@ -27,20 +27,26 @@ class CNNHyperModel(kt.HyperModel):
     """The CNN for Keras Tuner; ``batch_size`` is a hyperparameter, not a fit argument."""
 
     def __init__(self, steps_per_execution: int = TrainingConfig.steps_per_execution, n_train: int | None = None,
-                 mixed_precision: str | None = None):
+                 mixed_precision: str | None = None, epochs: int = TrainingConfig.epochs):
         super().__init__(name="mnist_cnn")
         self.steps_per_execution = steps_per_execution
         self.n_train = n_train
         self.mixed_precision = mixed_precision
+        self.epochs = epochs  # training.epochs; Hyperband's own count wins (fidelity.py)
 
     def build(self, hp):
-        spe = self.steps_per_execution
+        spe, steps = self.steps_per_execution, None
         if self.n_train:  # more steps per call than an epoch has confuses Keras's progress bar
-            spe = max(1, min(spe, math.ceil(self.n_train / hp_value(hp, "batch_size"))))
-        return build_model(hp, steps_per_execution=spe, mixed_precision=self.mixed_precision)
+            batch = hp_value(hp, "batch_size")
+            spe = max(1, min(spe, math.ceil(self.n_train / batch)))
+            steps = fidelity.trial_steps(hp.values, self.epochs, self.n_train, batch)
+        return build_model(hp, steps_per_execution=spe, mixed_precision=self.mixed_precision, steps=steps)
 
     def fit(self, hp, model, x, y=None, validation_data=None, **kwargs):
         """Arrays are fed through ``input_pipeline``; a ready ``tf.data.Dataset`` passes through."""
+        plateau = plateau_callback(keras, hp, "val_loss" if validation_data is not None else "loss")
+        if plateau is not None:
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), plateau]
         if isinstance(x, np.ndarray):
             x, y = input_pipeline(x, y, hp.get("batch_size"), shuffle=kwargs.pop("shuffle", True)), None
             kwargs["shuffle"] = False  # the pipeline reshuffles each epoch; Keras would only warn
@@ -93,12 +99,25 @@ class EpochLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         metrics = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
+        lr = _current_lr(self.model)
         seconds = time.perf_counter() - self._t0
-        tracking.log_metrics({**metrics, "epoch_time_s": seconds}, step=epoch + 1, run_id=self.run_id)
+        extra = {"learning_rate": lr} if lr is not None else {}
+        tracking.log_metrics({**metrics, **extra, "epoch_time_s": seconds}, step=epoch + 1, run_id=self.run_id)
         if self.echo:
             from .progress import epoch_line
 
             print(epoch_line(self.echo, epoch + 1, (self.params or {}).get("epochs"), metrics, seconds), flush=True)
+
+
+def _current_lr(model) -> float | None:
+    """The rate the optimizer used last (a schedule's value at its current step)."""
+    try:
+        opt = model.optimizer
+        opt = getattr(opt, "inner_optimizer", opt)
+        lr = opt.learning_rate
+        return float(lr(opt.iterations) if callable(lr) else lr)
+    except Exception:
+        return None
 
 
 class ProgressBar(keras.callbacks.ProgbarLogger):
@@ -169,7 +188,7 @@ def fit_arrays(ds: Dataset):
 
 
 def hypermodel_for(exp: Experiment, n_train: int) -> CNNHyperModel:
-    return CNNHyperModel(exp.training.steps_per_execution, n_train, exp.training.mixed_precision)
+    return CNNHyperModel(exp.training.steps_per_execution, n_train, exp.training.mixed_precision, exp.training.epochs)
 
 
 def callbacks_for(exp: Experiment, run_id: str, echo: str | None = None, fit_verbose: int = 0) -> list:

@@ -27,15 +27,34 @@ from pathlib import Path
 
 import keras_tuner as kt
 
-from . import faults, interrupt, tracking, training
-from .config import Experiment
+from . import faults, fidelity, interrupt, tracking, training
+from .config import TUNER_KINDS, Experiment
 from .data import Dataset
 from .model import HP_DEFAULTS, TUNER_BOOKKEEPING_PREFIX, hp_value
 from .state import atomic_write_json  # its home is state.py; still importable from here
 
 
 class AtomicOracleMixin:
-    """Oracle state and trial files written by rename: never half-written."""
+    """Oracle state and trial files written by rename: never half-written. With a ``budget``
+    (budget.py) it starts only trials that should finish in time."""
+
+    budget = None  # budget.Budget, set by the sweep (chief) process
+    configured_epochs = 10  # training.epochs, for trials whose length Hyperband does not set
+
+    @kt.synchronized
+    def create_trial(self, tuner_id):
+        trial = super().create_trial(tuner_id)
+        if self.budget is None or trial.status != kt.engine.trial.TrialStatus.RUNNING:
+            return trial
+        first, last = fidelity.trial_epochs(trial.hyperparameters.values, self.configured_epochs)
+        if self.budget.admits(trial.trial_id, last - first):
+            return trial
+        # Not started: it waits at the head of the retry queue, so a resume with more budget runs it next.
+        self.ongoing_trials.pop(tuner_id, None)
+        self._retry_queue.append(trial.trial_id)
+        self.tuner_ids.discard(tuner_id)
+        self.save()
+        return kt.engine.trial.Trial(self.hyperparameters.copy(), status=kt.engine.trial.TrialStatus.STOPPED)
 
     def save(self):
         atomic_write_json(self._get_oracle_fname(), self.get_state())
@@ -47,6 +66,11 @@ class AtomicOracleMixin:
 
     def end_trial(self, trial):
         super().end_trial(trial)
+        if self.budget is not None:
+            if trial.status == "COMPLETED":
+                self.budget.trial_ended(trial.trial_id)
+            else:  # a failed trial's length says nothing about the next one's
+                self.budget.trial_lost(trial.trial_id)
         # The oracle sees every trial end, whichever process ran it: the sweep's progress line is printed here.
         hook = getattr(self, "on_trial_ended", None)
         if hook:
@@ -67,6 +91,8 @@ class AtomicOracleMixin:
         self.tuner_ids.discard(tuner_id)
         trial = self.ongoing_trials.pop(tuner_id, None)
         if trial is not None:
+            if self.budget is not None:
+                self.budget.trial_lost(trial.trial_id)
             self._retry_queue.append(trial.trial_id)
             self.save()
         return trial
@@ -163,7 +189,7 @@ class TrackedTunerMixin:
         t0 = time.perf_counter()
         try:
             interrupt.check()
-            tracking.log_params({**hp.values, **exp.as_params()})
+            tracking.log_params({**hp.values, **exp.as_params(), **fidelity.logged(hp.values, exp.training.epochs)})
             tracking.log_dataset(sw.ds)
             echo = f"[sweep {exp.name}{' ' + sw.worker if sw.worker else ''}] trial {trial.trial_id}"
             # kwargs are search()'s fit arguments: its verbose is the fit's (sweep.py, progress.fit_verbose)
@@ -334,9 +360,13 @@ def progress_line(oracle, trial, sw: SweepContext) -> str:
     elapsed = time.time() - sw.started
     # Rate over this invocation: with parallel trials it already counts the trials running side by side.
     eta = elapsed / sw.ended_here * max(total - len(ended), 0) if sw.ended_here else 0.0
+    budget = getattr(oracle, "budget", None)
+    left = f" | budget left {_hms(max(0.0, budget.left()))}" if budget is not None else ""
+    if budget is not None:
+        eta = min(eta, max(0.0, budget.left()))
     return (
         f"[sweep {sw.exp.name}] trial {len(ended)}/{total} ({trial.trial_id}): {result} | {best_txt} | "
-        f"elapsed {_hms(elapsed)} | ETA {_hms(eta)}"
+        f"elapsed {_hms(elapsed)} | ETA {_hms(eta)}{left}"
     )
 
 
@@ -361,6 +391,9 @@ KINDS = {
     "grid": (kt.oracles.GridSearchOracle, kt.Tuner),
     "hyperband": (kt.oracles.HyperbandOracle, kt.Hyperband),
 }
+
+
+assert set(KINDS) == set(TUNER_KINDS), "a tuner kind is one entry here and its name in config.TUNER_KINDS"
 
 
 def make_tuner(sw: SweepContext, hyperparameters, directory: Path, hypermodel=None, verbose: int = 0,

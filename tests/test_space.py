@@ -48,7 +48,7 @@ hyperparameters:
         ("dropout_1: {type: float, min: 0.0, max: 0.5, sampling: log}", "log sampling needs min > 0"),
         ("learning_rate: {type: float, min: 1.0e-4, max: 0.1, smapling: log}", "learning_rate.smapling: unknown key"),
         ("learning_rate: {type: gaussian}", "learning_rate.type: must be one of int, float, choice, boolean, fixed"),
-        ("dropout_1: {type: float, min: 0.0, max: 1.5}", "dropout must be in [0, 1)"),
+        ("dropout_1: {type: float, min: 0.0, max: 1.5}", "dropout_1.max: must be in [0, 1) (got 1.5)"),
         ("batch_size: {type: fixed}", "batch_size.value: a fixed hyperparameter needs a value"),
         ("batch_norm: {type: boolean, default: 3}", "batch_norm needs a bool"),
     ],

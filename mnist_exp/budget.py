@@ -1,0 +1,90 @@
+"""A sweep's wall-clock budget (``tuner.budget`` / ``--budget``): no trial starts that would not finish.
+
+The oracle asks ``Budget.admits`` before it hands out a trial (so the chief decides for every
+worker, wherever it runs). A trial's length is estimated from the trials this budget has seen
+end, as seconds = fixed + per_epoch x epochs (a least-squares fit once two lengths were seen; before
+that, the slowest seconds per epoch so far, which counts the fixed cost in every epoch). Until one
+trial has ended nothing is known: the first trials start. ``reserve_epochs`` keeps room for the
+refit after the search (it trains ``refit_scale`` times as many digits as a trial).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+SAFETY = 1.1  # an estimate is raised by this much: trials vary, the budget is a promise
+
+
+def parse_duration(value) -> float | None:
+    """``"2h"``, ``"90m"``, ``"1h30m"``, ``"45s"`` or a number of seconds; None stays None. ValueError else."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*(\d+(\.\d+)?\s*[smhd]\s*)+", value):
+        seconds = sum(float(n) * UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)\s*([smhd])", value))
+    else:
+        raise ValueError(f"must be a duration such as 2h, 90m, 1h30m or a number of seconds (got {value!r})")
+    if not seconds > 0:
+        raise ValueError(f"must be more than 0 seconds (got {value!r})")
+    return seconds
+
+
+def hms(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class Budget:
+    def __init__(self, seconds: float, reserve_epochs: int = 0, refit_scale: float = 1.0, clock=time.monotonic):
+        self.seconds, self.clock = seconds, clock
+        self.reserve_epochs, self.refit_scale = reserve_epochs, refit_scale
+        self.started_at = clock()
+        self.running: dict[str, tuple[float, int]] = {}  # trial id -> (start, epochs)
+        self.ended: list[tuple[int, float]] = []  # (epochs, seconds)
+        self.refused: str | None = None  # why the last trial was not started
+
+    def left(self) -> float:
+        return self.seconds - (self.clock() - self.started_at)
+
+    def estimate(self, epochs: int) -> float | None:
+        """Seconds a trial of ``epochs`` epochs should take, or None before any trial has ended."""
+        if not self.ended:
+            return None
+        lengths = {e for e, _ in self.ended}
+        if len(lengths) >= 2:
+            n = len(self.ended)
+            mx = sum(e for e, _ in self.ended) / n
+            my = sum(s for _, s in self.ended) / n
+            slope = sum((e - mx) * (s - my) for e, s in self.ended) / sum((e - mx) ** 2 for e, _ in self.ended)
+            if slope > 0:
+                fixed = max(0.0, my - slope * mx)
+                worst = max(s - (fixed + slope * e) for e, s in self.ended)  # the slowest trial's excess
+                return SAFETY * (fixed + slope * epochs + max(0.0, worst))
+        return SAFETY * epochs * max(s / max(e, 1) for e, s in self.ended)
+
+    def admits(self, trial_id: str, epochs: int) -> bool:
+        """True (and the trial counted as running) if it should finish within the budget, leaving the
+        refit's share; False, with ``refused`` saying why, if not."""
+        need = self.estimate(epochs)
+        reserve = self.estimate(self.reserve_epochs) * self.refit_scale if self.reserve_epochs and need else 0.0
+        left = self.left()
+        if left <= 0 or (need is not None and need + reserve > left):
+            what = f"needs ~{hms(need)}" if need is not None else "cannot start"
+            kept = f" (+ ~{hms(reserve)} kept for the refit)" if reserve else ""
+            self.refused = (f"budget {hms(self.seconds)}: trial {trial_id} {what}{kept}, {hms(max(left, 0))} left: "
+                            "not started")
+            return False
+        self.running[trial_id] = (self.clock(), epochs)
+        return True
+
+    def trial_ended(self, trial_id: str) -> None:
+        if trial_id in self.running:
+            start, epochs = self.running.pop(trial_id)
+            self.ended.append((epochs, self.clock() - start))
+
+    def trial_lost(self, trial_id: str) -> None:
+        """A trial taken back from a silent worker: its time says nothing about trial length."""
+        self.running.pop(trial_id, None)
