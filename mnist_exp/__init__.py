@@ -1,3 +1,3 @@
 """mnist-exp: hyperparameter experiment tracking for CNNs on MNIST-format data."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import limits, yamlfile
 from .errors import ConfigError
-from .model import HP_DEFAULTS, value_fault
+from .model import HP_DEFAULTS, KERNEL_SIZES, value_fault
 
 KEYS = {
     "int": {"type", "min", "max", "step", "sampling", "default"},
@@ -30,6 +30,7 @@ KEYS = {
     "fixed": {"type", "value"},
 }
 SAMPLINGS = ("linear", "log", "reverse_log")
+DISCRETE = {"kernel_size": ", ".join(map(str, KERNEL_SIZES))}  # a range would sample sizes the model refuses
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,8 @@ def _param(path: Path, name: str, spec) -> Param:
             bad(f"{default!r} is not one of the values {values}", "default")
         return Param(name, "choice", values=tuple(values), default=default)
     # int / float ranges
+    if name in DISCRETE:
+        bad(f"{name} takes only {DISCRETE[name]}: declare it as a choice", "type")
     if (kind == "int") != (py_type is int) or py_type not in (int, float):
         bad(f"{name} is {py_type.__name__}; a {kind} range does not fit it", "type")
     for k in ("min", "max"):

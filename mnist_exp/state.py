@@ -131,13 +131,13 @@ def _same(v, default) -> bool:
     return _norm(v) == _norm(default)
 
 
-def identity(exp, space) -> dict[str, str]:
+def identity(exp, space, epochs_decided_by_tuner: bool | None = None) -> dict[str, str]:
     """Per-section hashes of the current format. Under Hyperband, training.epochs is not the trials'
-    length (fidelity.py) and is left out."""
+    length (fidelity.py) and is left out (0.3.0 and earlier hashed it: ``epochs_decided_by_tuner=False``)."""
     from .fidelity import decided_by_tuner
 
     skips = dict(NOT_IDENTITY)
-    if decided_by_tuner(exp.tuner.kind):
+    if decided_by_tuner(exp.tuner.kind) if epochs_decided_by_tuner is None else epochs_decided_by_tuner:
         skips["training"] = ("epochs",)
     return {k: _hash(canonical(v, skips.get(k, ()))) for k, v in _sections(exp, space).items()}
 
@@ -170,7 +170,11 @@ def changed_sections(state: dict, exp, space) -> list[str]:
     else:
         ident, newer = identity(exp, space), []
     recorded = state.get("identity") or {}
-    return [k for k, v in ident.items() if recorded.get(k) != v or k in newer]
+    changed = [k for k, v in ident.items() if recorded.get(k) != v or k in newer]
+    if changed == ["training"] and state["format"] != 1:  # a Hyperband sweep 0.3.0 hashed with its epochs
+        if identity(exp, space, epochs_decided_by_tuner=False)["training"] == recorded.get("training"):
+            return []
+    return changed
 
 
 # --- the file -----------------------------------------------------------------------------------------

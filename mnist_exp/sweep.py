@@ -71,6 +71,10 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     planned = tuners.planned_trials(tuner.oracle)
     done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
     at_once = f", {exp.tuner.parallel_trials} at once" if exp.tuner.parallel_trials > 1 else ""
+    if tuner.oracle.budget is not None:
+        from .budget import hms
+
+        at_once += f", budget {hms(tuner.oracle.budget.seconds)}{' and a refit' if exp.tuner.refit else ''}"
     print(f"sweep {exp.name} ({exp.tuner.kind}, {planned} trials planned{at_once}, objective {exp.objective.direction} "
           f"{exp.objective.name}): {'resuming, ' + str(done) + ' trial(s) done' if resumed else 'new'}; "
           f"parent run {parent_run_id}; {ds.sizes['train']} train / {ds.sizes['val']} val / "
