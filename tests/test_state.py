@@ -18,7 +18,8 @@ TINY = TINY_SWEEP.replace("max_trials: 2", "max_trials: 1")
 
 def identity_0_1_0(exp, space) -> dict:
     """sweep.identity exactly as mnist-exp 0.1.0 (commit 74cf6ac) computed it."""
-    tuner = {k: v for k, v in dataclasses.asdict(exp.tuner).items() if k not in ("max_trials", "parallel_trials")}
+    later = ("max_trials", "parallel_trials", "budget", "refit")  # not in 0.1.0's identity
+    tuner = {k: v for k, v in dataclasses.asdict(exp.tuner).items() if k not in later}
     sections = {
         "search space": [dataclasses.asdict(p) for p in space.params],
         "tuner": tuner,
@@ -126,3 +127,17 @@ def test_a_state_from_a_newer_release_is_one_line_and_nothing_is_written(store, 
     assert "sweep tiny" not in out
     assert path.read_bytes() == written and [p.name for p in folder.iterdir()] == [state.STATE_FILE]
     assert runs() == []
+
+
+def test_hyperband_identity_leaves_out_training_epochs_and_still_resumes_a_0_3_0_sweep(tmp_path):
+    exp = load_experiment(write_yaml(tmp_path / "tiny.yaml", TINY), ["tuner.kind=hyperband", "training.epochs=5"])
+    space = load_space(exp.search_space)
+    longer = dataclasses.replace(exp, training=dataclasses.replace(exp.training, epochs=7))
+    assert state.identity(longer, space) == state.identity(exp, space)  # Hyperband sets each trial's epochs
+    as_0_3_0 = {"format": 2, "identity": state.identity(exp, space, epochs_decided_by_tuner=False)}
+    assert as_0_3_0["identity"]["training"] != state.identity(exp, space)["training"]
+    assert state.changed_sections(as_0_3_0, exp, space) == []  # recorded with epochs, resumed unchanged
+    assert state.changed_sections(as_0_3_0, longer, space) == ["training"]  # but a real change is still named
+    rand = dataclasses.replace(exp, tuner=dataclasses.replace(exp.tuner, kind="random"))
+    rand_longer = dataclasses.replace(rand, training=longer.training)
+    assert state.identity(rand_longer, space)["training"] != state.identity(rand, space)["training"]
