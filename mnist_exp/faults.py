@@ -2,8 +2,9 @@
 
 ``point("after_run_finished")`` does nothing unless ``MNIST_EXP_FAULT`` names that point; then the
 process kills itself with SIGKILL right there, as a power cut or ``kill -9`` would: no ``finally``,
-no handler, no flush. ``MNIST_EXP_FAULT=name@N`` fires on the N-th time the point is reached (1-based).
-Reading one environment variable is all it costs when unset.
+no handler, no flush. ``MNIST_EXP_FAULT=name@N`` fires on the N-th time the point is reached (1-based);
+``name@N:int`` sends SIGINT instead (a Ctrl-C at exactly that point). Reading one environment variable
+is all it costs when unset.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ def point(name: str) -> None:
     if not spec:
         return
     for item in spec.split(","):
-        target, _, nth = item.strip().partition("@")
+        item, _, how = item.strip().partition(":")
+        target, _, nth = item.partition("@")
         if target != name:
             continue
         _seen[name] = _seen.get(name, 0) + 1
         if _seen[name] == int(nth or 1):
-            os.write(2, f"\n[fault point {name}: SIGKILL]\n".encode())
-            os.kill(os.getpid(), signal.SIGKILL)
+            sig = signal.SIGINT if how == "int" else signal.SIGKILL
+            os.write(2, f"\n[fault point {name}: {sig.name}]\n".encode())
+            os.kill(os.getpid(), sig)

@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from . import fidelity, tracking
+from . import faults, fidelity, tracking
 from .budget import hms
 from .data import Dataset
 from .model import HP_DEFAULTS
@@ -70,9 +70,10 @@ def refit_best(sw, oracle, uri: str) -> str | None:
         data=dataclasses.replace(exp.data, validation_split=0.0),
         objective=dataclasses.replace(exp.objective, name="accuracy", direction="max"))
     print(f"[sweep {name}] refit: trial {trial.trial_id}'s configuration on all {len(ds.y_train)} training digits, "
-          f"{epochs} epochs", flush=True)
+          f"{epochs} epoch{'s' if epochs != 1 else ''}", flush=True)
     tags = {tracking.TAG_KIND: "refit", tracking.TAG_SWEEP: name, tracking.TAG_TRIAL: trial.trial_id,
             tracking.TAG_REFIT_OF: trial_run.info.run_id}
+    faults.point("refit_started")
     result = run_train(refit_exp, load_space(None), ds, uri, tags=tags, parent_run_id=sw.parent_run_id,
                        run_name=f"{name}-{trial.trial_id}-refit")
     tracking.set_tags({"mnist_exp.refit_run_id": result.run_id}, run_id=sw.parent_run_id)

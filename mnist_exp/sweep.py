@@ -21,6 +21,8 @@ from .errors import ConfigError, DiskFull, SweepError, TrackingUnavailable
 from .space import SearchSpace
 from .state import STATE_FILE, identity, tuner_dir
 
+TAG_BUDGET_STOP = "mnist_exp.budget_stop"  # on the parent while the budget left trials unstarted
+
 
 @dataclass(frozen=True)
 class SweepResult:
@@ -344,7 +346,9 @@ def _finish(tuner, sw, crashed: str | None) -> SweepResult:
     if budget is not None and budget.refused:
         print(f"sweep {exp.name}: {budget.refused}; the rest of the search waits: run the same command again "
               "(with a larger --budget) to go on", flush=True)
-        tracking.set_tags({"mnist_exp.budget_stop": budget.refused}, run_id=parent)
+        tracking.set_tags({TAG_BUDGET_STOP: budget.refused}, run_id=parent)
+    elif TAG_BUDGET_STOP in tracking.get_run(parent).data.tags:  # a resume that finished what a budget stopped
+        tracking.delete_tag(parent, TAG_BUDGET_STOP)
     if exp.tuner.refit:
         from .refit import refit_best
 

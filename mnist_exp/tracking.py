@@ -286,6 +286,10 @@ def refit_runs(experiment_id: str, parent_run_id: str, trial_run_id: str | None 
     return (reader or MLflowRuns()).runs(experiment_id, tags)
 
 
+def delete_tag(run_id: str, key: str) -> None:
+    client().delete_tag(run_id, key)
+
+
 def get_run(run_id: str):
     return client().get_run(run_id)
 

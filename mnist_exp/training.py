@@ -14,7 +14,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from . import fidelity, interrupt, plots, tracking
+from . import faults, fidelity, interrupt, plots, tracking
 from .config import Experiment, TrainingConfig
 from .data import Dataset, one_hot, to_model_inputs
 from .model import build_model, hp_value, plateau_callback
@@ -103,6 +103,7 @@ class EpochLogger(keras.callbacks.Callback):
         seconds = time.perf_counter() - self._t0
         extra = {"learning_rate": lr} if lr is not None else {}
         tracking.log_metrics({**metrics, **extra, "epoch_time_s": seconds}, step=epoch + 1, run_id=self.run_id)
+        faults.point("epoch_logged")
         if self.echo:
             from .progress import epoch_line
 

@@ -1,0 +1,116 @@
+"""The refit (mnist_exp/refit.py, ``--refit``): after the search, the best trial's configuration trained again
+on every training digit as its own run under the sweep, once; ``promote`` then registers the refit. Real tiny
+sweeps through the CLI on a real sqlite store."""
+
+import os
+import signal
+import subprocess
+
+from mlflow import MlflowClient
+
+from mnist_exp.model import HP_DEFAULTS
+
+from conftest import ROOT, VENV_BIN, cli, runs
+
+QUICK = ROOT / "experiments" / "quick.yaml"
+SWEEP = [QUICK, "--set", "data.train_size=300", "--set", "data.test_size=100", "--epochs", "1", "--max-trials", "3",
+         "--refit"]
+
+
+def of_kind(kind):
+    return runs(filter_string=f"tags.`mnist_exp.kind` = '{kind}'")
+
+
+def best_trial(trials):
+    finished = [r for r in trials if r.info.status == "FINISHED"]
+    return max(finished, key=lambda r: (r.data.metrics["objective"], -r.info.start_time))
+
+
+def test_refit_trains_the_best_trial_on_all_training_digits_once_and_promote_registers_it(store):
+    proc = cli("sweep", *SWEEP, check=0)
+    [parent] = of_kind("sweep")
+    trials = of_kind("trial")
+    assert len(trials) == 3 and parent.info.status == "FINISHED"
+    [refit] = of_kind("refit")
+    best = best_trial(trials)
+    t, p, m = refit.data.tags, refit.data.params, refit.data.metrics
+    assert refit.info.status == "FINISHED"
+    assert t["mlflow.parentRunId"] == parent.info.run_id
+    assert t["mnist_exp.refit_of"] == best.info.run_id
+    assert t["mnist_exp.trial_id"] == best.data.tags["mnist_exp.trial_id"] == parent.data.tags["mnist_exp.best_trial_id"]
+    assert t["mnist_exp.sweep"] == "quick"
+    assert p["data.n_train"] == "300" and p["data.n_val"] == "0"  # 270 train + 30 validation digits
+    assert best.data.params["data.validation_split"] == "0.1" and float(p["data.validation_split"]) == 0
+    assert p["training.epochs"] == best.data.params["training.epochs"] == "1"
+    searched = [k for k in HP_DEFAULTS if k in best.data.params]
+    assert {"learning_rate", "filters_1", "dropout_1", "batch_size"} <= set(searched)
+    assert {k: p.get(k) for k in searched} == {k: best.data.params[k] for k in searched}  # the trial's configuration
+    assert 0 <= m["test_accuracy"] <= 1 and t["mnist_exp.model_uri"].startswith(("runs:/", "models:/"))
+    assert parent.data.tags["mnist_exp.refit_run_id"] == refit.info.run_id
+    assert f"refit of trial {t['mnist_exp.trial_id']}: test accuracy" in proc.stdout
+
+    # the same command again: the sweep resumes, finds the refit done, trains nothing
+    proc = cli("sweep", *SWEEP, check=0)
+    assert "resuming, 3 trial(s) done" in proc.stdout and "refit:" not in proc.stdout
+    assert [r.info.run_id for r in of_kind("refit")] == [refit.info.run_id]
+    assert len(of_kind("trial")) == 3
+
+    # promote registers the refit, not the trial it came from
+    proc = cli("promote", "quick", check=0)
+    assert "refit" in proc.stdout and refit.info.run_id in proc.stdout
+    v = MlflowClient().get_model_version_by_alias("mnist-cnn", "champion")
+    assert v.run_id == refit.info.run_id
+    assert v.tags["mnist_exp.run_id"] == refit.info.run_id
+    assert v.tags["mnist_exp.refit_of"] == best.info.run_id
+    assert float(v.tags["metric.objective"]) == best.data.metrics["objective"]  # what the search chose it by
+
+
+def test_refit_without_a_validation_split_is_a_config_error(store):
+    proc = cli("sweep", *SWEEP, "--set", "data.validation_split=0", check=2)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "tuner.refit" in lines[0], proc.stderr
+    assert not runs()
+
+
+def test_an_interrupted_refit_leaves_the_sweep_finished_and_the_next_run_refits_again(store):
+    # one trial of 2 epochs; a Ctrl-C (fault point, SIGINT) right after the refit's first epoch is logged: the 3rd epoch
+    sweep = [QUICK, "--set", "data.train_size=300", "--set", "data.test_size=100", "--epochs", "2",
+             "--max-trials", "1", "--refit"]
+    proc = subprocess.run([str(VENV_BIN / "mnist-exp"), "sweep", *map(str, sweep)], capture_output=True, text=True,
+                          env={**os.environ, "MNIST_EXP_FAULT": "epoch_logged@3:int"}, timeout=300)
+    assert proc.returncode == 130, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[quick-0-refit] epoch 1/2" in proc.stdout and "epoch 2/2" not in proc.stdout.split("refit:")[-1]
+    [parent] = of_kind("sweep")
+    assert parent.info.status == "FINISHED"  # the search was done: an interrupted refit does not undo it
+    assert "mnist_exp.refit_run_id" not in parent.data.tags
+    [killed] = of_kind("refit")
+    assert killed.info.status == "KILLED" and "mnist_exp.error" in killed.data.tags
+    assert [r.info.status for r in of_kind("trial")] == ["FINISHED"]
+    assert not runs(filter_string="attributes.status = 'RUNNING'")
+
+    # a killed refit is not a done one: the same command trains it again, to the end
+    proc = cli("sweep", *sweep, check=0)
+    assert "resuming, 1 trial(s) done" in proc.stdout
+    refits = {r.info.status: r for r in of_kind("refit")}
+    assert sorted(refits) == ["FINISHED", "KILLED"]
+    [parent] = of_kind("sweep")
+    assert parent.data.tags["mnist_exp.refit_run_id"] == refits["FINISHED"].info.run_id
+    assert not runs(filter_string="attributes.status = 'RUNNING'")
+
+
+def test_a_refit_killed_outright_is_marked_killed_on_resume_and_trained_again(store):
+    sweep = [QUICK, "--set", "data.train_size=300", "--set", "data.test_size=100", "--epochs", "2",
+             "--max-trials", "1", "--refit"]
+    proc = subprocess.run([str(VENV_BIN / "mnist-exp"), "sweep", *map(str, sweep)], capture_output=True, text=True,
+                          env={**os.environ, "MNIST_EXP_FAULT": "epoch_logged@3"}, timeout=300)  # SIGKILL mid-refit
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [parent] = of_kind("sweep")
+    assert parent.info.status == "FINISHED" and [r.info.status for r in of_kind("trial")] == ["FINISHED"]
+    [dead] = of_kind("refit")
+    assert dead.info.status == "RUNNING"  # its process died without a word: the next command finds it
+
+    proc = cli("sweep", *sweep, check=0)
+    refits = {r.info.status: r for r in of_kind("refit")}
+    assert sorted(refits) == ["FINISHED", "KILLED"] and refits["KILLED"].info.run_id == dead.info.run_id
+    assert of_kind("sweep")[0].data.tags["mnist_exp.refit_run_id"] == refits["FINISHED"].info.run_id
+    assert not runs(filter_string="attributes.status = 'RUNNING'")
