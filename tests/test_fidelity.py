@@ -11,7 +11,7 @@ from mnist_exp.config import load_experiment
 from mnist_exp.fidelity import decided_by_tuner, logged, trial_epochs, trial_steps
 from mnist_exp.space import load_space
 
-from conftest import ROOT, cli, runs
+from conftest import ROOT
 
 QUICK = ROOT / "experiments" / "quick.yaml"
 HYPERBAND = [QUICK, "--tuner", "hyperband", "--set", "tuner.max_epochs=3", "--set", "tuner.factor=3",
@@ -68,26 +68,4 @@ def test_identity_leaves_training_epochs_out_only_under_hyperband():
     assert state.identity(other, space) != hb
 
 
-def test_hyperband_trials_log_and_run_their_own_epochs(store):
-    proc = cli("sweep", *HYPERBAND, check=0)
-    trials = runs(filter_string="tags.`mnist_exp.kind` = 'trial'")
-    assert trials and all(r.info.status == "FINISHED" for r in trials), proc.stdout[-3000:]
-    lengths, resumed = set(), 0
-    for r in trials:
-        p, m = r.data.params, r.data.metrics
-        epochs, initial = int(p["tuner/epochs"]), int(p.get("tuner/initial_epoch", 0))
-        assert int(p["training.epochs"]) == epochs, p  # not quick.yaml's training.epochs (2)
-        if initial:
-            resumed += 1
-            assert int(p["training.initial_epoch"]) == initial
-        else:
-            assert "training.initial_epoch" not in p
-        assert m["epochs_run"] == epochs - initial
-        lengths.add(epochs)
-    assert lengths == {1, 3} and resumed >= 1  # both rungs ran, and a promoted trial went on from its checkpoint
-
-    # training.epochs is not the trials' length under Hyperband: changing it still resumes the same sweep
-    proc = cli("sweep", *HYPERBAND, "--epochs", "7", check=0)
-    assert f"resuming, {len(trials)} trial(s) done" in proc.stdout
-    assert len(runs(filter_string="tags.`mnist_exp.kind` = 'trial'")) == len(trials)
-    assert len(runs(filter_string="tags.`mnist_exp.kind` = 'sweep'")) == 1
+# A real Hyperband sweep's trials logging their own epochs: tests/test_sweep.py (the hyperband case).

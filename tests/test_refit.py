@@ -72,32 +72,6 @@ def test_refit_without_a_validation_split_is_a_config_error(store):
     assert not runs()
 
 
-def test_an_interrupted_refit_leaves_the_sweep_finished_and_the_next_run_refits_again(store):
-    # one trial of 2 epochs; a Ctrl-C (fault point, SIGINT) right after the refit's first epoch is logged: the 3rd epoch
-    sweep = [QUICK, "--set", "data.train_size=300", "--set", "data.test_size=100", "--epochs", "2",
-             "--max-trials", "1", "--refit"]
-    proc = subprocess.run([str(VENV_BIN / "mnist-exp"), "sweep", *map(str, sweep)], capture_output=True, text=True,
-                          env={**os.environ, "MNIST_EXP_FAULT": "epoch_logged@3:int"}, timeout=300)
-    assert proc.returncode == 130, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "[quick-0-refit] epoch 1/2" in proc.stdout and "epoch 2/2" not in proc.stdout.split("refit:")[-1]
-    [parent] = of_kind("sweep")
-    assert parent.info.status == "FINISHED"  # the search was done: an interrupted refit does not undo it
-    assert "mnist_exp.refit_run_id" not in parent.data.tags
-    [killed] = of_kind("refit")
-    assert killed.info.status == "KILLED" and "mnist_exp.error" in killed.data.tags
-    assert [r.info.status for r in of_kind("trial")] == ["FINISHED"]
-    assert not runs(filter_string="attributes.status = 'RUNNING'")
-
-    # a killed refit is not a done one: the same command trains it again, to the end
-    proc = cli("sweep", *sweep, check=0)
-    assert "resuming, 1 trial(s) done" in proc.stdout
-    refits = {r.info.status: r for r in of_kind("refit")}
-    assert sorted(refits) == ["FINISHED", "KILLED"]
-    [parent] = of_kind("sweep")
-    assert parent.data.tags["mnist_exp.refit_run_id"] == refits["FINISHED"].info.run_id
-    assert not runs(filter_string="attributes.status = 'RUNNING'")
-
-
 def test_a_refit_killed_outright_is_marked_killed_on_resume_and_trained_again(store):
     sweep = [QUICK, "--set", "data.train_size=300", "--set", "data.test_size=100", "--epochs", "2",
              "--max-trials", "1", "--refit"]

@@ -81,6 +81,13 @@ def test_each_tuner_kind_logs_one_parent_and_a_child_per_trial(store, kind, caps
     if kind == "hyperband":  # bookkeeping is logged under its own names, never as a search-space value
         resumed = [r for r in children if "tuner/trial_id" in r.data.params]
         assert resumed and all("tuner/epochs" in r.data.params for r in children)
+        for r in children:  # fidelity.py: a trial logs its own length, not training.epochs, and ran it
+            p = r.data.params
+            epochs, initial = int(p["tuner/epochs"]), int(p.get("tuner/initial_epoch", 0))
+            assert int(p["training.epochs"]) == epochs
+            assert p.get("training.initial_epoch") == (str(initial) if initial else None)
+            assert r.data.metrics["epochs_run"] == epochs - initial
+        assert {int(r.data.params["tuner/epochs"]) for r in children} == {1, 2}  # both rungs ran
     parent_files = {a.path for a in c.list_artifacts(parent.info.run_id)}
     assert {"leaderboard.csv", "config", "plots"} <= parent_files
     plots = {a.path for a in c.list_artifacts(parent.info.run_id, "plots")}
