@@ -2,9 +2,10 @@
 
 The oracle asks ``Budget.admits`` before it hands out a trial (so the chief decides for every
 worker, wherever it runs). A trial's length is estimated from the trials this budget has seen
-end, as seconds = fixed + per_epoch x epochs (a least-squares fit once two lengths were seen; before
-that, the slowest seconds per epoch so far, which counts the fixed cost in every epoch). Until one
-trial has ended nothing is known: the first trials start. ``reserve_epochs`` keeps room for the
+end, as seconds = fixed + per_epoch x epochs: the fixed cost from a least-squares fit once two lengths
+were seen (else none), the per-epoch cost the slowest trial's once the fixed cost is taken off, so a
+configuration slower per epoch than the fit's average is not underestimated when stretched to long
+trials. Until one trial has ended nothing is known: the first trials start. ``reserve_epochs`` keeps room for the
 refit after the search (it trains ``refit_scale`` times as many digits as a trial).
 """
 
@@ -44,7 +45,8 @@ class Budget:
         self.started_at = clock()
         self.running: dict[str, tuple[float, int]] = {}  # trial id -> (start, epochs)
         self.ended: list[tuple[int, float]] = []  # (epochs, seconds)
-        self.refused: str | None = None  # why the last trial was not started
+        self.refused: str | None = None  # why the last trial was not started (None once one starts again)
+        self.refused_trial: tuple[str, int] | None = None  # (trial id, epochs) of that trial
 
     def left(self) -> float:
         return self.seconds - (self.clock() - self.started_at)
@@ -53,30 +55,36 @@ class Budget:
         """Seconds a trial of ``epochs`` epochs should take, or None before any trial has ended."""
         if not self.ended:
             return None
-        lengths = {e for e, _ in self.ended}
-        if len(lengths) >= 2:
+        fixed = 0.0
+        if len({e for e, _ in self.ended}) >= 2:
             n = len(self.ended)
             mx = sum(e for e, _ in self.ended) / n
             my = sum(s for _, s in self.ended) / n
             slope = sum((e - mx) * (s - my) for e, s in self.ended) / sum((e - mx) ** 2 for e, _ in self.ended)
             if slope > 0:
-                fixed = max(0.0, my - slope * mx)
-                worst = max(s - (fixed + slope * e) for e, s in self.ended)  # the slowest trial's excess
-                return SAFETY * (fixed + slope * epochs + max(0.0, worst))
-        return SAFETY * epochs * max(s / max(e, 1) for e, s in self.ended)
+                fixed = min(max(0.0, my - slope * mx), min(s for _, s in self.ended))
+        per_epoch = max((s - fixed) / max(e, 1) for e, s in self.ended)
+        return SAFETY * (fixed + per_epoch * epochs)
+
+    def fits(self, epochs: int) -> bool:
+        """Whether a trial of ``epochs`` would be admitted now (nothing recorded)."""
+        need = self.estimate(epochs)
+        reserve = self.estimate(self.reserve_epochs) * self.refit_scale if self.reserve_epochs and need else 0.0
+        return self.left() > 0 and (need is None or need + reserve <= self.left())
 
     def admits(self, trial_id: str, epochs: int) -> bool:
         """True (and the trial counted as running) if it should finish within the budget, leaving the
         refit's share; False, with ``refused`` saying why, if not."""
-        need = self.estimate(epochs)
-        reserve = self.estimate(self.reserve_epochs) * self.refit_scale if self.reserve_epochs and need else 0.0
-        left = self.left()
-        if left <= 0 or (need is not None and need + reserve > left):
+        if not self.fits(epochs):
+            need = self.estimate(epochs)
+            reserve = self.estimate(self.reserve_epochs) * self.refit_scale if self.reserve_epochs and need else 0.0
             what = f"needs ~{hms(need)}" if need is not None else "cannot start"
             kept = f" (+ ~{hms(reserve)} kept for the refit)" if reserve else ""
-            self.refused = (f"budget {hms(self.seconds)}: trial {trial_id} {what}{kept}, {hms(max(left, 0))} left: "
-                            "not started")
+            self.refused = (f"budget {hms(self.seconds)}: trial {trial_id} {what}{kept}, {hms(max(self.left(), 0))} "
+                            "left: not started")
+            self.refused_trial = (trial_id, epochs)
             return False
+        self.refused = self.refused_trial = None
         self.running[trial_id] = (self.clock(), epochs)
         return True
 

@@ -60,12 +60,18 @@ def best_candidate(experiment_id: str, sweep: str | None) -> Candidate:
         raise ConfigError(f"sweep {name} has no finished trial with a logged model")
     sign = 1 if maximize else -1
     best = max(finished, key=lambda r: (sign * r.data.metrics["objective"], -r.info.start_time))
-    objective_value, trial_run_id = best.data.metrics["objective"], best.info.run_id
-    refits = [r for r in tracking.refit_runs(experiment_id, parent.info.run_id, trial_run_id)
-              if r.info.status == tracking.FINISHED and tracking.TAG_MODEL_URI in r.data.tags
-              and "test_accuracy" in r.data.metrics]
-    if refits:  # chosen on validation, then trained on every training digit: that model is the candidate
-        best = max(refits, key=lambda r: r.info.start_time)
+    # The sweep's own refit (refit.py) when there is one: chosen on validation by the sweep's oracle (which breaks
+    # ties and averages executions its own way), then trained on every training digit: that model is the candidate.
+    refit_id = parent.data.tags.get("mnist_exp.refit_run_id")
+    refits = [r for r in tracking.refit_runs(experiment_id, parent.info.run_id)
+              if r.info.run_id == refit_id and r.info.status == tracking.FINISHED
+              and tracking.TAG_MODEL_URI in r.data.tags and "test_accuracy" in r.data.metrics]
+    if refits:
+        [trial] = [r for r in finished if r.info.run_id == refits[0].data.tags.get(tracking.TAG_REFIT_OF)] or [best]
+        best = refits[0]
+    else:
+        trial = best
+    objective_value, trial_run_id = trial.data.metrics["objective"], trial.info.run_id
     m, p, t = best.data.metrics, best.data.params, best.data.tags
     tags = {
         "mnist_exp.version": __version__,  # the release that registered it (the trial run carries its own)

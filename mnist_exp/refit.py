@@ -57,13 +57,12 @@ def refit_best(sw, oracle, uri: str) -> str | None:
     epochs = refit_epochs(trial.hyperparameters.values, exp.training.epochs, trial_run.data.metrics)
     ds = all_training(sw.ds)
     budget = getattr(oracle, "budget", None)
-    if budget is not None:
+    if budget is not None:  # room was kept for the refit while trials started: it runs, said when it may run over
         need = budget.estimate(epochs)
         need = need * len(ds.y_train) / max(1, len(sw.ds.y_train)) if need is not None else None
         if need is not None and need > budget.left():
             print(f"[sweep {name}] refit of trial {trial.trial_id} needs ~{hms(need)}, {hms(max(0, budget.left()))} "
-                  "of the budget left: not started (run the same command again with a larger --budget)", flush=True)
-            return None
+                  "of the budget left: it may run over", flush=True)
     refit_exp = dataclasses.replace(
         exp, hp=values,
         training=dataclasses.replace(exp.training, epochs=epochs, early_stopping_patience=None),
@@ -74,8 +73,15 @@ def refit_best(sw, oracle, uri: str) -> str | None:
     tags = {tracking.TAG_KIND: "refit", tracking.TAG_SWEEP: name, tracking.TAG_TRIAL: trial.trial_id,
             tracking.TAG_REFIT_OF: trial_run.info.run_id}
     faults.point("refit_started")
-    result = run_train(refit_exp, load_space(None), ds, uri, tags=tags, parent_run_id=sw.parent_run_id,
-                       run_name=f"{name}-{trial.trial_id}-refit")
+    try:
+        result = run_train(refit_exp, load_space(None), ds, uri, tags=tags, parent_run_id=sw.parent_run_id,
+                           run_name=f"{name}-{trial.trial_id}-refit")
+    except Exception as e:  # the search's result stands; the refit's run says FAILED and why
+        why = f"{type(e).__name__}: {e}".splitlines()[0][:500]
+        print(f"[sweep {name}] refit of trial {trial.trial_id} failed: {why}; the sweep's trials are kept "
+              "(promote registers the trial itself)", flush=True)
+        tracking.set_tags({"mnist_exp.refit_error": why}, run_id=sw.parent_run_id)
+        return None
     tracking.set_tags({"mnist_exp.refit_run_id": result.run_id}, run_id=sw.parent_run_id)
     print(f"[sweep {name}] refit of trial {trial.trial_id}: test accuracy {result.test_accuracy:.4f} "
           f"(the trial: {trial_run.data.metrics.get('test_accuracy', float('nan')):.4f}); run {result.run_id}",

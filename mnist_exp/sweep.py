@@ -305,7 +305,7 @@ def _supersede_parents(experiment_id: str, name: str, why: str) -> list[str]:
         rid = parent.info.run_id
         # The parent is tagged last: it is what marks the whole sweep done, so a kill -9 in this loop leaves the
         # parent untagged and the next call finishes the job.
-        for run in [*tracking.trial_runs(experiment_id, rid), parent]:
+        for run in [*tracking.trial_runs(experiment_id, rid), *tracking.refit_runs(experiment_id, rid), parent]:
             tracking.set_tags({tracking.TAG_SUPERSEDED: why}, run_id=run.info.run_id)
             if run.info.status == tracking.RUNNING:
                 tracking.set_tags({tracking.TAG_ERROR: f"superseded: {why}"}, run_id=run.info.run_id)

@@ -43,6 +43,11 @@ class AtomicOracleMixin:
 
     @kt.synchronized
     def create_trial(self, tuner_id):
+        refused = self.budget.refused_trial if self.budget is not None else None
+        if refused and self._retry_queue and self._retry_queue[-1] == refused[0] and not self.budget.fits(refused[1]):
+            # still refused: answered without taking it off the queue (waiting workers ask every second)
+            self.tuner_ids.discard(tuner_id)
+            return kt.engine.trial.Trial(self.hyperparameters.copy(), status=kt.engine.trial.TrialStatus.STOPPED)
         trial = super().create_trial(tuner_id)
         if self.budget is None or trial.status != kt.engine.trial.TrialStatus.RUNNING:
             return trial

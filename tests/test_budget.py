@@ -75,12 +75,13 @@ def test_two_trial_lengths_fit_fixed_plus_per_epoch_cost():
     ran(budget, clock, "1", 3, 9.0)  # exactly 3 s fixed + 2 s per epoch
     assert budget.estimate(5) == pytest.approx(SAFETY * (3 + 2 * 5))
     assert budget.estimate(5) < SAFETY * 5 * 5  # the fixed cost is no longer counted in every epoch
-    # noisy trials: the least-squares line (4 s + 2 s/epoch) raised by the slowest trial's excess (1 s)
+    # noisy trials: the least-squares fixed cost (4 s), and the slowest trial's per-epoch cost once that is off
+    # (7 s - 4 s over 1 epoch = 3 s), stretched to the long trial: a slow configuration is not averaged away
     clock = Clock()
     budget = Budget(3600, clock=clock)
     for i, (epochs, seconds) in enumerate([(1, 5.0), (1, 7.0), (3, 9.0), (3, 11.0)]):
         ran(budget, clock, str(i), epochs, seconds)
-    assert budget.estimate(5) == pytest.approx(SAFETY * (4 + 2 * 5 + 1))
+    assert budget.estimate(5) == pytest.approx(SAFETY * (4 + 3 * 5))
 
 
 def test_a_fit_that_does_not_grow_with_epochs_falls_back_to_seconds_per_epoch():
@@ -100,6 +101,9 @@ def test_a_trial_that_would_overrun_is_refused_and_named():
     assert budget.refused == "budget 0:01:00: trial 2 needs ~0:00:22, 0:00:20 left: not started"
     assert "2" not in budget.running
     assert budget.admits("3", 1)  # a shorter trial (~11 s) still fits
+    assert budget.refused is None and budget.refused_trial is None  # the sweep is no longer waiting on one
+    assert budget.fits(1) and not budget.fits(2)  # fits() asks the same question and records nothing
+    assert "3" in budget.running and "2" not in budget.running
 
 
 def test_nothing_starts_once_the_time_is_spent():

@@ -88,3 +88,20 @@ def test_a_refit_killed_outright_is_marked_killed_on_resume_and_trained_again(st
     assert sorted(refits) == ["FINISHED", "KILLED"] and refits["KILLED"].info.run_id == dead.info.run_id
     assert of_kind("sweep")[0].data.tags["mnist_exp.refit_run_id"] == refits["FINISHED"].info.run_id
     assert not runs(filter_string="attributes.status = 'RUNNING'")
+
+
+def test_a_refit_that_fails_leaves_the_sweep_finished_and_promote_takes_the_trial(store):
+    sweep = [QUICK, "--set", "data.train_size=300", "--set", "data.test_size=100", "--epochs", "1",
+             "--max-trials", "1", "--refit"]
+    proc = subprocess.run([str(VENV_BIN / "mnist-exp"), "sweep", *map(str, sweep)], capture_output=True, text=True,
+                          env={**os.environ, "MNIST_EXP_FAULT": "epoch_logged@2:raise"}, timeout=300)  # the refit's 1st
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "refit of trial 0 failed: FaultRaised: fault point epoch_logged" in proc.stdout
+    [parent] = of_kind("sweep")
+    assert parent.info.status == "FINISHED" and "mnist_exp.refit_run_id" not in parent.data.tags
+    assert parent.data.tags["mnist_exp.refit_error"].startswith("FaultRaised")
+    [failed] = of_kind("refit")
+    assert failed.info.status == "FAILED"
+    [trial] = of_kind("trial")
+    out = cli("promote", check=0).stdout
+    assert "refit" not in out and trial.info.run_id in out  # the trial's own model, not a failed refit's
