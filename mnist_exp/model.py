@@ -27,7 +27,7 @@ HP_DEFAULTS: dict[str, tuple[type, object]] = {
     "pooling": (str, "flatten"),  # flatten | global_avg, before the dense head
     # optimisation
     "optimizer": (str, "adam"),
-    "weight_decay": (float, 0.0),  # adamw and sgd (decoupled); plain adam has none
+    "weight_decay": (float, 0.0),  # decoupled, in every optimizer
     "lr_schedule": (str, "constant"),
     "warmup_fraction": (float, 0.0),  # cosine: share of the steps spent ramping up to learning_rate
     "label_smoothing": (float, 0.0),
@@ -186,8 +186,8 @@ def _optimizer(keras, v, steps: int | None):
         return keras.optimizers.SGD(learning_rate=lr, momentum=SGD_MOMENTUM, nesterov=True, weight_decay=wd)
     if name == "adamw":
         return keras.optimizers.AdamW(learning_rate=lr, weight_decay=v["weight_decay"])
-    # Keras's Adam(weight_decay=...) would be AdamW under another name: adam stays the seed's plain Adam
-    return keras.optimizers.Adam(learning_rate=lr)
+    # Keras 3 applies weight_decay the decoupled way in every optimizer: adam with decay is AdamW (README)
+    return keras.optimizers.Adam(learning_rate=lr, weight_decay=wd)
 
 
 def learning_rate_schedule(keras, kind: str, peak: float, warmup: float, steps: int | None):
