@@ -66,18 +66,22 @@ class Budget:
         per_epoch = max((s - fixed) / max(e, 1) for e, s in self.ended)
         return SAFETY * (fixed + per_epoch * epochs)
 
-    def fits(self, epochs: int) -> bool:
-        """Whether a trial of ``epochs`` would be admitted now (nothing recorded)."""
+    def _need(self, epochs: int) -> tuple[float | None, float]:
+        """(the trial's estimate, the refit's share kept beside it)."""
         need = self.estimate(epochs)
         reserve = self.estimate(self.reserve_epochs) * self.refit_scale if self.reserve_epochs and need else 0.0
+        return need, reserve
+
+    def fits(self, epochs: int) -> bool:
+        """Whether a trial of ``epochs`` would be admitted now (nothing recorded)."""
+        need, reserve = self._need(epochs)
         return self.left() > 0 and (need is None or need + reserve <= self.left())
 
     def admits(self, trial_id: str, epochs: int) -> bool:
         """True (and the trial counted as running) if it should finish within the budget, leaving the
         refit's share; False, with ``refused`` saying why, if not."""
         if not self.fits(epochs):
-            need = self.estimate(epochs)
-            reserve = self.estimate(self.reserve_epochs) * self.refit_scale if self.reserve_epochs and need else 0.0
+            need, reserve = self._need(epochs)
             what = f"needs ~{hms(need)}" if need is not None else "cannot start"
             kept = f" (+ ~{hms(reserve)} kept for the refit)" if reserve else ""
             self.refused = (f"budget {hms(self.seconds)}: trial {trial_id} {what}{kept}, {hms(max(self.left(), 0))} "
