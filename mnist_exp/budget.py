@@ -5,8 +5,9 @@ worker, wherever it runs). A trial's length is estimated from the trials this bu
 end, as seconds = fixed + per_epoch x epochs: the fixed cost from a least-squares fit once two lengths
 were seen (else none), the per-epoch cost the slowest trial's once the fixed cost is taken off, so a
 configuration slower per epoch than the fit's average is not underestimated when stretched to long
-trials. Until one trial has ended nothing is known: the first trials start. ``reserve_epochs`` keeps room for the
-refit after the search (it trains ``refit_scale`` times as many digits as a trial).
+trials. A resumed sweep passes its finished trials' lengths as ``history``; until one trial is known nothing is:
+the first trials start. ``reserve_epochs`` keeps room for the refit after the search (it trains ``refit_scale``
+times as many digits as a trial).
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ def hms(s: float) -> str:
 
 
 class Budget:
-    def __init__(self, seconds: float, reserve_epochs: int = 0, refit_scale: float = 1.0, clock=time.monotonic):
+    def __init__(self, seconds: float, reserve_epochs: int = 0, refit_scale: float = 1.0, clock=time.monotonic,
+                 history=()):
         self.seconds, self.clock = seconds, clock
         self.reserve_epochs, self.refit_scale = reserve_epochs, refit_scale
         self.started_at = clock()
         self.running: dict[str, tuple[float, int]] = {}  # trial id -> (start, epochs)
-        self.ended: list[tuple[int, float]] = []  # (epochs, seconds)
+        self.ended: list[tuple[int, float]] = list(history)  # (epochs, seconds)
         self.refused: str | None = None  # why the last trial was not started (None once one starts again)
         self.refused_trial: tuple[str, int] | None = None  # (trial id, epochs) of that trial
 

@@ -69,7 +69,7 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
                                   verbose=fit_verbose)
     tuner.oracle.on_trial_ended = tuners.print_progress(tuner.oracle, sw)
     tuner.oracle.configured_epochs = exp.training.epochs
-    tuner.oracle.budget = _budget(exp, ds)
+    tuner.oracle.budget = _budget(exp, ds, _trial_lengths(exp, experiment_id, parent_run_id) if resumed else ())
     planned = tuners.planned_trials(tuner.oracle)
     done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
     at_once = f", {exp.tuner.parallel_trials} at once" if exp.tuner.parallel_trials > 1 else ""
@@ -111,7 +111,7 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     return _finishing(exp, parent_run_id, lambda: _finish(tuner, sw, crashed))
 
 
-def _budget(exp, ds):
+def _budget(exp, ds, history=()):
     """The oracle's Budget (budget.py), keeping room for the refit when there is one; None without a budget."""
     if exp.tuner.budget is None:
         return None
@@ -121,7 +121,23 @@ def _budget(exp, ds):
     longest = exp.tuner.max_epochs if decided_by_tuner(exp.tuner.kind) else exp.training.epochs
     scale = (len(ds.y_train) + len(ds.y_val)) / max(1, len(ds.y_train))
     return Budget(parse_duration(exp.tuner.budget), reserve_epochs=longest if exp.tuner.refit else 0,
-                  refit_scale=scale)
+                  refit_scale=scale, history=history)
+
+
+def _trial_lengths(exp, experiment_id: str, parent_run_id: str) -> list[tuple[int, float]]:
+    """(epochs, seconds) of the sweep's finished trials, read from their runs (the store every machine of the
+    sweep shares), so that a resumed budget estimates before its first trial ends. Only with a budget."""
+    if exp.tuner.budget is None:
+        return []
+    from .fidelity import trial_epochs
+
+    out = []
+    for r in tracking.trial_runs(experiment_id, parent_run_id):
+        seconds = r.data.metrics.get("trial_time_s")
+        if r.info.status == "FINISHED" and seconds is not None:
+            first, last = trial_epochs(r.data.params, exp.training.epochs)
+            out.append((last - first, seconds))
+    return out
 
 
 def _finishing(exp, parent_run_id: str, step):

@@ -11,7 +11,7 @@ from mnist_exp.budget import SAFETY, Budget, parse_duration
 from conftest import ROOT, cli, runs
 
 QUICK = ROOT / "experiments" / "quick.yaml"
-SWEEP = [QUICK, "--set", "data.train_size=300", "--set", "data.test_size=100", "--epochs", "2", "--max-trials", "6"]
+SWEEP = [QUICK, "--set", "data.train_size=300", "--set", "data.test_size=100", "--epochs", "2", "--max-trials", "5"]
 STOP = re.compile(r"sweep quick: (budget 0:00:08: trial (\d+) needs ~(\d+):(\d\d):(\d\d), (\d+):(\d\d):(\d\d) left: "
                   r"not started); the rest of the search waits")
 
@@ -142,6 +142,15 @@ def test_a_lost_or_unknown_trial_teaches_the_estimate_nothing():
     assert budget.estimate(2) == pytest.approx(SAFETY * 2 * 2)  # only the trial that ended counts
 
 
+def test_a_resumed_budget_knows_the_finished_trials_lengths_before_its_first_trial_ends():
+    clock = Clock()
+    budget = Budget(25, clock=clock, history=[(2, 20.0), (2, 24.0)])  # (epochs, seconds) of earlier trials
+    assert budget.estimate(2) == pytest.approx(SAFETY * 24)  # the slowest known, as if they had run here
+    assert not budget.admits("2", 2)
+    assert budget.refused == "budget 0:00:25: trial 2 needs ~0:00:26, 0:00:25 left: not started"
+    assert budget.admits("3", 1)
+
+
 # --- real sweeps ------------------------------------------------------------------------------------------
 
 
@@ -154,7 +163,7 @@ def seconds(h, m, s) -> int:
 
 
 def test_a_budget_stops_the_sweep_between_trials_and_a_larger_one_finishes_it(store):
-    # (a) 8 s: the first trial always starts (nothing is known yet); the sweep stops before six.
+    # (a) 8 s: the first trial always starts (nothing is known yet); the sweep stops before five.
     proc = cli("sweep", *SWEEP, "--budget", "8s", check=0)
     m = STOP.search(proc.stdout)
     assert m, proc.stdout[-3000:]
@@ -166,11 +175,18 @@ def test_a_budget_stops_the_sweep_between_trials_and_a_larger_one_finishes_it(st
     assert parent.data.tags["mnist_exp.budget_stop"] == m.group(1)
     assert not runs(filter_string="attributes.status = 'RUNNING'")
     started = trial_runs()
-    assert 1 <= len(started) < 6
+    assert 1 <= len(started) < 5
     assert all(r.info.status == "FINISHED" for r in started)  # no trial was cut off
     ids = sorted(int(r.data.tags["mnist_exp.trial_id"]) for r in started)
     assert ids == list(range(len(started)))
     assert int(refused) == len(started)  # the refused trial is the first one never started
+
+    # (a2) resumed with 1 s: the finished trials' runs tell this invocation how long a trial takes, so its
+    # first trial is refused with an estimate ("needs ~"), not started blind ("cannot start" or a run).
+    proc = cli("sweep", *SWEEP, "--budget", "1s", check=0)
+    assert f"sweep quick: budget 0:00:01: trial {refused} needs ~" in proc.stdout, proc.stdout[-3000:]
+    assert len(trial_runs()) == len(started)
+    assert not runs(filter_string="attributes.status = 'RUNNING'")
 
     # (b) the same command with 10 minutes resumes: the refused trial runs first, nothing runs twice.
     before = {r.info.run_id for r in started}
@@ -178,8 +194,8 @@ def test_a_budget_stops_the_sweep_between_trials_and_a_larger_one_finishes_it(st
     assert f"resuming, {len(started)} trial(s) done" in proc.stdout
     assert "not started" not in proc.stdout
     done = trial_runs()
-    assert len(done) == 6 and all(r.info.status == "FINISHED" for r in done)
-    assert sorted(int(r.data.tags["mnist_exp.trial_id"]) for r in done) == list(range(6))
+    assert len(done) == 5 and all(r.info.status == "FINISHED" for r in done)
+    assert sorted(int(r.data.tags["mnist_exp.trial_id"]) for r in done) == list(range(5))
     assert [r for r in done if int(r.data.tags["mnist_exp.trial_id"]) == int(refused)]
     new = sorted((r for r in done if r.info.run_id not in before), key=lambda r: r.info.start_time)
     assert int(new[0].data.tags["mnist_exp.trial_id"]) == int(refused)
