@@ -5,9 +5,10 @@ worker, wherever it runs). A trial's length is estimated from the trials this bu
 end, as seconds = fixed + per_epoch x epochs: the fixed cost from a least-squares fit once two lengths
 were seen (else none), the per-epoch cost the slowest trial's once the fixed cost is taken off, so a
 configuration slower per epoch than the fit's average is not underestimated when stretched to long
-trials. A resumed sweep passes its finished trials' lengths as ``history``; until one trial is known nothing is:
-the first trials start. ``reserve_epochs`` keeps room for the refit after the search (it trains ``refit_scale``
-times as many digits as a trial).
+trials. A resumed sweep passes its finished trials' lengths as ``history``, used until a trial of this
+invocation ends (they may have run on another machine); with neither, nothing is known and the first trials
+start. ``reserve_epochs`` keeps room for the refit after the search (it trains ``refit_scale`` times as many
+digits as a trial).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class Budget:
         self.reserve_epochs, self.refit_scale = reserve_epochs, refit_scale
         self.started_at = clock()
         self.running: dict[str, tuple[float, int]] = {}  # trial id -> (start, epochs)
-        self.ended: list[tuple[int, float]] = list(history)  # (epochs, seconds)
+        self.ended: list[tuple[int, float]] = []  # (epochs, seconds) of this invocation's trials
+        self.history: list[tuple[int, float]] = list(history)  # the same, from before a resume
         self.refused: str | None = None  # why the last trial was not started (None once one starts again)
         self.refused_trial: tuple[str, int] | None = None  # (trial id, epochs) of that trial
 
@@ -55,17 +57,18 @@ class Budget:
 
     def estimate(self, epochs: int) -> float | None:
         """Seconds a trial of ``epochs`` epochs should take, or None before any trial has ended."""
-        if not self.ended:
+        seen = self.ended or self.history
+        if not seen:
             return None
         fixed = 0.0
-        if len({e for e, _ in self.ended}) >= 2:
-            n = len(self.ended)
-            mx = sum(e for e, _ in self.ended) / n
-            my = sum(s for _, s in self.ended) / n
-            slope = sum((e - mx) * (s - my) for e, s in self.ended) / sum((e - mx) ** 2 for e, _ in self.ended)
+        if len({e for e, _ in seen}) >= 2:
+            n = len(seen)
+            mx = sum(e for e, _ in seen) / n
+            my = sum(s for _, s in seen) / n
+            slope = sum((e - mx) * (s - my) for e, s in seen) / sum((e - mx) ** 2 for e, _ in seen)
             if slope > 0:
-                fixed = min(max(0.0, my - slope * mx), min(s for _, s in self.ended))
-        per_epoch = max((s - fixed) / max(e, 1) for e, s in self.ended)
+                fixed = min(max(0.0, my - slope * mx), min(s for _, s in seen))
+        per_epoch = max((s - fixed) / max(e, 1) for e, s in seen)
         return SAFETY * (fixed + per_epoch * epochs)
 
     def _need(self, epochs: int) -> tuple[float | None, float]:

@@ -131,12 +131,14 @@ def _trial_lengths(exp, experiment_id: str, parent_run_id: str) -> list[tuple[in
         return []
     from .fidelity import trial_epochs
 
+    first_run = {}  # trial id -> its first FINISHED run (the one a resume adopts; tuners.py)
+    for r in sorted(tracking.trial_runs(experiment_id, parent_run_id), key=lambda r: r.info.start_time):
+        if r.info.status == "FINISHED" and "trial_time_s" in r.data.metrics:
+            first_run.setdefault(r.data.tags.get(tracking.TAG_TRIAL), r)
     out = []
-    for r in tracking.trial_runs(experiment_id, parent_run_id):
-        seconds = r.data.metrics.get("trial_time_s")
-        if r.info.status == "FINISHED" and seconds is not None:
-            first, last = trial_epochs(r.data.params, exp.training.epochs)
-            out.append((last - first, seconds))
+    for r in first_run.values():
+        first, last = trial_epochs(r.data.params, exp.training.epochs)
+        out.append((last - first, r.data.metrics["trial_time_s"]))
     return out
 
 

@@ -155,7 +155,12 @@ def share(args, res: dict, save) -> None:
             time.sleep(0.1)
         t = time.time()
         go.touch()
-        outs = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for _, p in procs]
+        outs = [(p.communicate()[0].strip().splitlines() or [""])[-1] for _, p in procs]
+        if any(p.returncode for _, p in procs):
+            row["failed"] = f"{n} processes: a worker exited {[p.returncode for _, p in procs]}"
+            save()
+            break
+        outs = [json.loads(o) for o in outs]
         wall = max(o["end"] for o in outs) - t
         trials = n * args.trials
         run = {"processes": n, "wall_s": round(wall, 2), "trials": trials,

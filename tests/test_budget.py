@@ -149,6 +149,40 @@ def test_a_resumed_budget_knows_the_finished_trials_lengths_before_its_first_tri
     assert not budget.admits("2", 2)
     assert budget.refused == "budget 0:00:25: trial 2 needs ~0:00:26, 0:00:25 left: not started"
     assert budget.admits("3", 1)
+    ran(budget, clock, "4", 1, 2.0)  # once a trial of this invocation has ended, its own times rule
+    assert budget.estimate(2) == pytest.approx(SAFETY * 2 * 2)
+
+
+def test_a_resumed_sweep_reads_each_finished_trials_first_run_and_its_own_length(store):
+    """sweep._trial_lengths on a real store: Hyperband's string params, attempts that did not finish, runs
+    without a time, a trial with two FINISHED runs and another sweep's trials."""
+    from mlflow import MlflowClient
+
+    from mnist_exp import tracking
+    from mnist_exp.config import load_experiment
+    from mnist_exp.sweep import _trial_lengths
+
+    exp = load_experiment(None, ["tuner.budget=1h", "training.epochs=4"])
+    eid = tracking.configure(f"sqlite:///{store / 'mlruns' / 'mlflow.db'}", exp.mlflow_experiment)
+    c = MlflowClient()
+    parent, other = (c.create_run(eid).info.run_id for _ in range(2))
+
+    def trial(tid, status, seconds=None, params=None, under=parent):
+        rid = c.create_run(eid, tags={"mnist_exp.kind": "trial", "mnist_exp.trial_id": tid,
+                                      "mlflow.parentRunId": under}).info.run_id
+        for k, v in (params or {}).items():
+            c.log_param(rid, k, v)
+        if seconds is not None:
+            c.log_metric(rid, "trial_time_s", seconds)
+        c.set_terminated(rid, status)
+
+    trial("0000", "FINISHED", 10.0)  # training.epochs: 4
+    trial("0001", "FINISHED", 9.0, {"tuner/epochs": 3, "tuner/initial_epoch": 1})  # continued: 2 epochs
+    trial("0001", "FINISHED", 0.5, {"tuner/epochs": 3, "tuner/initial_epoch": 1})  # a later duplicate
+    trial("0002", "KILLED", 50.0)
+    trial("0003", "FINISHED")  # no time logged (an older release)
+    trial("0004", "FINISHED", 99.0, under=other)
+    assert sorted(_trial_lengths(exp, eid, parent)) == [(2, 9.0), (4, 10.0)]
 
 
 # --- real sweeps ------------------------------------------------------------------------------------------
