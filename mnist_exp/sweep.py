@@ -138,7 +138,8 @@ def _trial_lengths(exp, experiment_id: str, parent_run_id: str) -> list[tuple[in
     out = []
     for r in first_run.values():
         first, last = trial_epochs(r.data.params, exp.training.epochs)
-        out.append((last - first, r.data.metrics["trial_time_s"]))
+        ran = int(r.data.metrics.get("epochs_run", 0))  # fewer when early stopping ended it
+        out.append((ran if 0 < ran < last - first else last - first, r.data.metrics["trial_time_s"]))
     return out
 
 

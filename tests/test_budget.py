@@ -167,22 +167,23 @@ def test_a_resumed_sweep_reads_each_finished_trials_first_run_and_its_own_length
     c = MlflowClient()
     parent, other = (c.create_run(eid).info.run_id for _ in range(2))
 
-    def trial(tid, status, seconds=None, params=None, under=parent):
+    def trial(tid, status, seconds=None, params=None, under=parent, metrics=None):
         rid = c.create_run(eid, tags={"mnist_exp.kind": "trial", "mnist_exp.trial_id": tid,
                                       "mlflow.parentRunId": under}).info.run_id
         for k, v in (params or {}).items():
             c.log_param(rid, k, v)
-        if seconds is not None:
-            c.log_metric(rid, "trial_time_s", seconds)
+        for k, v in {**({"trial_time_s": seconds} if seconds is not None else {}), **(metrics or {})}.items():
+            c.log_metric(rid, k, v)
         c.set_terminated(rid, status)
 
     trial("0000", "FINISHED", 10.0)  # training.epochs: 4
+    trial("0005", "FINISHED", 6.0, metrics={"epochs_run": 3})  # early stopping ended it after 3 of 4
     trial("0001", "FINISHED", 9.0, {"tuner/epochs": 3, "tuner/initial_epoch": 1})  # continued: 2 epochs
     trial("0001", "FINISHED", 0.5, {"tuner/epochs": 3, "tuner/initial_epoch": 1})  # a later duplicate
     trial("0002", "KILLED", 50.0)
     trial("0003", "FINISHED")  # no time logged (an older release)
     trial("0004", "FINISHED", 99.0, under=other)
-    assert sorted(_trial_lengths(exp, eid, parent)) == [(2, 9.0), (4, 10.0)]
+    assert sorted(_trial_lengths(exp, eid, parent)) == [(2, 9.0), (3, 6.0), (4, 10.0)]
 
 
 # --- real sweeps ------------------------------------------------------------------------------------------
