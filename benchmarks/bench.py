@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import platform
 import statistics
@@ -182,6 +183,19 @@ def part_c(store: Path, data: str, n_train: int, epochs: int) -> dict:
     run_train(exp, load_space(None), ds, uri, verbose=0)
     tracked = time.perf_counter() - t0
     return {"tracked_s": tracked, "untracked_s": bare, "overhead": tracked / bare - 1, "n_train": len(ds.y_train)}
+
+
+def sized(target_s: float, images_per_s: float, max_fit: int = 54000) -> tuple[int, int]:
+    """(data.train_size, epochs) for a baseline trial of about ``target_s`` seconds of training on this machine
+    (the sweep's validation split, 0.1, comes out of train_size)."""
+    images = target_s * images_per_s
+    epochs = max(1, math.ceil(images / max_fit))
+    return min(60000, math.ceil(images / epochs / 0.9)), epochs
+
+
+def calibrate(data: str) -> float:
+    """Images/s of the baseline (batch 16) on the suite's training path here: 6,000 digits, after a warm-up."""
+    return worker_a("suite", data, 6000, 1, 42)["images_per_s"]
 
 
 # The baseline (batch 16) with only the learning rate searched: every trial costs the same.
@@ -369,14 +383,21 @@ def main() -> None:
     if "c" in parts:
         with tempfile.TemporaryDirectory() as tmp:
             done("c_tracking", part_c(Path(tmp), data, n_train or 60000, epochs))
-    if "d" in parts:  # ~30-s and ~5-minute baseline trials (here: 500-600 images/s at batch 16)
-        sizes = [("short", 3, 3000, 1)] if args.quick else [("30s", 3, 17000, 1), ("5min", 1, 60000, 3)]
+    ips = None
+    if ("d" in parts or "e" in parts) and not args.quick:  # trial sizes for this machine's speed
+        ips = calibrate(data)
+        done("de_calibration", {"baseline_images_per_s": ips, "30s": sized(30, ips), "5min": sized(300, ips)})
+        print(f"  baseline here: {ips:.0f} images/s; a 30-s trial: {sized(30, ips)}, a 5-min one: {sized(300, ips)} "
+              "(train_size, epochs)", flush=True)
+    if "d" in parts:  # ~30-s and ~5-minute baseline trials
+        sizes = ([("short", 3, 3000, 1)] if args.quick else
+                 [("30s", 3, *sized(30, ips)), ("5min", 1, *sized(300, ips))])
         for label, n, size, ep in sizes:
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / "mlruns").mkdir()
                 done(f"d_sweep_{label}", part_d(Path(tmp), data, n, size, ep, label))
     if "e" in parts:
-        done("e_parallel_trials", part_e(data, 4, 3000 if args.quick else 17000, 1))
+        done("e_parallel_trials", part_e(data, 4, *((3000, 1) if args.quick else sized(30, ips))))
     if "f" in parts:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "mlruns").mkdir()
