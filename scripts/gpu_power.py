@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from time_to_accuracy import _hp, _load  # noqa: E402  (this folder is on sys.path: the script's own)
 
 CHAMPION = {  # best.yaml's pinned values + trial 0039's searched ones (run 1, seed 42; printed to 3 figures)
     "conv_blocks": "deep", "filters_1": 32, "filters_2": 64, "filters_3": 128, "dense_units": 128,
@@ -38,25 +39,6 @@ CHAMPION = {  # best.yaml's pinned values + trial 0039's searched ones (run 1, s
 }
 NO_AUG = {"rotation": 0.0, "translation": 0.0, "zoom": 0.0}
 T0 = time.perf_counter()
-
-
-def _hp(overrides: dict):
-    import keras_tuner as kt
-
-    hp = kt.HyperParameters()
-    for k, v in overrides.items():
-        hp.Fixed(k, v)
-    return hp
-
-
-def _load(path: str):
-    import numpy as np
-
-    from mnist_exp.data import one_hot, to_model_inputs
-
-    with np.load(path) as z:
-        return (to_model_inputs(z["x_train"]), one_hot(z["y_train"]), to_model_inputs(z["x_test"]),
-                one_hot(z["y_test"]))
 
 
 def _left(args) -> float:
