@@ -243,9 +243,8 @@ def part_d(store: Path, data: str, trials: int, n_train: int, epochs: int, label
     t0 = time.perf_counter()
     bare_search(ds, trials, f"bare-{label}")
     bare = time.perf_counter() - t0
-    y = ds.y_train
     print(f"  d {label}: suite {suite:.1f} s, bare {bare:.1f} s ({trials} trials)", flush=True)
-    return {"trials": trials, "n_fit": len(y), "epochs": epochs, "suite_s": suite, "bare_keras_tuner_s": bare,
+    return {"trials": trials, "n_fit": len(ds.y_train), "epochs": epochs, "suite_s": suite, "bare_keras_tuner_s": bare,
             "bare_trial_s": bare / trials, "overhead": suite / bare - 1,
             "suite_trials_per_h": 3600 * trials / suite, "bare_trials_per_h": 3600 * trials / bare}
 

@@ -2,10 +2,10 @@
 
 The oracle asks ``Budget.admits`` before it hands out a trial (so the chief decides for every
 worker, wherever it runs). A trial's length is estimated from the trials this budget has seen
-end, as seconds = fixed + per_epoch x epochs: the fixed cost from a least-squares fit once two lengths
-were seen (else none), the per-epoch cost the slowest trial's once the fixed cost is taken off, so a
-configuration slower per epoch than the fit's average is not underestimated when stretched to long
-trials. A resumed sweep passes its finished trials' lengths as ``history``, used until a trial of this
+end, as seconds = fixed + per_epoch x epochs: the fixed cost from a least-squares fit once trials of two
+different lengths in epochs were seen (else none), the per-epoch cost the slowest trial's once the fixed
+cost is taken off, so a configuration slower per epoch than the fit's average is not underestimated when
+stretched to long trials. A resumed sweep passes its finished trials' lengths as ``history``, used until a trial of this
 invocation ends (they may have run on another machine); with neither, nothing is known and the first trials
 start. ``reserve_epochs`` keeps room for the refit after the search (it trains ``refit_scale`` times as many
 digits as a trial).

@@ -69,7 +69,7 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
                                   verbose=fit_verbose)
     tuner.oracle.on_trial_ended = tuners.print_progress(tuner.oracle, sw)
     tuner.oracle.configured_epochs = exp.training.epochs
-    tuner.oracle.budget = _budget(exp, ds, _trial_lengths(exp, experiment_id, parent_run_id) if resumed else ())
+    tuner.oracle.budget = _budget(exp, ds, (experiment_id, parent_run_id) if resumed else None)
     planned = tuners.planned_trials(tuner.oracle)
     done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
     at_once = f", {exp.tuner.parallel_trials} at once" if exp.tuner.parallel_trials > 1 else ""
@@ -111,8 +111,9 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     return _finishing(exp, parent_run_id, lambda: _finish(tuner, sw, crashed))
 
 
-def _budget(exp, ds, history=()):
-    """The oracle's Budget (budget.py), keeping room for the refit when there is one; None without a budget."""
+def _budget(exp, ds, resumed_from: tuple[str, str] | None = None):
+    """The oracle's Budget (budget.py), keeping room for the refit when there is one; None without a budget.
+    ``resumed_from`` (experiment id, parent run id): the resumed sweep whose finished trials it starts from."""
     if exp.tuner.budget is None:
         return None
     from .budget import Budget, parse_duration
@@ -121,14 +122,12 @@ def _budget(exp, ds, history=()):
     longest = exp.tuner.max_epochs if decided_by_tuner(exp.tuner.kind) else exp.training.epochs
     scale = (len(ds.y_train) + len(ds.y_val)) / max(1, len(ds.y_train))
     return Budget(parse_duration(exp.tuner.budget), reserve_epochs=longest if exp.tuner.refit else 0,
-                  refit_scale=scale, history=history)
+                  refit_scale=scale, history=_trial_lengths(exp, *resumed_from) if resumed_from else ())
 
 
 def _trial_lengths(exp, experiment_id: str, parent_run_id: str) -> list[tuple[int, float]]:
     """(epochs, seconds) of the sweep's finished trials, read from their runs (the store every machine of the
-    sweep shares), so that a resumed budget estimates before its first trial ends. Only with a budget."""
-    if exp.tuner.budget is None:
-        return []
+    sweep shares), so that a resumed budget estimates before its first trial ends."""
     from .fidelity import trial_epochs
 
     first_run = {}  # trial id -> its first FINISHED run (the one a resume adopts; tuners.py)
