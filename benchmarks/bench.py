@@ -57,7 +57,7 @@ def seed_model():
 
 
 def _spe() -> int:
-    from mnist_exp.config import TrainingConfig
+    from mnist_exp.spec.experiment import TrainingConfig
 
     return SPE or TrainingConfig().steps_per_execution
 
@@ -95,9 +95,9 @@ def worker_a(path: str, data: str, n_train: int | None, epochs: int, seed: int) 
     import keras
     import keras_tuner as kt
 
-    from mnist_exp.config import DataConfig
-    from mnist_exp.data import load_data, one_hot, to_model_inputs
-    from mnist_exp.training import CNNHyperModel
+    from mnist_exp.spec.experiment import DataConfig
+    from mnist_exp.model.data import load_data, one_hot, to_model_inputs
+    from mnist_exp.model.training import CNNHyperModel
 
     ds = load_data(DataConfig(source=data, train_size=n_train, test_size=2000 if n_train else None,
                               validation_split=0.0), seed=42)
@@ -149,11 +149,11 @@ def part_c(store: Path, data: str, n_train: int, epochs: int) -> dict:
     import keras_tuner as kt
 
     from mnist_exp import tracking
-    from mnist_exp.config import load_experiment
-    from mnist_exp.data import load_data, one_hot, to_model_inputs
-    from mnist_exp.space import load_space
-    from mnist_exp.train import run_train
-    from mnist_exp.training import CNNHyperModel
+    from mnist_exp.spec.experiment import load_experiment
+    from mnist_exp.model.data import load_data, one_hot, to_model_inputs
+    from mnist_exp.spec.space import load_space
+    from mnist_exp.model.tracked_run import run_train
+    from mnist_exp.model.training import CNNHyperModel
 
     def experiment(n):
         return load_experiment(None, [f"data.source={data}", f"data.train_size={n}", "data.test_size=2000",
@@ -207,11 +207,11 @@ def part_d(store: Path, data: str, trials: int, n_train: int, epochs: int, label
     10,000 test digits, four figures, the model) against the same search through bare Keras Tuner."""
     import keras_tuner as kt
 
-    from mnist_exp.config import load_experiment
-    from mnist_exp.data import load_data
-    from mnist_exp.space import load_space
-    from mnist_exp.sweep import run_sweep
-    from mnist_exp.training import CNNHyperModel, fit_arrays
+    from mnist_exp.spec.experiment import load_experiment
+    from mnist_exp.model.data import load_data
+    from mnist_exp.spec.space import load_space
+    from mnist_exp.search.sweep import run_sweep
+    from mnist_exp.model.training import CNNHyperModel, fit_arrays
 
     space_file = store / "lr.yaml"
     space_file.write_text(LR_SPACE)
@@ -253,8 +253,8 @@ def part_e(data: str, trials: int, n_train: int, epochs: int, workers: int = 2) 
     """The same sweep (same seed, so the same trials) one trial at a time with all cores, then
     `workers` trials at once with a share of the cores each. Throughput: training images over the
     whole sweep's wall time, per-trial tracking and evaluation included."""
-    from mnist_exp.config import DataConfig
-    from mnist_exp.data import load_data
+    from mnist_exp.spec.experiment import DataConfig
+    from mnist_exp.model.data import load_data
 
     # digits each trial fits on: the sweep's validation split (0.1, the default) comes out of n_train
     n_fit = len(load_data(DataConfig(source=data, train_size=n_train, test_size=1000), seed=42).y_train)

@@ -56,8 +56,9 @@ def chief_child(cfg: dict) -> int:
     """``mnist-exp sweep --serve`` in this process, every RPC timed by an interceptor around the chief's own."""
     import grpc
 
-    from mnist_exp import chief as chief_mod
-    from mnist_exp import cli, wire
+    from mnist_exp.search.distributed import oracle_chief as chief_mod
+    from mnist_exp import cli
+    from mnist_exp.search.distributed import wire
 
     calls, lock, marks = [], threading.Lock(), {}
     token_check = chief_mod._TokenCheck
@@ -156,7 +157,7 @@ class Prober:
     """Heartbeat round trips from this process, as worker PROBE (no trial id: the chief only renews nothing)."""
 
     def __init__(self, port: int):
-        from mnist_exp import wire
+        from mnist_exp.search.distributed import wire
 
         self.chan = wire.channel("127.0.0.1", port, TOKEN, PROBE, 10.0)
         self.beat = wire.json_method(self.chan, "Heartbeat")

@@ -1,3 +1,5 @@
 """mnist-exp: hyperparameter experiment tracking for CNNs on MNIST-format data."""
 
-__version__ = "0.4.0"
+from mnist_exp._version import __version__
+
+__all__ = ["__version__"]

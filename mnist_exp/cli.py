@@ -9,9 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
-from .config import TUNER_KINDS
-from .errors import ConfigError, DiskFull, MnistExpError
+from mnist_exp._version import __version__
+from mnist_exp.spec.experiment import TUNER_KINDS
+from mnist_exp.runtime.errors import ConfigError, DiskFull, MnistExpError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -124,17 +124,17 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(e.exit_code)
         return e.exit_code
     except KeyboardInterrupt as e:
-        from . import interrupt
+        from mnist_exp.runtime import signals
 
         try:
             print(f"mnist-exp {args.command}: interrupted", file=sys.stderr)
         except OSError:  # stderr gone with the terminal
             pass
-        return interrupt.exit_code(e)  # 128 + signal: SIGINT 130, SIGTERM 143, SIGHUP 129
+        return signals.exit_code(e)  # 128 + signal: SIGINT 130, SIGTERM 143, SIGHUP 129
 
 
 def _overrides(args) -> list[str]:
-    from .config import Override  # an error about one of these names the flag the user typed
+    from mnist_exp.spec.experiment import Override  # an error about one of these names the flag the user typed
 
     out = []
     if getattr(args, "data", None):
@@ -161,15 +161,15 @@ def _overrides(args) -> list[str]:
 
 def _load(args):
     """Experiment, search space and data, all validated before anything is written."""
-    from . import names
-    from .config import load_experiment
-    from .space import load_space
+    from mnist_exp.spec import names
+    from mnist_exp.spec.experiment import load_experiment
+    from mnist_exp.spec.space import load_space
 
     if getattr(args, "name", None) is not None:
         names.check(args.name, "--name", key=None)
     exp = load_experiment(args.experiment, _overrides(args))  # hp: values included
     space = load_space(exp.search_space)
-    from .data import load_data
+    from mnist_exp.model.data import load_data
 
     ds = load_data(exp.data, exp.seed)
     return exp, space, ds
@@ -178,7 +178,7 @@ def _load(args):
 def _store(args, write: bool, experiment: str = "mnist-exp") -> str:
     """The command's tracking URI, checked (a server answers; a local store is created atomically, or is usable
     and writable when ``write``) before any MLflow client opens it."""
-    from . import store
+    from mnist_exp.tracking import store
 
     uri = store.resolve_tracking_uri(args.tracking_uri)
     store.prepare(uri, write=write, experiment=experiment)
@@ -188,7 +188,7 @@ def _store(args, write: bool, experiment: str = "mnist-exp") -> str:
 def _reap(uri: str, command: str) -> None:
     """Runs left RUNNING by a process that is gone end KILLED, with why (liveness.py). A store this cannot
     read or write is the command's own checks' business: a warning here, not a failure."""
-    from . import liveness
+    from mnist_exp.tracking import liveness
 
     try:
         liveness.reap(uri, f"mnist-exp {command}")
@@ -201,10 +201,11 @@ def _reap(uri: str, command: str) -> None:
 
 def cmd_train(args) -> int:
     exp, space, ds = _load(args)
-    from . import progress, store
+    from mnist_exp.runtime import terminal
+    from mnist_exp.tracking import store
 
-    progress.import_tensorflow()  # without its C++ start-up notices
-    from .train import run_train
+    terminal.import_tensorflow()  # without its C++ start-up notices
+    from mnist_exp.model.tracked_run import run_train
 
     uri = _store(args, write=True, experiment=exp.mlflow_experiment)
     _reap(uri, "train")
@@ -219,20 +220,21 @@ def cmd_train(args) -> int:
 def cmd_sweep(args) -> int:
     local_workers = _local_workers(args)
     if args.serve is not None:
-        from . import wire
+        from mnist_exp.search.distributed import wire
 
         wire.parse_address(args.serve, "--serve")
         wire.token_from_env("--serve")
     if not 1 <= args.lease_timeout <= 86400:
         raise ConfigError(f"--lease-timeout: must be 1-86400 seconds (got {args.lease_timeout})")
     exp, space, ds = _load(args)
-    from . import lease, progress
+    from mnist_exp.tracking import sweep_lock
+    from mnist_exp.runtime import terminal
 
-    progress.import_tensorflow()  # without its C++ start-up notices
-    from .sweep import run_sweep
+    terminal.import_tensorflow()  # without its C++ start-up notices
+    from mnist_exp.search.sweep import run_sweep
 
     uri = _store(args, write=True, experiment=exp.mlflow_experiment)  # the store only: created once, atomically
-    with lease.acquire(uri, exp.name):  # one sweep of a name at a time; nothing of the sweep is written before
+    with sweep_lock.acquire(uri, exp.name):  # one sweep of a name at a time; nothing of the sweep is written before
         _reap(uri, "sweep")
         result = run_sweep(exp, space, ds, uri, overwrite=args.overwrite, verbose=args.verbose, serve=args.serve,
                            local_workers=local_workers, lease_s=args.lease_timeout)
@@ -252,7 +254,7 @@ def _local_workers(args) -> int | None:
 
 
 def cmd_worker(args) -> int:
-    from . import worker
+    from mnist_exp.search.distributed import worker
 
     if args.threads is not None and args.threads < 1:
         raise ConfigError(f"--threads: must be >= 1 (got {args.threads})")
@@ -260,7 +262,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from . import compare
+    from mnist_exp.results import compare
 
     compare.check_args(args)  # before the store is opened (or its folder created)
     uri = _store(args, write=False, experiment=args.experiment_name)
@@ -269,7 +271,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    from . import promote
+    from mnist_exp.results import promote
 
     promote.check_args(args)
     uri = _store(args, write=not args.dry_run, experiment=args.experiment_name)
@@ -279,7 +281,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from . import predict
+    from mnist_exp.model import predict
 
     images = predict.load_all(args.images)  # every file read and checked before the store is touched
     needs_model = any(reason is None for *_, reason in images)  # images without a digit are not classified
@@ -292,7 +294,7 @@ def _check_port_free(host: str, port: int) -> None:
     import errno
     import socket
 
-    from .errors import ConfigError
+    from mnist_exp.runtime.errors import ConfigError
 
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port {port}: must be in 1-65535")
@@ -315,16 +317,16 @@ def _check_port_free(host: str, port: int) -> None:
 def _ui_on_server(args, uri: str) -> int:
     """A tracking server serves its own UI: write the saved view there and print its addresses; start nothing
     (``mlflow ui`` cannot take an http store: it exited with a traceback after printing an address never served)."""
-    from . import uiview
+    from mnist_exp.tracking import ui_view
 
     _store(args, write=False)
     _reap(uri, "ui")
-    runs, charts = uiview.for_ui(uri, uri.rstrip("/"))
+    runs, charts = ui_view.for_ui(uri, uri.rstrip("/"))
     print(f"MLflow UI of the tracking server {uri} (it serves its own; nothing started here)", flush=True)
     print(f"  sweeps, trials, objective and hyperparameters: {runs}", flush=True)
     if charts:
         print(f"  charts (expand a sweep to chart its trials): {charts}", flush=True)
-    if not args.no_browser and uiview.can_open_browser():
+    if not args.no_browser and ui_view.can_open_browser():
         import webbrowser
 
         webbrowser.open(runs)
@@ -332,13 +334,13 @@ def _ui_on_server(args, uri: str) -> int:
 
 
 def cmd_ui(args) -> int:
-    from . import store
+    from mnist_exp.tracking import store
 
     if store.is_remote(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""):
         return _ui_on_server(args, args.tracking_uri or os.environ["MLFLOW_TRACKING_URI"])
     _check_port_free(args.host, args.port)
     if args.workers < 1:
-        from .errors import ConfigError
+        from mnist_exp.runtime.errors import ConfigError
 
         raise ConfigError(f"--workers {args.workers}: must be at least 1")
     uri = _store(args, write=False)
@@ -347,18 +349,18 @@ def cmd_ui(args) -> int:
            "--workers", str(args.workers)]
     if store.artifact_root(uri):
         cmd += ["--default-artifact-root", store.artifact_root(uri)]
-    from . import uiview
+    from mnist_exp.tracking import ui_view
 
     # A wildcard listens everywhere; the address to open is this machine's.
     host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(args.host, f"[{args.host}]" if ":" in args.host else args.host)
     base = f"http://{host}:{args.port}"
-    runs, charts = uiview.for_ui(uri, base)
+    runs, charts = ui_view.for_ui(uri, base)
     print(f"MLflow UI on {base} (store {uri}); Ctrl-C stops it", flush=True)
     print(f"  sweeps, trials, objective and hyperparameters: {runs}", flush=True)
     if charts:
         print(f"  charts (expand a sweep to chart its trials): {charts}", flush=True)
-    if not args.no_browser and uiview.can_open_browser():
-        uiview.open_when_up(runs, f"{base}/health")
+    if not args.no_browser and ui_view.can_open_browser():
+        ui_view.open_when_up(runs, f"{base}/health")
     os.execv(sys.executable, cmd)
     return 0
 
@@ -367,10 +369,11 @@ def cmd_server(args) -> int:
     import socket
     import time
 
-    from . import interrupt, server
+    from mnist_exp.runtime import signals
+    from mnist_exp import server
 
     t0 = time.monotonic()
-    with interrupt.handled():  # Ctrl-C / SIGTERM / SIGHUP: stop both servers, exit 0
+    with signals.handled():  # Ctrl-C / SIGTERM / SIGHUP: stop both servers, exit 0
         try:
             srv = server.start(args.dir, host=args.host, port=args.port, workers=args.workers)
         except KeyboardInterrupt:
@@ -389,7 +392,7 @@ def cmd_server(args) -> int:
             print("mnist-exp server: stopping", flush=True)
             return 0
         finally:
-            with interrupt.deferred():  # a signal while stopping does not cut the stop short (a second one does)
+            with signals.deferred():  # a signal while stopping does not cut the stop short (a second one does)
                 srv.stop()
 
 

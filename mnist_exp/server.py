@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import ConfigError, StoreError
+from mnist_exp.runtime.errors import ConfigError, StoreError
 
 PG_BINARIES = "/usr/lib/postgresql/*/bin"  # Debian's layout (package postgresql)
 DATABASE = ROLE = "mlflow"
@@ -75,7 +75,7 @@ def start(folder, host: str = "127.0.0.1", port: int = 5000, workers: int = 2, p
     and wait until ``/health`` answers. Restarting on the same folder keeps every run, model and artifact."""
     import importlib.util
 
-    from .cli import _check_port_free
+    from mnist_exp.cli import _check_port_free
 
     folder = Path(folder).absolute()
     if importlib.util.find_spec("psycopg") is None:  # MLflow's PostgreSQL driver, and ours for the role

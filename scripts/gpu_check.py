@@ -30,8 +30,8 @@ def main() -> None:
     import keras
     import numpy as np
 
-    from mnist_exp.data import EMBEDDED_PATH, one_hot, to_model_inputs
-    from mnist_exp.model import build_model
+    from mnist_exp.model.data import EMBEDDED_PATH, one_hot, to_model_inputs
+    from mnist_exp.model.cnn import build_model
 
     with np.load(EMBEDDED_PATH) as z:
         x, y = to_model_inputs(z["x_train"]), one_hot(z["y_train"])

@@ -49,7 +49,7 @@ def curve(args, name: str, overrides: dict, epochs: int, data, res: dict, save) 
     """Train one model epoch by epoch, test after each; the first epoch's time includes compilation."""
     import keras
 
-    from mnist_exp.model import build_model, hp_value
+    from mnist_exp.model.cnn import build_model, hp_value
 
     x, y, xt, yt = data
     keras.utils.set_random_seed(args.seed)
@@ -87,7 +87,7 @@ def share_worker(args) -> None:
     """One of N processes: wait for the go file, then run --trials one-epoch trials; print one JSON line."""
     import keras
 
-    from mnist_exp.model import build_model
+    from mnist_exp.model.cnn import build_model
 
     x, y, xt, yt = _load(args.data)
     if args.n:

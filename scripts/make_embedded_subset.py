@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_exp.data import EMBEDDED_PATH, stratified_indices
+from mnist_exp.model.data import EMBEDDED_PATH, stratified_indices
 
 SEED, N_TRAIN, N_TEST = 20261125, 10_000, 2_000
 

@@ -42,7 +42,7 @@ def _hp(overrides: dict):
 def _load(path: str):
     import numpy as np
 
-    from mnist_exp.data import one_hot, to_model_inputs
+    from mnist_exp.model.data import one_hot, to_model_inputs
 
     with np.load(path) as z:
         return (to_model_inputs(z["x_train"]), one_hot(z["y_train"]), to_model_inputs(z["x_test"]),
@@ -52,7 +52,7 @@ def _load(path: str):
 def curves(args, names) -> dict:
     import keras
 
-    from mnist_exp.model import build_model
+    from mnist_exp.model.cnn import build_model
 
     x, y, xt, yt = _load(args.data)
     out = {}
@@ -74,7 +74,7 @@ def curves(args, names) -> dict:
 def speed(args, names) -> dict:
     import keras
 
-    from mnist_exp.training import CNNHyperModel
+    from mnist_exp.model.training import CNNHyperModel
 
     x, y, _, _ = _load(args.data)
     x, y = x[: args.n], y[: args.n]

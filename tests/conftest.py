@@ -38,7 +38,7 @@ def store(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def embedded():
-    from mnist_exp.data import EMBEDDED_PATH
+    from mnist_exp.model.data import EMBEDDED_PATH
 
     with np.load(EMBEDDED_PATH) as z:
         return {k: z[k] for k in z.files}
@@ -61,7 +61,7 @@ def wait_for_store(proc, experiment="mnist-exp", timeout=180) -> None:
     the store is polled read-only, without MLflow, until then."""
     import time
 
-    from mnist_exp.runreader import SqliteRuns
+    from mnist_exp.tracking.readers import SqliteRuns
 
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -116,11 +116,11 @@ tuner: {{kind: random, max_trials: 2}}
 @pytest.fixture(scope="session")
 def swept_template(tmp_path_factory):
     """A store with two finished tiny sweeps (a, b) and one (c) holding a failed trial. Built once."""
-    from mnist_exp.config import load_experiment
-    from mnist_exp.data import load_data
-    from mnist_exp.space import load_space
-    from mnist_exp.sweep import run_sweep
-    from mnist_exp.training import CNNHyperModel
+    from mnist_exp.spec.experiment import load_experiment
+    from mnist_exp.model.data import load_data
+    from mnist_exp.spec.space import load_space
+    from mnist_exp.search.sweep import run_sweep
+    from mnist_exp.model.training import CNNHyperModel
 
     class FailSecondFit(CNNHyperModel):
         calls = 0

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from mnist_exp.budget import SAFETY, Budget, parse_duration
+from mnist_exp.search.budget import SAFETY, Budget, parse_duration
 
 from conftest import ROOT, cli, runs
 
@@ -159,8 +159,8 @@ def test_a_resumed_sweep_reads_each_finished_trials_first_run_and_its_own_length
     from mlflow import MlflowClient
 
     from mnist_exp import tracking
-    from mnist_exp.config import load_experiment
-    from mnist_exp.sweep import _trial_lengths
+    from mnist_exp.spec.experiment import load_experiment
+    from mnist_exp.search.sweep import _trial_lengths
 
     exp = load_experiment(None, ["tuner.budget=1h", "training.epochs=4"])
     eid = tracking.configure(f"sqlite:///{store / 'mlruns' / 'mlflow.db'}", exp.mlflow_experiment)

@@ -78,14 +78,16 @@ def test_the_sqlite_reader_reads_what_mlflow_reads(swept_store):
     """compare reads a local store without MLflow (README "Performance"); it must see the same runs."""
     from mlflow import MlflowClient
 
-    from mnist_exp import compare, runreader, tracking
+    from mnist_exp.results import compare
+    from mnist_exp.tracking import readers
+    from mnist_exp import tracking
 
     uri = f"sqlite:///{swept_store / 'mlruns' / 'mlflow.db'}"
-    fast = runreader.SqliteRuns.open(uri)
+    fast = readers.SqliteRuns.open(uri)
     # None here means the installed MLflow writes a schema revision not in KNOWN_SCHEMA_REVISIONS:
     # check that runs/tags/params/latest_metrics/experiments are unchanged, then add it.
     assert fast is not None
-    slow = runreader.MLflowRuns(uri)
+    slow = readers.MLflowRuns(uri)
     exp_id = slow.experiment_id("mnist-exp")
     assert fast.experiment_id("mnist-exp") == exp_id and fast.experiment_id("nosuch") is None
     c = MlflowClient(uri)
@@ -104,15 +106,15 @@ def test_the_sqlite_reader_reads_what_mlflow_reads(swept_store):
 def test_other_stores_are_read_through_mlflow(tmp_path):
     import sqlite3
 
-    from mnist_exp import runreader
+    from mnist_exp.tracking import readers
 
-    assert runreader.SqliteRuns.open("http://127.0.0.1:5000") is None
-    assert runreader.SqliteRuns.open(f"sqlite:///{tmp_path / 'missing.db'}") is None
+    assert readers.SqliteRuns.open("http://127.0.0.1:5000") is None
+    assert readers.SqliteRuns.open(f"sqlite:///{tmp_path / 'missing.db'}") is None
     db = tmp_path / "other.db"
     with sqlite3.connect(db) as con:  # a schema revision we have not checked
         con.execute("create table alembic_version (version_num varchar(32))")
         con.execute("insert into alembic_version values ('0000future')")
-    assert runreader.SqliteRuns.open(f"sqlite:///{db}") is None
+    assert readers.SqliteRuns.open(f"sqlite:///{db}") is None
 
 
 def test_a_store_at_a_schema_revision_the_fast_reader_does_not_know_is_read_through_mlflow(swept_store, capsys):
@@ -123,8 +125,10 @@ def test_a_store_at_a_schema_revision_the_fast_reader_does_not_know_is_read_thro
 
     import pytest
 
-    from mnist_exp import compare, runreader, store, tracking
-    from mnist_exp.errors import StoreError
+    from mnist_exp.results import compare
+    from mnist_exp.tracking import readers, store
+    from mnist_exp import tracking
+    from mnist_exp.runtime.errors import StoreError
 
     db = swept_store / "mlruns" / "mlflow.db"
     uri = f"sqlite:///{db}"
@@ -140,14 +144,14 @@ def test_a_store_at_a_schema_revision_the_fast_reader_does_not_know_is_read_thro
         set_revision(rev)
         with pytest.raises(StoreError, match=why):
             store.check_store(db, write=False)
-    reader = runreader.run_reader(uri)
-    assert isinstance(reader, runreader.MLflowRuns)
+    reader = readers.run_reader(uri)
+    assert isinstance(reader, readers.MLflowRuns)
     assert capsys.readouterr().err == ("mnist-exp compare: store schema ffffffffffff is not one the fast reader "
                                        "knows; reading through MLflow\n")
     set_revision(head)  # what the installed MLflow reads (its client refuses any other revision)
     exp_id = reader.experiment_id("mnist-exp")
     assert set(compare.latest_parents(reader, exp_id)) == {"a", "b", "c"}
-    fast = runreader.run_reader(uri)
-    assert isinstance(fast, runreader.SqliteRuns) and capsys.readouterr().err == ""  # a known revision: no notice
+    fast = readers.run_reader(uri)
+    assert isinstance(fast, readers.SqliteRuns) and capsys.readouterr().err == ""  # a known revision: no notice
     assert _normalised(reader.runs(exp_id, {tracking.TAG_KIND: "trial"})) == \
         _normalised(fast.runs(exp_id, {tracking.TAG_KIND: "trial"}))

@@ -1,7 +1,7 @@
 import pytest
 
-from mnist_exp.config import load_experiment
-from mnist_exp.errors import ConfigError
+from mnist_exp.spec.experiment import load_experiment
+from mnist_exp.runtime.errors import ConfigError
 
 from conftest import ROOT, write_yaml
 

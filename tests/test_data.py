@@ -4,9 +4,9 @@ import struct
 import numpy as np
 import pytest
 
-from mnist_exp.config import DataConfig
-from mnist_exp.data import EMBEDDED_PATH, load_data, read_idx
-from mnist_exp.errors import DataError
+from mnist_exp.spec.experiment import DataConfig
+from mnist_exp.model.data import EMBEDDED_PATH, load_data, read_idx
+from mnist_exp.runtime.errors import DataError
 
 from conftest import cli, runs
 

@@ -121,7 +121,7 @@ def test_disk_full_mid_trial_stops_the_sweep_cleanly_and_resume_finishes_it(stor
         proc = subprocess.Popen([str(VENV_BIN / "mnist-exp"), "sweep", str(exp_file)], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         wait_for_store(proc)
-        from mnist_exp.runreader import SqliteRuns
+        from mnist_exp.tracking.readers import SqliteRuns
 
         deadline = time.time() + 180
         while time.time() < deadline:  # until the first trial has logged an epoch

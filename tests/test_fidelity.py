@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-from mnist_exp import state
-from mnist_exp.config import load_experiment
-from mnist_exp.fidelity import decided_by_tuner, logged, trial_epochs, trial_steps
-from mnist_exp.space import load_space
+from mnist_exp.search import sweep_state
+from mnist_exp.spec.experiment import load_experiment
+from mnist_exp.model.fidelity import decided_by_tuner, logged, trial_epochs, trial_steps
+from mnist_exp.spec.space import load_space
 
 from conftest import ROOT
 
@@ -56,16 +56,16 @@ def with_epochs(exp, kind, epochs):
 def test_identity_leaves_training_epochs_out_only_under_hyperband():
     exp = load_experiment(QUICK)
     space = load_space(exp.search_space)
-    hb = state.identity(with_epochs(exp, "hyperband", 2), space)
-    assert state.identity(with_epochs(exp, "hyperband", 7), space) == hb
-    rnd = state.identity(with_epochs(exp, "random", 2), space)
-    assert state.identity(with_epochs(exp, "random", 7), space) != rnd
-    changed = {k for k in rnd if state.identity(with_epochs(exp, "random", 7), space)[k] != rnd[k]}
+    hb = sweep_state.identity(with_epochs(exp, "hyperband", 2), space)
+    assert sweep_state.identity(with_epochs(exp, "hyperband", 7), space) == hb
+    rnd = sweep_state.identity(with_epochs(exp, "random", 2), space)
+    assert sweep_state.identity(with_epochs(exp, "random", 7), space) != rnd
+    changed = {k for k in rnd if sweep_state.identity(with_epochs(exp, "random", 7), space)[k] != rnd[k]}
     assert changed == {"training"}
     # other training fields still count under Hyperband
     other = dataclasses.replace(exp, tuner=dataclasses.replace(exp.tuner, kind="hyperband"),
                                 training=dataclasses.replace(exp.training, early_stopping_patience=3))
-    assert state.identity(other, space) != hb
+    assert sweep_state.identity(other, space) != hb
 
 
 # A real Hyperband sweep's trials logging their own epochs: tests/test_sweep.py (the hyperband case).

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_exp import names
+from mnist_exp.spec import names
 from mnist_exp.cli import main
-from mnist_exp.config import DataConfig, load_experiment
-from mnist_exp.data import load_data
-from mnist_exp.errors import ConfigError, DataError
-from mnist_exp.predict import MAX_PIXELS, TRANSPARENT, UNIFORM, load_images, mnist_form, to_mnist
-from mnist_exp.space import load_space
+from mnist_exp.spec.experiment import DataConfig, load_experiment
+from mnist_exp.model.data import load_data
+from mnist_exp.runtime.errors import ConfigError, DataError
+from mnist_exp.model.predict import MAX_PIXELS, TRANSPARENT, UNIFORM, load_images, mnist_form, to_mnist
+from mnist_exp.spec.space import load_space
 
 from conftest import ROOT, write_yaml
 

@@ -1,4 +1,4 @@
-"""Ctrl-C / SIGTERM inside a trial are taken at safe points (mnist_exp/interrupt.py)."""
+"""Ctrl-C / SIGTERM inside a trial are taken at safe points (mnist_exp/signals.py)."""
 
 import os
 import signal
@@ -8,7 +8,7 @@ import time
 import keras
 import pytest
 
-from mnist_exp import interrupt
+from mnist_exp.runtime import signals
 
 from conftest import VENV_BIN, runs, wait_for_store
 
@@ -20,14 +20,14 @@ def _kill_self(sig=signal.SIGTERM):
 
 def test_a_signal_inside_a_deferred_block_is_recorded_then_raised_by_check(capfd):
     before = signal.getsignal(signal.SIGTERM)
-    with interrupt.handled():
-        with interrupt.deferred():
+    with signals.handled():
+        with signals.deferred():
             _kill_self()
             total = sum(range(1000))  # ordinary work goes on: nothing was raised mid-statement
         assert total == 499500
         with pytest.raises(KeyboardInterrupt, match="signal 15"):
-            interrupt.check()
-        interrupt.check()  # raised once, then cleared
+            signals.check()
+        signals.check()  # raised once, then cleared
         with pytest.raises(KeyboardInterrupt):  # outside a deferred block: at once
             _kill_self(signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) is before
@@ -35,16 +35,16 @@ def test_a_signal_inside_a_deferred_block_is_recorded_then_raised_by_check(capfd
 
 
 def test_a_second_signal_forces():
-    with interrupt.handled(), interrupt.deferred():
+    with signals.handled(), signals.deferred():
         _kill_self()
         with pytest.raises(KeyboardInterrupt):
             _kill_self()
 
 
 def test_fit_stops_at_the_batch_end_after_the_signal(embedded):
-    from mnist_exp.data import one_hot, to_model_inputs
-    from mnist_exp.model import build_model
-    from mnist_exp.training import InterruptCheck
+    from mnist_exp.model.data import one_hot, to_model_inputs
+    from mnist_exp.model.cnn import build_model
+    from mnist_exp.model.training import InterruptCheck
 
     seen = []
 
@@ -56,7 +56,7 @@ def test_fit_stops_at_the_batch_end_after_the_signal(embedded):
 
     x, y = to_model_inputs(embedded["x_train"][:320]), one_hot(embedded["y_train"][:320])
     model = build_model(steps_per_execution=1)
-    with interrupt.handled(), interrupt.deferred():
+    with signals.handled(), signals.deferred():
         with pytest.raises(KeyboardInterrupt):
             model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[SignalAtBatch2(), InterruptCheck()])
     assert seen == [0, 1, 2]  # batch 2 ran to its end; no later batch started
@@ -94,7 +94,7 @@ def test_handled_off_the_main_thread_changes_nothing():
     seen = []
 
     def body():
-        with interrupt.handled(), interrupt.deferred():
+        with signals.handled(), signals.deferred():
             seen.append(signal.getsignal(signal.SIGTERM))
 
     t = threading.Thread(target=body)

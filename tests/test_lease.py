@@ -1,4 +1,4 @@
-"""One sweep of a name at a time (mnist_exp/lease.py): real processes hold, race for and lose leases."""
+"""One sweep of a name at a time (mnist_exp/sweep_lock.py): real processes hold, race for and lose leases."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import time
 
 import pytest
 
-from mnist_exp import lease, liveness, tracking
+from mnist_exp.tracking import sweep_lock, liveness
+from mnist_exp import tracking
 from mnist_exp.cli import main
-from mnist_exp.errors import ConfigError, LeaseHeld
+from mnist_exp.runtime.errors import ConfigError, LeaseHeld
 
 from conftest import ROOT, VENV_BIN, runs
 
@@ -22,10 +23,10 @@ TINY_SWEEP = ["--set", "data.train_size=200", "--set", "data.test_size=100", "--
 
 # A process that takes the lease on sweep argv[2] of store argv[1], says so, then holds it until killed.
 HOLDER = """import sys, time
-from mnist_exp import lease
+from mnist_exp.tracking import sweep_lock
 uri, name = sys.argv[1], sys.argv[2]
 sys.argv = ["mnist-exp", "sweep", "experiments/quick.yaml"]
-with lease.acquire(uri, name):
+with sweep_lock.acquire(uri, name):
     print("held", flush=True)
     time.sleep(600)
 """
@@ -60,7 +61,7 @@ def test_a_held_sweep_is_refused_naming_its_holder_and_taken_over_once_the_holde
             err), err
         # nothing written: no run, no tuner state
         assert runs() == [] and not (store / "mlruns" / "tuner" / "held").exists()
-        assert lease.backend_for(uri).holder("held").pid == holder.pid
+        assert sweep_lock.backend_for(uri).holder("held").pid == holder.pid
     finally:
         holder.kill()  # SIGKILL: the holder gets no chance to release
         holder.wait()
@@ -73,18 +74,18 @@ def test_a_held_sweep_is_refused_naming_its_holder_and_taken_over_once_the_holde
     assert parent.info.status == "FINISHED" and trial.info.status == "FINISHED"
     assert parent.data.tags["mnist_exp.pid"] == trial.data.tags["mnist_exp.pid"] == str(os.getpid())
     assert not {parent.info.run_id, trial.info.run_id} & set(liveness.HEARTBEAT.held())  # no beat after the end
-    assert lease.backend_for(uri).holder("held") is None
+    assert sweep_lock.backend_for(uri).holder("held") is None
     assert (store / "mlruns" / "leases" / "held.lease").read_text() == ""  # released cleanly: nobody to take over
 
 
 # Says it is ready, waits for "go" on stdin, tries the lease and reports; a winner holds it until stdin closes.
 RACER = """import json, os, sys
-from mnist_exp import lease
-from mnist_exp.errors import LeaseHeld
+from mnist_exp.tracking import sweep_lock
+from mnist_exp.runtime.errors import LeaseHeld
 print("ready", flush=True)
 sys.stdin.readline()
 try:
-    with lease.acquire(sys.argv[1], "race"):
+    with sweep_lock.acquire(sys.argv[1], "race"):
         print(json.dumps({"pid": os.getpid(), "won": True}), flush=True)
         sys.stdin.readline()  # held until every racer has reported
 except LeaseHeld as e:
@@ -130,20 +131,20 @@ def test_two_sweeps_of_one_name_started_together_one_runs_the_other_exits_2(stor
 
 def test_the_lease_is_reentrant_in_its_process_and_checks_the_name(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    backend = lease.backend_for(uri)
-    with lease.acquire(uri, "a"):
-        with lease.acquire(uri, "a"):  # a nested acquire of a held name passes through
+    backend = sweep_lock.backend_for(uri)
+    with sweep_lock.acquire(uri, "a"):
+        with sweep_lock.acquire(uri, "a"):  # a nested acquire of a held name passes through
             assert backend.holder("a").pid == os.getpid()
         assert backend.holder("a").pid == os.getpid()  # still held by the outer block
-        ok, other = lease.LocalFileLease(tmp_path / "leases").try_acquire("a", lease.Holder.me())
+        ok, other = sweep_lock.LocalFileLease(tmp_path / "leases").try_acquire("a", sweep_lock.Holder.me())
         assert not ok and other.pid == os.getpid()  # another descriptor is another holder, as another process is
     assert backend.holder("a") is None
     for bad in ("", ".", "..", "a/b"):
         with pytest.raises(ConfigError, match="not usable as a file name"):
-            with lease.acquire(uri, bad):
+            with sweep_lock.acquire(uri, bad):
                 pass
     with pytest.raises(LeaseHeld):
-        with lease.acquire(uri, "b"):
+        with sweep_lock.acquire(uri, "b"):
             raise LeaseHeld("inner")  # an error inside the block still releases
     assert backend.holder("b") is None
 
@@ -152,14 +153,14 @@ def test_a_record_left_by_a_dead_holder_is_not_reported_as_live(tmp_path):
     """Between taking the lock and writing its own record, a new holder's file still names the dead one:
     a loser waits for the live record instead of naming a gone process."""
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    gone = lease.Holder(int(dead.stdout), liveness.HOST, "x:1", "mnist-exp sweep old.yaml", time.time() - 60)
+    gone = sweep_lock.Holder(int(dead.stdout), liveness.HOST, "x:1", "mnist-exp sweep old.yaml", time.time() - 60)
     path = tmp_path / "leases" / "n.lease"
     path.parent.mkdir()
     path.write_text(json.dumps(gone.__dict__))
-    assert lease.LocalFileLease._read_live(path, wait_s=0.2) is None
-    me = lease.Holder.me()
+    assert sweep_lock.LocalFileLease._read_live(path, wait_s=0.2) is None
+    me = sweep_lock.Holder.me()
     path.write_text(json.dumps(me.__dict__))
-    assert lease.LocalFileLease._read_live(path, wait_s=0.2) == me
+    assert sweep_lock.LocalFileLease._read_live(path, wait_s=0.2) == me
 
 
 def test_a_tracking_servers_lease_lives_in_its_registry_for_every_machine(tracking_server, tmp_path, capsys):
@@ -168,28 +169,28 @@ def test_a_tracking_servers_lease_lives_in_its_registry_for_every_machine(tracki
     another machine is refused while its heartbeat is fresh and taken over once it is older than STALE_S."""
     from mlflow import MlflowClient
 
-    from mnist_exp.reglock import TAG_SINCE, TAG_TOKEN
+    from mnist_exp.tracking.registry_lock import TAG_SINCE, TAG_TOKEN
 
     uri = tracking_server.uri
-    backend = lease.backend_for(uri)
-    assert isinstance(backend, lease.RegistryLease)
+    backend = sweep_lock.backend_for(uri)
+    assert isinstance(backend, sweep_lock.RegistryLease)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, uri, "srv"], stdout=subprocess.PIPE, text=True,
                               cwd=tmp_path)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(LeaseHeld, match=rf"^sweep srv is already running: pid {holder.pid} on host "
                                             rf"{re.escape(liveness.HOST)} since .* \(mnist-exp sweep experiments/quick"):
-            with lease.acquire(uri, "srv"):
+            with sweep_lock.acquire(uri, "srv"):
                 pass
         assert backend.holder("srv").pid == holder.pid
     finally:
         holder.kill()  # no release: the lease stays in the registry
         holder.wait()
-    with lease.acquire(uri, "srv"):
+    with sweep_lock.acquire(uri, "srv"):
         assert backend.holder("srv").pid == os.getpid()
     assert f"taking over the lease of pid {holder.pid} on host {liveness.HOST}" in capsys.readouterr().err
     client = MlflowClient(uri, uri)
-    name = lease.RegistryLease.PREFIX + "srv"
+    name = sweep_lock.RegistryLease.PREFIX + "srv"
     assert not client.search_registered_models(f"name = '{name}'")  # released: deleted
 
     def elsewhere(beat_age: float):
@@ -197,15 +198,15 @@ def test_a_tracking_servers_lease_lives_in_its_registry_for_every_machine(tracki
         client.create_registered_model(name, tags={
             TAG_TOKEN: "0" * 32, TAG_SINCE: f"{now - 3600:.3f}", liveness.TAG_HOST: "other-machine",
             liveness.TAG_PID: "4242", liveness.TAG_PROC_START: "x:1", liveness.TAG_HEARTBEAT: f"{now - beat_age:.3f}",
-            lease.RegistryLease.TAG_COMMAND: "mnist-exp sweep x.yaml"})
+            sweep_lock.RegistryLease.TAG_COMMAND: "mnist-exp sweep x.yaml"})
 
     elsewhere(beat_age=5)  # a sweep on another machine, alive
     with pytest.raises(LeaseHeld, match=r"pid 4242 on host other-machine since .* \(mnist-exp sweep x\.yaml\)"):
-        with lease.acquire(uri, "srv"):
+        with sweep_lock.acquire(uri, "srv"):
             pass
     client.delete_registered_model(name)
     elsewhere(beat_age=liveness.STALE_S + 10)  # its heartbeat stopped: that machine or process is gone
-    with lease.acquire(uri, "srv"):
+    with sweep_lock.acquire(uri, "srv"):
         pass
     assert "taking over the lease of pid 4242 on host other-machine" in capsys.readouterr().err
     assert not client.search_registered_models(f"name = '{name}'")

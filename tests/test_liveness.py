@@ -13,7 +13,8 @@ import time
 
 from mlflow import MlflowClient
 
-from mnist_exp import liveness, tracking
+from mnist_exp.tracking import liveness
+from mnist_exp import tracking
 from mnist_exp.cli import main
 
 from conftest import ROOT, VENV_BIN, runs, wait_for_store

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from keras import layers
 
-from mnist_exp.model import HP_DEFAULTS, build_model, learning_rate_schedule, plateau_callback
+from mnist_exp.model.cnn import HP_DEFAULTS, build_model, learning_rate_schedule, plateau_callback
 
 
 def test_default_model_is_the_seed_baseline_layer_by_layer():
@@ -59,7 +59,7 @@ def test_every_hyperparameter_defaults_to_the_baseline_and_can_be_changed():
 def test_mixed_precision_computes_in_low_precision_and_keeps_a_float32_softmax(embedded):
     import numpy as np
 
-    from mnist_exp.data import one_hot, to_model_inputs
+    from mnist_exp.model.data import one_hot, to_model_inputs
 
     x, y = to_model_inputs(embedded["x_train"][:64]), one_hot(embedded["y_train"][:64])
     for policy, low in (("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")):
@@ -179,7 +179,7 @@ def test_each_lever_changes_the_model_as_intended(values, check):
 
 @pytest.mark.parametrize("conv_blocks", ["seed", "deep"])
 def test_every_kernel_size_and_pooling_builds_and_predicts_ten_classes(conv_blocks, embedded):
-    from mnist_exp.data import to_model_inputs
+    from mnist_exp.model.data import to_model_inputs
 
     x = to_model_inputs(embedded["x_train"][:2])
     for k in (1, 3, 5, 7):
@@ -193,7 +193,7 @@ def test_every_kernel_size_and_pooling_builds_and_predicts_ten_classes(conv_bloc
 def test_augmentation_is_active_in_training_only(embedded):
     """Dropout off, so training=True can differ from inference through the augmentation alone; at inference
     the augmented model is the plain model with the same weights."""
-    from mnist_exp.data import to_model_inputs
+    from mnist_exp.model.data import to_model_inputs
 
     x = to_model_inputs(embedded["x_train"][:8])
     common = {"dropout_1": 0.0, "dropout_2": 0.0}
@@ -260,7 +260,7 @@ def test_plateau_callback_only_for_the_plateau_schedule():
 def test_hypermodel_schedule_spans_the_trials_own_steps(bookkeeping, epochs_trained):
     """250 digits at batch 32 are 8 steps an epoch: the one-cycle schedule spans the epochs the trial trains
     (Hyperband's tuner/epochs - tuner/initial_epoch, else training.epochs)."""
-    from mnist_exp.training import CNNHyperModel
+    from mnist_exp.model.training import CNNHyperModel
 
     hp = hps(lr_schedule="one_cycle", batch_size=32, **bookkeeping)
     model = CNNHyperModel(n_train=250, epochs=3).build(hp)
@@ -272,8 +272,8 @@ def test_hypermodel_schedule_spans_the_trials_own_steps(bookkeeping, epochs_trai
 def test_tiny_fits_with_one_cycle_and_plateau(embedded):
     """Real fits through the hypermodel: one-cycle ends an epoch at peak/1e4; plateau (a rate too small to move
     the validation loss) halves the rate after two epochs without progress."""
-    from mnist_exp.data import one_hot, to_model_inputs
-    from mnist_exp.training import CNNHyperModel, _current_lr
+    from mnist_exp.model.data import one_hot, to_model_inputs
+    from mnist_exp.model.training import CNNHyperModel, _current_lr
 
     x, y = to_model_inputs(embedded["x_train"][:200]), one_hot(embedded["y_train"][:200])
     val = (to_model_inputs(embedded["x_train"][200:250]), one_hot(embedded["y_train"][200:250]))

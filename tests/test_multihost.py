@@ -72,7 +72,7 @@ def test_a_sweep_across_three_machines_survives_worker_and_chief_faults(lan, tmp
     from mlflow import MlflowClient
 
     from mnist_exp import server
-    from mnist_exp.data import EMBEDDED_PATH
+    from mnist_exp.model.data import EMBEDDED_PATH
 
     h = lan
     folder = Path(tempfile.mkdtemp(prefix="mx-tracking-"))  # PostgreSQL's own user must reach it: not pytest's 0700 tree

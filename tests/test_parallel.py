@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from mnist_exp.config import experiment_from_dict, load_experiment
+from mnist_exp.spec.experiment import experiment_from_dict, load_experiment
 
 from conftest import ROOT, VENV_BIN, wait_for_store, write_yaml
 
@@ -115,10 +115,10 @@ def test_interrupted_parallel_sweep_resumes_with_one_worker(store):
 def test_an_injected_hypermodel_is_refused_before_anything_is_written(store):
     import pytest
 
-    from mnist_exp.data import load_data
-    from mnist_exp.space import load_space
-    from mnist_exp.sweep import run_sweep
-    from mnist_exp.training import CNNHyperModel
+    from mnist_exp.model.data import load_data
+    from mnist_exp.spec.space import load_space
+    from mnist_exp.search.sweep import run_sweep
+    from mnist_exp.model.training import CNNHyperModel
 
     exp = load_experiment(write_yaml(store / "par.yaml", PAR))
     with pytest.raises(ValueError, match="cannot reach parallel workers"):

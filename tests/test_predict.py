@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from mnist_exp.cli import main
-from mnist_exp.predict import to_mnist
+from mnist_exp.model.predict import to_mnist
 
 from conftest import cli
 

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from mnist_exp import progress
+from mnist_exp.runtime import terminal
 
 from conftest import ROOT, cli, runs, write_yaml
 
@@ -87,7 +87,7 @@ def _fit_with_bar(bar_cls, capsys, steps_per_execution=8, batches=22, epochs=2):
 def test_progress_bar_never_counts_past_its_end_with_steps_per_execution(capsys):
     import keras
 
-    from mnist_exp.training import ProgressBar
+    from mnist_exp.model.training import ProgressBar
 
     # Keras 3.15's own bar: the cause (end step = begin + steps_per_execution - 1, not clipped to the epoch)
     _, keras_shown = _fit_with_bar(keras.callbacks.ProgbarLogger, capsys)
@@ -104,10 +104,10 @@ def test_verbose_draws_bars_on_a_terminal_and_keras_epoch_lines_in_a_pipe(monkey
     try:
         with os.fdopen(slave, "w") as tty:
             monkeypatch.setattr("sys.stdout", tty)
-            assert progress.fit_verbose(True) == 1 and progress.fit_verbose(False) == 0
+            assert terminal.fit_verbose(True) == 1 and terminal.fit_verbose(False) == 0
         r, w = os.pipe()
         with os.fdopen(r) as _, os.fdopen(w, "w") as pipe:
             monkeypatch.setattr("sys.stdout", pipe)
-            assert progress.fit_verbose(True) == 2 and progress.fit_verbose(False) == 0
+            assert terminal.fit_verbose(True) == 2 and terminal.fit_verbose(False) == 0
     finally:
         os.close(master)

@@ -2,7 +2,7 @@
 import pytest
 from mlflow import MlflowClient
 
-from mnist_exp import __version__
+from mnist_exp._version import __version__
 from mnist_exp.cli import main
 
 from conftest import runs

@@ -16,9 +16,9 @@ import time
 
 import pytest
 
-from mnist_exp import liveness
-from mnist_exp.promote import LOCK_SUFFIX, LOCK_TTL_S, TAG_SWEEP
-from mnist_exp.reglock import TAG_SINCE, TAG_TOKEN
+from mnist_exp.tracking import liveness
+from mnist_exp.results.promote import LOCK_SUFFIX, LOCK_TTL_S, TAG_SWEEP
+from mnist_exp.tracking.registry_lock import TAG_SINCE, TAG_TOKEN
 
 from conftest import ROOT, VENV_BIN, write_yaml
 
@@ -41,10 +41,10 @@ def race(request, tmp_path_factory):
     """(tracking URI, project folder, {sweep: best trial's run id}) with sweeps a and b in it."""
     from mlflow import MlflowClient
 
-    from mnist_exp.config import load_experiment
-    from mnist_exp.data import load_data
-    from mnist_exp.space import load_space
-    from mnist_exp.sweep import run_sweep
+    from mnist_exp.spec.experiment import load_experiment
+    from mnist_exp.model.data import load_data
+    from mnist_exp.spec.space import load_space
+    from mnist_exp.search.sweep import run_sweep
 
     root = tmp_path_factory.mktemp(f"race-{request.param}")
     if request.param == "sqlite":
@@ -88,7 +88,7 @@ def stage(client, best, accuracies: dict) -> None:
 # A racer: `mnist-exp promote` (cli.main) in a process that has done its imports, says so and waits for the
 # go file, so that racers reach the registry within milliseconds of each other, not seconds of import jitter.
 RACER = """import os, sys, time
-import mlflow, mnist_exp.cli, mnist_exp.promote
+import mlflow, mnist_exp.cli, mnist_exp.results.promote
 ready, go = sys.argv[1:3]
 open(ready, "w").close()
 while not os.path.exists(go):

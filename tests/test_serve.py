@@ -8,7 +8,7 @@ import urllib.request
 import numpy as np
 
 from mnist_exp.cli import main
-from mnist_exp.data import to_model_inputs
+from mnist_exp.model.data import to_model_inputs
 
 from conftest import VENV_BIN, free_port, wait_http
 

@@ -1,7 +1,7 @@
 import pytest
 
-from mnist_exp.errors import ConfigError
-from mnist_exp.space import load_space, validate_fixed
+from mnist_exp.runtime.errors import ConfigError
+from mnist_exp.spec.space import load_space, validate_fixed
 
 from conftest import ROOT, cli, runs, write_yaml
 
@@ -107,7 +107,7 @@ def test_power_space_covers_every_lever_and_its_defaults_build_the_seed():
     """Trial 0 of a search over power.yaml is the baseline: every lever's default is the seed's value."""
     from keras import layers
 
-    from mnist_exp.model import HP_DEFAULTS, build_model
+    from mnist_exp.model.cnn import HP_DEFAULTS, build_model
 
     space = load_space(ROOT / "search_spaces" / "power.yaml")
     levers = {"conv_blocks", "kernel_size", "pooling", "optimizer", "weight_decay", "lr_schedule", "warmup_fraction",

@@ -1,4 +1,4 @@
-"""A sweep's state file across releases (mnist_exp/state.py): a config field added later with a default
+"""A sweep's state file across releases (mnist_exp/sweep_state.py): a config field added later with a default
 changes no sweep's identity, a format-1 state (mnist-exp 0.1.0) resumes and is migrated, a real change
 is still refused, and a state from a newer release is one line."""
 
@@ -6,10 +6,11 @@ import dataclasses
 import hashlib
 import json
 
-from mnist_exp import __version__, state
+from mnist_exp._version import __version__
+from mnist_exp.search import sweep_state
 from mnist_exp.cli import main
-from mnist_exp.config import TrainingConfig, load_experiment
-from mnist_exp.space import Param, load_space
+from mnist_exp.spec.experiment import TrainingConfig, load_experiment
+from mnist_exp.spec.space import Param, load_space
 
 from conftest import TINY_SWEEP, runs, write_yaml
 
@@ -51,36 +52,36 @@ def upgraded(exp, space, **new):
 def test_a_field_added_with_its_default_changes_no_identity_and_a_real_change_is_named(tmp_path):
     exp = load_experiment(write_yaml(tmp_path / "tiny.yaml", TINY))
     space = load_space(exp.search_space)
-    v2 = {"format": 2, "identity": state.identity(exp, space)}
+    v2 = {"format": 2, "identity": sweep_state.identity(exp, space)}
     v1 = {"format": 1, "identity": identity_0_1_0(exp, space)}
-    assert state.identity_format1(exp, space) == (identity_0_1_0(exp, space), [])  # format 1 read the old way
+    assert sweep_state.identity_format1(exp, space) == (identity_0_1_0(exp, space), [])  # format 1 read the old way
 
     new_exp, new_space = upgraded(exp, space)
-    assert state.identity(new_exp, new_space) == state.identity(exp, space)
+    assert sweep_state.identity(new_exp, new_space) == sweep_state.identity(exp, space)
     assert identity_0_1_0(new_exp, new_space) != identity_0_1_0(exp, space)  # what broke resuming in 0.1.0
-    assert state.changed_sections(v2, new_exp, new_space) == []
-    assert state.changed_sections(v1, new_exp, new_space) == []
+    assert sweep_state.changed_sections(v2, new_exp, new_space) == []
+    assert sweep_state.changed_sections(v1, new_exp, new_space) == []
     # the new fields set to something else are real changes, in the section that holds them
     for new, section in (({"label_smoothing": 0.1}, "training"), ({"condition": "batch_norm"}, "search space")):
         changed_exp, changed_space = upgraded(exp, space, **new)
-        assert state.changed_sections(v2, changed_exp, changed_space) == [section]
-        assert state.changed_sections(v1, changed_exp, changed_space) == [section]
+        assert sweep_state.changed_sections(v2, changed_exp, changed_space) == [section]
+        assert sweep_state.changed_sections(v1, changed_exp, changed_space) == [section]
     # so are changes to fields that existed; max_trials and parallel_trials are not part of the identity
     more = dataclasses.replace(exp, tuner=dataclasses.replace(exp.tuner, max_trials=9, parallel_trials=2))
-    assert state.changed_sections(v2, more, space) == state.changed_sections(v1, more, space) == []
+    assert sweep_state.changed_sections(v2, more, space) == sweep_state.changed_sections(v1, more, space) == []
     for changed, sections in (
             (dataclasses.replace(exp, training=dataclasses.replace(exp.training, epochs=2), seed=7), ["training", "seed"]),
             (dataclasses.replace(exp, data=dataclasses.replace(exp.data, train_size=300)), ["data"])):
-        assert state.changed_sections(v2, changed, space) == state.changed_sections(v1, changed, space) == sections
+        assert sweep_state.changed_sections(v2, changed, space) == sweep_state.changed_sections(v1, changed, space) == sections
     # one spelling per value: a float given as 1.0 or 1 is one identity
-    assert state.identity(dataclasses.replace(exp, hp={"dropout": 0.0}), space) == \
-        state.identity(dataclasses.replace(exp, hp={"dropout": 0}), space)
+    assert sweep_state.identity(dataclasses.replace(exp, hp={"dropout": 0.0}), space) == \
+        sweep_state.identity(dataclasses.replace(exp, hp={"dropout": 0}), space)
 
 
 def test_a_format1_state_refuses_a_real_change_then_resumes_and_is_migrated(store, capsys):
     exp_file = write_yaml(store / "tiny.yaml", TINY)
     assert main(["sweep", str(exp_file)]) == 0
-    path = store / "mlruns" / "tuner" / "tiny" / state.STATE_FILE
+    path = store / "mlruns" / "tuner" / "tiny" / sweep_state.STATE_FILE
     now = json.loads(path.read_text())
     assert now["format"] == 2
     exp = load_experiment(exp_file)
@@ -100,8 +101,8 @@ def test_a_format1_state_refuses_a_real_change_then_resumes_and_is_migrated(stor
     assert main(["sweep", str(exp_file), "--max-trials", "2"]) == 0
     assert "resuming, 1 trial(s) done" in capsys.readouterr().out
     migrated = json.loads(path.read_text())
-    assert migrated["format"] == state.FORMAT == 2 and migrated["written_by"] == __version__
-    assert migrated["identity"] == state.identity(exp, space) != identity_0_1_0(exp, space)
+    assert migrated["format"] == sweep_state.FORMAT == 2 and migrated["written_by"] == __version__
+    assert migrated["identity"] == sweep_state.identity(exp, space) != identity_0_1_0(exp, space)
     assert {k: migrated[k] for k in old if k != "experiment"} == {k: v for k, v in old.items() if k != "experiment"}
     assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []  # written by rename
     [parent] = runs(filter_string="tags.`mnist_exp.kind` = 'sweep'")
@@ -116,7 +117,7 @@ def test_a_state_from_a_newer_release_is_one_line_and_nothing_is_written(store, 
     exp_file = write_yaml(store / "tiny.yaml", TINY)
     folder = store / "mlruns" / "tuner" / "tiny"
     folder.mkdir(parents=True)
-    path = folder / state.STATE_FILE
+    path = folder / sweep_state.STATE_FILE
     path.write_text(json.dumps({"format": 99, "name": "tiny", "parent_run_id": "0" * 32, "identity": {}}))
     written = path.read_bytes()
 
@@ -125,7 +126,7 @@ def test_a_state_from_a_newer_release_is_one_line_and_nothing_is_written(store, 
     assert err == (f"mnist-exp sweep: error: {path}: sweep state format 99 was written by a newer mnist-exp "
                    f"(mnist-exp {__version__} reads formats 1 to 2); upgrade mnist-exp\n")
     assert "sweep tiny" not in out
-    assert path.read_bytes() == written and [p.name for p in folder.iterdir()] == [state.STATE_FILE]
+    assert path.read_bytes() == written and [p.name for p in folder.iterdir()] == [sweep_state.STATE_FILE]
     assert runs() == []
 
 
@@ -133,11 +134,11 @@ def test_hyperband_identity_leaves_out_training_epochs_and_still_resumes_a_0_3_0
     exp = load_experiment(write_yaml(tmp_path / "tiny.yaml", TINY), ["tuner.kind=hyperband", "training.epochs=5"])
     space = load_space(exp.search_space)
     longer = dataclasses.replace(exp, training=dataclasses.replace(exp.training, epochs=7))
-    assert state.identity(longer, space) == state.identity(exp, space)  # Hyperband sets each trial's epochs
-    as_0_3_0 = {"format": 2, "identity": state.identity(exp, space, epochs_decided_by_tuner=False)}
-    assert as_0_3_0["identity"]["training"] != state.identity(exp, space)["training"]
-    assert state.changed_sections(as_0_3_0, exp, space) == []  # recorded with epochs, resumed unchanged
-    assert state.changed_sections(as_0_3_0, longer, space) == ["training"]  # but a real change is still named
+    assert sweep_state.identity(longer, space) == sweep_state.identity(exp, space)  # Hyperband sets each trial's epochs
+    as_0_3_0 = {"format": 2, "identity": sweep_state.identity(exp, space, epochs_decided_by_tuner=False)}
+    assert as_0_3_0["identity"]["training"] != sweep_state.identity(exp, space)["training"]
+    assert sweep_state.changed_sections(as_0_3_0, exp, space) == []  # recorded with epochs, resumed unchanged
+    assert sweep_state.changed_sections(as_0_3_0, longer, space) == ["training"]  # but a real change is still named
     rand = dataclasses.replace(exp, tuner=dataclasses.replace(exp.tuner, kind="random"))
     rand_longer = dataclasses.replace(rand, training=longer.training)
-    assert state.identity(rand_longer, space)["training"] != state.identity(rand, space)["training"]
+    assert sweep_state.identity(rand_longer, space)["training"] != sweep_state.identity(rand, space)["training"]

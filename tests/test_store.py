@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_exp import store as storelib
+from mnist_exp.tracking import store as storelib
 from mnist_exp.cli import main
 
 from conftest import TINY, VENV_BIN, free_port
@@ -61,7 +61,9 @@ def test_head_revision_is_the_installed_mlflows():
 RACE = """
 import json, os, sys, traceback
 import mlflow.store.tracking.sqlalchemy_store, pandas  # noqa: F401  (imported once, before forking)
-from mnist_exp import cli, compare, promote, store, tracking  # noqa: F401
+from mnist_exp import cli, tracking
+from mnist_exp.results import compare, promote
+from mnist_exp.tracking import store  # noqa: F401
 base, rounds, cmds = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
 codes = []
 for r in range(rounds):

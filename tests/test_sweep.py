@@ -9,12 +9,12 @@ import time
 import pytest
 
 from mnist_exp.cli import main
-from mnist_exp.config import load_experiment
-from mnist_exp.data import load_data
-from mnist_exp.errors import SweepError
-from mnist_exp.space import load_space
-from mnist_exp.sweep import run_sweep
-from mnist_exp.training import CNNHyperModel
+from mnist_exp.spec.experiment import load_experiment
+from mnist_exp.model.data import load_data
+from mnist_exp.runtime.errors import SweepError
+from mnist_exp.spec.space import load_space
+from mnist_exp.search.sweep import run_sweep
+from mnist_exp.model.training import CNNHyperModel
 
 from conftest import ROOT, VENV_BIN, cli, runs, wait_for_store, write_yaml
 

@@ -3,7 +3,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from mnist_exp import __version__
+from mnist_exp._version import __version__
 from mnist_exp.cli import main
 
 from conftest import runs

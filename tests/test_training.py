@@ -1,6 +1,6 @@
 import numpy as np
 
-from mnist_exp.training import input_pipeline, metrics_from_probs
+from mnist_exp.model.training import input_pipeline, metrics_from_probs
 
 
 def test_input_pipeline_yields_every_digit_once_per_epoch_reshuffled_with_the_partial_batch():
@@ -22,8 +22,8 @@ def test_input_pipeline_yields_every_digit_once_per_epoch_reshuffled_with_the_pa
 
 
 def test_metrics_from_probs_match_keras_evaluate(embedded):
-    from mnist_exp.data import one_hot, to_model_inputs
-    from mnist_exp.model import build_model
+    from mnist_exp.model.data import one_hot, to_model_inputs
+    from mnist_exp.model.cnn import build_model
 
     x, labels = to_model_inputs(embedded["x_test"][:300]), embedded["y_test"][:300]
     model = build_model()

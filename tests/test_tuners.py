@@ -10,10 +10,10 @@ BEST = ROOT / "experiments" / "best.yaml"
 
 
 def proposals(tmp_path, overrides, n):
-    from mnist_exp import tuners
-    from mnist_exp.config import load_experiment
-    from mnist_exp.data import load_data
-    from mnist_exp.space import load_space
+    from mnist_exp.search import tuners
+    from mnist_exp.spec.experiment import load_experiment
+    from mnist_exp.model.data import load_data
+    from mnist_exp.spec.space import load_space
 
     exp = load_experiment(BEST, ["data.source=embedded", "data.train_size=200", "data.test_size=100", *overrides])
     space = load_space(exp.search_space)

@@ -1,0 +1,257 @@
+"""Training shared by ``train`` and every sweep trial: the HyperModel, callbacks, and
+evaluation + logging of a trained model (test metrics, plots, the model itself).
+
+Imports TensorFlow at module level: import this module lazily, inside commands.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import keras
+import keras_tuner as kt
+import numpy as np
+
+from mnist_exp.runtime import faults, signals
+from mnist_exp.model import fidelity, plots
+from mnist_exp import tracking
+from mnist_exp.spec.experiment import Experiment, TrainingConfig
+from mnist_exp.model.data import Dataset, one_hot, to_model_inputs
+from mnist_exp.model.cnn import build_model, hp_value, plateau_callback
+
+# Keras Tuner's load_model restores weights only; Keras warns that optimizer slots are skipped.
+warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+
+
+class CNNHyperModel(kt.HyperModel):
+    """The CNN for Keras Tuner; ``batch_size`` is a hyperparameter, not a fit argument."""
+
+    def __init__(self, steps_per_execution: int = TrainingConfig.steps_per_execution, n_train: int | None = None,
+                 mixed_precision: str | None = None, epochs: int = TrainingConfig.epochs):
+        super().__init__(name="mnist_cnn")
+        self.steps_per_execution = steps_per_execution
+        self.n_train = n_train
+        self.mixed_precision = mixed_precision
+        self.epochs = epochs  # training.epochs; Hyperband's own count wins (fidelity.py)
+
+    def build(self, hp):
+        spe, steps = self.steps_per_execution, None
+        if self.n_train:  # more steps per call than an epoch has confuses Keras's progress bar
+            batch = hp_value(hp, "batch_size")
+            spe = max(1, min(spe, math.ceil(self.n_train / batch)))
+            steps = fidelity.trial_steps(hp.values, self.epochs, self.n_train, batch)
+        return build_model(hp, steps_per_execution=spe, mixed_precision=self.mixed_precision, steps=steps)
+
+    def fit(self, hp, model, x, y=None, validation_data=None, **kwargs):
+        """Arrays are fed through ``input_pipeline``; a ready ``tf.data.Dataset`` passes through."""
+        plateau = plateau_callback(keras, hp, "val_loss" if validation_data is not None else "loss")
+        if plateau is not None:
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), plateau]
+        if isinstance(x, np.ndarray):
+            x, y = input_pipeline(x, y, hp.get("batch_size"), shuffle=kwargs.pop("shuffle", True)), None
+            kwargs["shuffle"] = False  # the pipeline reshuffles each epoch; Keras would only warn
+        if isinstance(validation_data, tuple) and isinstance(validation_data[0], np.ndarray):
+            validation_data = input_pipeline(*validation_data[:2], EVAL_BATCH, shuffle=False)
+        return model.fit(x, y, validation_data=validation_data, **kwargs)
+
+
+EVAL_BATCH = 256  # evaluation only: no effect on the optimisation, ~2x fewer calls than batch 16
+
+
+def input_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool = True):
+    """Batches of (x, y) reshuffled every epoch, as ``fit(x, y, batch_size=…)`` gives, but faster here.
+
+    Keras's own array pipeline (tf.data, autotuned) sometimes stalled on the 2-core development
+    machine: a 4,000-digit epoch whose steps summed to 8.2 s took 10.3 s. With autotuning off no run
+    stalled (README "Performance"). This one gathers index batches from in-memory tensors with a
+    fixed prefetch and autotuning off.
+    Same batch size, same per-epoch uniform shuffle, partial last batch kept: the optimisation is unchanged.
+    """
+    import tensorflow as tf
+
+    xt, yt = tf.constant(x), tf.constant(y)
+    idx = tf.data.Dataset.range(len(x))
+    if shuffle:
+        idx = idx.shuffle(len(x), reshuffle_each_iteration=True)
+    ds = idx.batch(batch_size).map(lambda i: (tf.gather(xt, i), tf.gather(yt, i))).prefetch(2)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.deterministic = True
+    return ds.with_options(options)
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Logs every epoch's loss/accuracy/val_* to the run, with the epoch as step, and prints the epoch's
+    one line (``progress.epoch_line``) after ``echo`` when given: the one per-epoch printer of train,
+    sweep and parallel workers.
+
+    Holds only the run id, so Keras Tuner's per-trial deep copy is cheap and safe.
+    """
+
+    def __init__(self, run_id: str, echo: str | None = None):
+        super().__init__()
+        self.run_id = run_id
+        self.echo = echo  # the line's prefix, e.g. "[sweep quick] trial 3"
+        self._t0 = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = {k: float(v) for k, v in (logs or {}).items() if k != "learning_rate"}
+        lr = _current_lr(self.model)
+        seconds = time.perf_counter() - self._t0
+        extra = {"learning_rate": lr} if lr is not None else {}
+        tracking.log_metrics({**metrics, **extra, "epoch_time_s": seconds}, step=epoch + 1, run_id=self.run_id)
+        faults.point("epoch_logged")
+        if self.echo:
+            from mnist_exp.runtime.terminal import epoch_line
+
+            print(epoch_line(self.echo, epoch + 1, (self.params or {}).get("epochs"), metrics, seconds), flush=True)
+
+
+def _current_lr(model) -> float | None:
+    """The rate the optimizer used last (a schedule's value at its current step)."""
+    try:
+        opt = model.optimizer
+        opt = getattr(opt, "inner_optimizer", opt)
+        lr = opt.learning_rate
+        return float(lr(opt.iterations) if callable(lr) else lr)
+    except Exception:
+        return None
+
+
+class ProgressBar(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar (``--verbose``), never counting past its end.
+
+    Keras 3.15 calls ``on_*_batch_end`` once per execution of ``steps_per_execution`` steps with the
+    execution's last step computed as ``begin + steps_per_execution - 1``, never clipped to the epoch
+    (trainers/epoch_iterator.py); ProgbarLogger shows that + 1, so 85 batches at 8 per execution end
+    at "88/85", and a one-batch predict shows "8/1". Here the step is clipped to the bar's target.
+    """
+
+    def _clip(self, batch):
+        return batch if not self.target else min(batch, self.target - 1)
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(self._clip(batch), logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        super().on_test_batch_end(self._clip(batch), logs)
+
+    def on_predict_batch_end(self, batch, logs=None):
+        super().on_predict_batch_end(self._clip(batch), logs)
+
+
+class NaNLoss(RuntimeError):
+    pass
+
+
+class FailOnNaN(keras.callbacks.Callback):
+    """Raise (so the trial ends FAILED) instead of Keras's TerminateOnNaN silent stop."""
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NaNLoss(f"loss became {float(loss)} at batch {batch}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.on_batch_end(-1, logs)
+
+
+class InterruptCheck(keras.callbacks.Callback):
+    """Raises a Ctrl-C / SIGTERM recorded inside a trial at the next batch end (``interrupt``)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        signals.check()
+
+    def on_test_batch_end(self, batch, logs=None):
+        signals.check()
+
+
+def set_seed_and_threads(exp: Experiment) -> None:
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # retracing notices: each trial builds a new model on purpose
+    if exp.training.threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(exp.training.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, exp.training.threads))
+        except RuntimeError:  # already initialised in this process; keep what it has
+            pass
+    keras.utils.set_random_seed(exp.seed)
+
+
+def fit_arrays(ds: Dataset):
+    """(x_train, y_train, validation_data) as float32 / one-hot, the seed's input form."""
+    val = (to_model_inputs(ds.x_val), one_hot(ds.y_val)) if len(ds.y_val) else None
+    return to_model_inputs(ds.x_train), one_hot(ds.y_train), val
+
+
+def hypermodel_for(exp: Experiment, n_train: int) -> CNNHyperModel:
+    return CNNHyperModel(exp.training.steps_per_execution, n_train, exp.training.mixed_precision, exp.training.epochs)
+
+
+def callbacks_for(exp: Experiment, run_id: str, echo: str | None = None, fit_verbose: int = 0) -> list:
+    """``echo``: the per-epoch line's prefix (None: no line); ``fit_verbose``: the fit's verbosity, nonzero
+    adds our ProgressBar (Keras would otherwise add its own, which counts past the end)."""
+    cbs = [EpochLogger(run_id, echo), FailOnNaN(), InterruptCheck()]
+    if fit_verbose:
+        cbs.insert(0, ProgressBar())
+    if exp.training.early_stopping_patience:
+        cbs.append(
+            keras.callbacks.EarlyStopping(
+                monitor=exp.objective.name, mode=exp.objective.direction, patience=exp.training.early_stopping_patience
+            )
+        )
+    return cbs
+
+
+def history_summary(history: dict, objective: str, direction: str) -> dict:
+    """Best/final values and epochs run, logged as single metrics so leaderboards need no history."""
+    out = {"epochs_run": len(history.get("loss", []))}
+    for name in ("val_accuracy", "val_loss", "accuracy", "loss"):
+        vals = history.get(name)
+        if vals:
+            best = max(vals) if name.endswith("accuracy") else min(vals)
+            out[f"best_{name}"] = best
+            out[f"final_{name}"] = vals[-1]
+    if history.get(objective):
+        vals = history[objective]
+        out["objective"] = max(vals) if direction == "max" else min(vals)
+    return out
+
+
+def evaluate_and_log(model, ds: Dataset, history: dict, first_epoch: int = 1) -> dict:
+    """Test metrics, the four figures and the model, logged to the active run. Returns test metrics."""
+    x_test = to_model_inputs(ds.x_test)
+    probs = model.predict(x_test, batch_size=EVAL_BATCH, verbose=0)
+    pred = probs.argmax(axis=1)
+    metrics = metrics_from_probs(probs, ds.y_test)
+    tracking.log_metrics(metrics)
+    tracking.log_figure(plots.learning_curves(history, first_epoch), "plots/learning_curves.png")
+    tracking.log_figure(plots.prediction_grid(ds.x_test, ds.y_test, pred), "plots/predictions.png")
+    tracking.log_figure(plots.confusion_matrix(ds.y_test, pred), "plots/confusion_matrix.png")
+    tracking.log_figure(plots.mistakes(ds.x_test, ds.y_test, pred, probs.max(axis=1)), "plots/mistakes.png")
+    tracking.log_keras_model(model, x_test[:5], probs[:5])
+    return metrics
+
+
+def metrics_from_probs(probs: np.ndarray, y: np.ndarray) -> dict:
+    """Accuracy and categorical cross-entropy from one predict pass (what ``evaluate`` computes,
+    with Keras's clipping at 1e-7), so the test set is run through the model once, not twice."""
+    p = np.clip(probs[np.arange(len(y)), y].astype(np.float64), 1e-7, 1 - 1e-7)
+    return {"test_loss": float(-np.log(p).mean()), "test_accuracy": float((probs.argmax(axis=1) == y).mean())}
+
+
+def merged_history(histories) -> dict:
+    """Keras Tuner returns one History per execution; curves come from the last one."""
+    h = histories[-1] if isinstance(histories, (list, tuple)) else histories
+    h = getattr(h, "history", h)
+    return {k: [float(x) for x in v] for k, v in h.items() if k != "learning_rate"}
+
+
+def model_size(model) -> int:
+    return int(sum(np.prod(w.shape) for w in model.trainable_weights))

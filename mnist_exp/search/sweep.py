@@ -1,0 +1,398 @@
+"""``mnist-exp sweep``: one parent MLflow run per sweep, one nested child run per trial, resumable.
+
+State lives on disk and in MLflow, never only in this process: the Keras Tuner project
+(``<store>/tuner/<sweep>/``) holds the oracle, and ``mnist_exp_sweep.json`` beside it
+holds the parent run id and the sweep's identity. Running the same command again resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mnist_exp.results import describe
+from mnist_exp.runtime import faults, signals
+from mnist_exp.search import sweep_state
+from mnist_exp.tracking import store
+from mnist_exp import tracking
+from mnist_exp.spec.experiment import Experiment
+from mnist_exp.model.data import Dataset
+from mnist_exp.runtime.errors import ConfigError, DiskFull, SweepError, TrackingUnavailable
+from mnist_exp.spec.space import SearchSpace
+from mnist_exp.search.sweep_state import STATE_FILE, identity, tuner_dir
+
+TAG_BUDGET_STOP = "mnist_exp.budget_stop"  # on the parent while the budget left trials unstarted
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    name: str
+    parent_run_id: str
+    completed: int
+    failed: int
+    best_trial_id: str | None
+    best_value: float | None
+
+
+def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwrite: bool = False,
+              verbose: bool = False, hypermodel=None, serve: str | None = None, local_workers: int | None = None,
+              lease_s: float = 30.0) -> SweepResult:
+    """Run (or resume) the sweep. ``hypermodel`` replaces the CNN HyperModel (tests inject faults with it).
+    Prints one line per epoch and per trial; ``verbose`` adds Keras's bars and Keras Tuner's tables (terminal.py).
+    ``serve`` (HOST:PORT): be a chief that workers on other machines join (chief.py), with ``local_workers``
+    of its own (default tuner.parallel_trials); trials of a silent worker are re-run after ``lease_s``."""
+    parallel = exp.tuner.parallel_trials > 1 or serve is not None
+    if hypermodel is not None and parallel:  # workers build their own CNN; nothing else crosses
+        raise ValueError("a custom hypermodel cannot reach parallel workers; use tuner.parallel_trials=1")
+    if exp.objective.name.startswith("val_") and not len(ds.y_val):
+        raise ConfigError(f"{exp.path}: data.validation_split: must be > 0 for the objective {exp.objective.name}")
+    project = tuner_dir(uri) / exp.name
+    # Read before anything is written: a state file this release cannot read stops here (sweep_state.py).
+    prior = None if overwrite else sweep_state.read(project / STATE_FILE)
+    experiment_id = tracking.configure(uri, exp.mlflow_experiment)
+    ident = identity(exp, space)
+    if overwrite and project.exists():
+        _retire(project, uri, experiment_id, exp.name)
+    parent_run_id, resumed = _open_parent(exp, space, ds, experiment_id, project, ident, prior)
+
+    from mnist_exp.runtime import terminal
+    from mnist_exp.model import training
+    from mnist_exp.search import tuners
+
+    fit_verbose = terminal.fit_verbose(verbose)
+    training.set_seed_and_threads(exp)
+    # The chief of a parallel sweep trains nothing: its workers load the data themselves.
+    sw = tuners.SweepContext(exp, ds, experiment_id, parent_run_id, arrays=() if parallel else training.fit_arrays(ds))
+    from mnist_exp.search.distributed.local_workers import ChiefEnvironment
+
+    # Keras Tuner reads chief/worker from the environment when the Tuner is built
+    with ChiefEnvironment("127.0.0.1", 0) if parallel else contextlib.nullcontext():
+        tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), project.parent, hypermodel,
+                                  verbose=fit_verbose)
+    tuner.oracle.on_trial_ended = tuners.print_progress(tuner.oracle, sw)
+    tuner.oracle.configured_epochs = exp.training.epochs
+    tuner.oracle.budget = _budget(exp, ds, (experiment_id, parent_run_id) if resumed else None)
+    planned = tuners.planned_trials(tuner.oracle)
+    done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
+    at_once = f", {exp.tuner.parallel_trials} at once" if exp.tuner.parallel_trials > 1 else ""
+    if tuner.oracle.budget is not None:
+        from mnist_exp.search.budget import hms
+
+        at_once += f", budget {hms(tuner.oracle.budget.seconds)}{' and a refit' if exp.tuner.refit else ''}"
+    print(f"sweep {exp.name} ({exp.tuner.kind}, {planned} trials planned{at_once}, objective {exp.objective.direction} "
+          f"{exp.objective.name}): {'resuming, ' + str(done) + ' trial(s) done' if resumed else 'new'}; "
+          f"parent run {parent_run_id}; {ds.sizes['train']} train / {ds.sizes['val']} val / "
+          f"{ds.sizes['test']} test digits", flush=True)
+    if parallel:
+        return _finishing(exp, parent_run_id, lambda: _run_parallel(tuner, sw, uri, fit_verbose, project, serve,
+                                                                    local_workers, lease_s))
+    tuners.requeue_orphans(tuner.oracle, [tuner.tuner_id])
+
+    x, y, val = sw.arrays
+    crashed = None
+    try:
+        with signals.handled():
+            tuner.search(x, y, validation_data=val, epochs=exp.training.epochs, verbose=fit_verbose)
+    except tuners.StoreUnavailable as e:
+        raise _store_gone(exp, parent_run_id, str(e)) from None
+    except tuners.DiskFullStop as e:
+        raise _disk_full(exp, parent_run_id, str(e)) from None
+    except KeyboardInterrupt:
+        tracking.set_status(parent_run_id, tracking.KILLED)
+        print(f"sweep {exp.name} interrupted: finished trials are kept; run the same command again to resume",
+              flush=True)
+        raise
+    except RuntimeError as e:  # Keras Tuner's "Number of consecutive failures exceeded the limit"
+        crashed = str(e).splitlines()[0]
+    except Exception as e:
+        if tuners.disk_full(e):  # writing Keras Tuner's state between trials
+            raise _disk_full(exp, parent_run_id, f"no space left on device ({tuners._first_line(e)})") from None
+        tracking.set_status(parent_run_id, tracking.FAILED)
+        tracking.set_tags({tracking.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]}, run_id=parent_run_id)
+        raise
+    return _finishing(exp, parent_run_id, lambda: _finish(tuner, sw, crashed))
+
+
+def _budget(exp, ds, resumed_from: tuple[str, str] | None = None):
+    """The oracle's Budget (budget.py), keeping room for the refit when there is one; None without a budget.
+    ``resumed_from`` (experiment id, parent run id): the resumed sweep whose finished trials it starts from."""
+    if exp.tuner.budget is None:
+        return None
+    from mnist_exp.search.budget import Budget, parse_duration
+    from mnist_exp.model.fidelity import decided_by_tuner
+
+    longest = exp.tuner.max_epochs if decided_by_tuner(exp.tuner.kind) else exp.training.epochs
+    scale = (len(ds.y_train) + len(ds.y_val)) / max(1, len(ds.y_train))
+    return Budget(parse_duration(exp.tuner.budget), reserve_epochs=longest if exp.tuner.refit else 0,
+                  refit_scale=scale, history=_trial_lengths(exp, *resumed_from) if resumed_from else ())
+
+
+def _trial_lengths(exp, experiment_id: str, parent_run_id: str) -> list[tuple[int, float]]:
+    """(epochs, seconds) of the sweep's finished trials, read from their runs (the store every machine of the
+    sweep shares), so that a resumed budget estimates before its first trial ends."""
+    from mnist_exp.model.fidelity import trial_epochs
+
+    first_run = {}  # trial id -> its first FINISHED run (the one a resume adopts; tuners.py)
+    for r in sorted(tracking.trial_runs(experiment_id, parent_run_id), key=lambda r: r.info.start_time):
+        if r.info.status == "FINISHED" and "trial_time_s" in r.data.metrics:
+            first_run.setdefault(r.data.tags.get(tracking.TAG_TRIAL), r)
+    out = []
+    for r in first_run.values():
+        first, last = trial_epochs(r.data.params, exp.training.epochs)
+        ran = int(r.data.metrics.get("epochs_run", 0))  # fewer when early stopping ended it
+        out.append((ran if 0 < ran < last - first else last - first, r.data.metrics["trial_time_s"]))
+    return out
+
+
+def _finishing(exp, parent_run_id: str, step):
+    """Run the sweep's last step; a store that stopped answering there stops the sweep cleanly too."""
+    from mnist_exp.search import tuners
+
+    try:
+        return step()
+    except Exception as e:
+        if isinstance(e, tuners.StoreUnavailable) or tuners.tracking_unavailable(e):
+            raise _store_gone(exp, parent_run_id, tuners._first_line(e)) from None
+        if isinstance(e, tuners.DiskFullStop) or tuners.disk_full(e):
+            raise _disk_full(exp, parent_run_id, f"no space left on device ({tuners._first_line(e)})") from None
+        raise
+
+
+def _disk_full(exp, parent_run_id: str, why: str) -> DiskFull:
+    try:
+        tracking.set_tags({tracking.TAG_ERROR: why[:5000]}, run_id=parent_run_id)
+        tracking.set_status(parent_run_id, tracking.KILLED)
+    except Exception:  # the store's own disk is full: the next command marks the run KILLED
+        pass
+    return DiskFull(f"sweep {exp.name} stopped: {why}; finished trials are kept: free space under "
+                    f"the store and run the same command again to resume")
+
+
+def _store_gone(exp, parent_run_id: str, why: str) -> TrackingUnavailable:
+    """The tracking store went away for longer than MLflow's retries: stop, keep what is recorded."""
+    try:
+        tracking.set_status(parent_run_id, tracking.KILLED)
+    except Exception:  # still gone: the next command marks it (the run's process is dead by then)
+        pass
+    return TrackingUnavailable(f"sweep {exp.name} stopped: {why}; finished trials are kept, the trial in progress "
+                               "runs again: run the same command again once the store answers")
+
+
+def _run_parallel(tuner, sw, uri: str, fit_verbose: int, project: Path, serve: str | None,
+                  local_workers: int | None, lease_s: float) -> SweepResult:
+    """Chief: serve the oracle (chief.py) to local worker processes and, with ``serve``, to workers
+    elsewhere, until the oracle is done (or, without ``serve``, until the local workers have all stopped)."""
+    import secrets
+
+    from mnist_exp.search.distributed import oracle_chief as chief_mod
+    from mnist_exp.search.distributed import local_workers, wire
+    from mnist_exp.search import tuners
+
+    exp = sw.exp
+    n = exp.tuner.parallel_trials if local_workers is None else local_workers
+    ids = local_workers.worker_ids(n)
+    if serve:
+        host, port = wire.parse_address(serve, "--serve")
+        token = wire.token_from_env("--serve")
+    else:
+        host, port, token = "127.0.0.1", 0, secrets.token_hex(16)  # local workers get it in their environment
+    # Trials held by remote workers when the chief stopped wait one lease for them (chief.py); others requeue.
+    tuners.requeue_orphans(tuner.oracle, ids + (list(tuner.oracle.ongoing_trials) if serve else []))
+    threads = local_workers.threads_per_worker(max(n, 1), exp.training.threads)
+    chief = chief_mod.Chief(tuner.oracle, sw, uri, _description(sw, uri, project), token, lease_s)
+    port = chief.start(host, port)
+    address = wire.target(host, port)
+    print(f"chief serving the oracle on {address}; {n} {'local ' if serve else ''}workers"
+          f"{' (' + ', '.join(ids) + ')' if ids else ''}"
+          f"{', ' + str(threads) + ' thread(s) each' if n else ''}", flush=True)
+    if serve and store.is_remote(uri):
+        print(f"workers: {wire.TOKEN_ENV}=<the token> mnist-exp worker --chief {address} [--data PATH]", flush=True)
+    elif serve:
+        print(f"workers: {wire.TOKEN_ENV}=<the token> mnist-exp worker --chief {address} --tracking-uri {uri} "
+              "(a store on this machine: workers elsewhere need a tracking server, see mnist-exp server)", flush=True)
+    local = wire.target("127.0.0.1" if host in ("0.0.0.0", "::") else host, port)
+    procs, codes = {}, {}
+    try:
+        with signals.handled():
+            procs = local_workers.launch_workers(uri, local, token, ids, threads, verbose=bool(fit_verbose))
+            waiting_said = False
+            while True:
+                local_workers.poll_workers(procs, codes)
+                local_done = len(codes) == len(procs)
+                if local_done and (chief.done() or not serve):
+                    break
+                if serve and local_done and not waiting_said and not chief.live_workers():
+                    print(f"chief {address}: waiting for workers", flush=True)
+                    waiting_said = True
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        chief.stopping = True  # remote workers hear it with their next heartbeat
+        local_workers.stop_workers(procs)
+        chief.stop(grace_s=2 * chief.heartbeat_s if serve else 0)
+        tracking.set_status(sw.parent_run_id, tracking.KILLED)
+        print(f"sweep {exp.name} interrupted: finished trials are kept; run the same command again to resume",
+              flush=True)
+        raise
+    finally:
+        chief.stop()
+    bad = {tid: code for tid, code in codes.items() if code}
+    crashed = f"worker(s) exited with an error: {bad}" if bad else None
+    return _finish(tuner, sw, crashed)
+
+
+def _description(sw, uri: str, project: Path) -> dict:
+    """What a worker anywhere needs to run this sweep's trials (worker.py): the sweep's state as written
+    to its state file, the search space's text and where the runs go."""
+    desc = sweep_state.read(project / STATE_FILE)
+    space = sw.exp.search_space
+    return {**desc, "space_yaml": Path(space).read_text(encoding="utf-8") if space else None,
+            "space_name": Path(space).name if space else None,
+            "tracking_uri": uri if store.is_remote(uri) else None, "store": uri}
+
+
+def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict, prior: dict | None) -> tuple[str, bool]:
+    """``prior``: the sweep's state as sweep_state.read found it (None: a new sweep)."""
+    state_path = project / STATE_FILE
+    if prior is not None:
+        changed = sweep_state.changed_sections(prior, exp, space)
+        if changed:
+            raise ConfigError(
+                f"{exp.path}: sweep '{exp.name}' exists with a different {', '.join(changed)}; "
+                "resume it unchanged, or start afresh with --overwrite or a new --name"
+            )
+        parent = prior["parent_run_id"]
+        try:
+            tracking.get_run(parent)
+        except Exception:
+            raise ConfigError(
+                f"{state_path}: parent run {parent} is not in the tracking store; use --overwrite or a new --name"
+            ) from None
+        killed = tracking.kill_stale_children(experiment_id, parent)
+        if killed:
+            print(f"marked {len(killed)} interrupted trial run(s) KILLED; their trials are retried", flush=True)
+        tracking.set_status(parent, tracking.RUNNING)
+        # A format-1 state is migrated here, by rename: from now on only this release (or a later one) reads it.
+        sweep_state.write(state_path, exp, ds, parent, experiment_id, ident, prior.get("created"))
+        return parent, True
+    if project.exists() and any(project.iterdir()):  # Keras Tuner files without our state: not ours to reuse
+        raise ConfigError(f"{project}: exists but holds no {STATE_FILE}; use --overwrite or a new --name")
+    # An empty folder is what a kill -9 between its creation and the state file leaves: start afresh.
+    _supersede_parents(experiment_id, exp.name, "a new sweep of this name started")
+    tags = {tracking.TAG_KIND: "sweep", tracking.TAG_SWEEP: exp.name, "mnist_exp.tuner": exp.tuner.kind,
+            "mnist_exp.objective": f"{exp.objective.direction}:{exp.objective.name}", **tracking.environment_tags()}
+    parent = tracking.create_run(experiment_id, exp.name, tags)
+    faults.point("after_parent_created")
+    try:
+        tuner_params = {f"tuner.{k}": v for k, v in dataclasses.asdict(exp.tuner).items()}
+        tracking.log_params_to(parent, {**tuner_params, **exp.as_params(), "objective": exp.objective.name,
+                                        "objective.direction": exp.objective.direction,
+                                        "search_space": Path(space.path).name})
+        tracking.log_dataset(ds, run_id=parent)
+        tracking.set_tags({describe.NOTE: describe.sweep_note(exp, ds, experiment_id, space)}, run_id=parent)
+        for f in (exp.path, exp.search_space):
+            if f:
+                tracking.log_artifact(f, "config", run_id=parent)
+        project.mkdir(parents=True, exist_ok=True)
+        sweep_state.write(state_path, exp, ds, parent, experiment_id, ident, time.time())
+    except BaseException:
+        tracking.set_status(parent, tracking.FAILED)
+        raise
+    return parent, False
+
+
+def _retire(project: Path, uri: str, experiment_id: str, name: str) -> None:
+    """--overwrite: mark the old parent run and its trials superseded (ended, never deleted: MLflow keeps
+    them as history) and remove this sweep's own Keras Tuner folder, and nothing else."""
+    root = tuner_dir(uri).resolve()
+    target = project.resolve()
+    if target.parent != root or target.name != name or project.is_symlink():
+        raise ConfigError(f"{project}: --overwrite removes only a sweep's own folder directly inside {root}")
+    # The state file goes first: a kill -9 from here on leaves a folder that no run resumes (the next sweep
+    # asks for --overwrite again), never a resumable sweep whose parent is already marked superseded.
+    (target / sweep_state.STATE_FILE).unlink(missing_ok=True)
+    _supersede_parents(experiment_id, name, "replaced by --overwrite")
+    shutil.rmtree(target)
+
+
+def _supersede_parents(experiment_id: str, name: str, why: str) -> list[str]:
+    """Tag every earlier parent run of this sweep name, and its trial runs, mnist_exp.superseded; end any
+    still marked RUNNING as KILLED. Nothing is deleted."""
+    done = []
+    parents = tracking.find_runs([experiment_id], f"tags.`{tracking.TAG_KIND}` = 'sweep' and "
+                                                  f"tags.`{tracking.TAG_SWEEP}` = '{name}'")
+    for parent in parents:
+        if parent.data.tags.get(tracking.TAG_SUPERSEDED):
+            continue
+        rid = parent.info.run_id
+        # The parent is tagged last: it is what marks the whole sweep done, so a kill -9 in this loop leaves the
+        # parent untagged and the next call finishes the job.
+        for run in [*tracking.trial_runs(experiment_id, rid), *tracking.refit_runs(experiment_id, rid), parent]:
+            tracking.set_tags({tracking.TAG_SUPERSEDED: why}, run_id=run.info.run_id)
+            if run.info.status == tracking.RUNNING:
+                tracking.set_tags({tracking.TAG_ERROR: f"superseded: {why}"}, run_id=run.info.run_id)
+                tracking.set_status(run.info.run_id, tracking.KILLED)
+        done.append(rid)
+    return done
+
+
+def _finish(tuner, sw, crashed: str | None) -> SweepResult:
+    from mnist_exp.results import compare
+
+    exp, parent = sw.exp, sw.parent_run_id
+    trials = list(tuner.oracle.trials.values())
+    completed = [t for t in trials if t.status == "COMPLETED"]
+    failed = [t for t in trials if t.status in ("FAILED", "INVALID")]
+    table = compare.trials_table(tracking.trial_runs(sw.experiment_id, parent))
+    compare.log_sweep_summary(table, exp, parent)
+    best = [t for t in tuner.oracle.get_best_trials(1) if t.status == "COMPLETED" and t.score is not None]
+    if best:
+        tracking.set_tags({"mnist_exp.best_trial_id": best[0].trial_id}, run_id=parent)
+        tracking.log_metrics({f"best_{exp.objective.name}": best[0].score, "trials_completed": len(completed),
+                              "trials_failed": len(failed)}, run_id=parent)
+    tracking.set_tags({describe.NOTE: describe.sweep_note(exp, sw.ds, sw.experiment_id, trials=table.to_dict("records"),
+                                                          best_trial_id=best[0].trial_id if best else None)}, run_id=parent)
+    if not completed:
+        first = sw.first_error or _first_message(failed) or _first_run_error(table) or crashed or "no trial ran"
+        tracking.set_tags({tracking.TAG_ERROR: first[:5000]}, run_id=parent)
+        tracking.set_status(parent, tracking.FAILED)
+        raise SweepError(f"sweep {exp.name}: every trial failed ({len(failed)}); first error: {first}")
+    tracking.set_status(parent, tracking.FINISHED)
+    from mnist_exp.tracking import ui_view
+
+    ui_view.after_sweep(sw, tuner.oracle.hyperparameters)  # the MLflow UI's saved view; a failure is one warning line
+    if crashed:
+        print(f"sweep {exp.name} stopped early: {crashed}", flush=True)
+    print(compare.summary_text(table, exp, parent), flush=True)
+    budget = tuner.oracle.budget
+    if budget is not None and budget.refused:
+        print(f"sweep {exp.name}: {budget.refused}; the rest of the search waits: run the same command again "
+              "(with a larger --budget) to go on", flush=True)
+        tracking.set_tags({TAG_BUDGET_STOP: budget.refused}, run_id=parent)
+    elif TAG_BUDGET_STOP in tracking.get_run(parent).data.tags:  # a resume that finished what a budget stopped
+        tracking.delete_tag(parent, TAG_BUDGET_STOP)
+    if exp.tuner.refit:
+        from mnist_exp.search.refit import refit_best
+
+        refit_best(sw, tuner.oracle, tracking.tracking_uri())
+    return SweepResult(exp.name, parent, len(completed), len(failed),
+                       best[0].trial_id if best else None, best[0].score if best else None)
+
+
+def _first_run_error(table) -> str | None:
+    """A worker's error, as its trial run recorded it (a chief never sees the exception)."""
+    if table.empty or "error" not in table:
+        return None
+    errors = table.loc[table["status"] == tracking.FAILED, ["trial_id", "error"]].dropna()
+    return f"trial {errors.iloc[0]['trial_id']}: {errors.iloc[0]['error']}" if len(errors) else None
+
+
+def _first_message(failed) -> str | None:
+    for t in failed:
+        if t.message:
+            lines = [ln for ln in t.message.strip().splitlines() if ln.strip()]
+            return lines[-1] if lines else None
+    return None

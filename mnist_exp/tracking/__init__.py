@@ -1,0 +1,3 @@
+"""TODO"""
+
+from mnist_exp.tracking.mlflow_io import *  # noqa: F403
