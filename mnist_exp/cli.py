@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from mnist_exp._version import __version__
-from mnist_exp.spec.experiment import TUNER_KINDS
 from mnist_exp.runtime.errors import ConfigError, DiskFull, MnistExpError
+from mnist_exp.spec.experiment import TUNER_KINDS
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -227,8 +227,8 @@ def cmd_sweep(args) -> int:
     if not 1 <= args.lease_timeout <= 86400:
         raise ConfigError(f"--lease-timeout: must be 1-86400 seconds (got {args.lease_timeout})")
     exp, space, ds = _load(args)
-    from mnist_exp.tracking import sweep_lock
     from mnist_exp.runtime import terminal
+    from mnist_exp.tracking import sweep_lock
 
     terminal.import_tensorflow()  # without its C++ start-up notices
     from mnist_exp.search.sweep import run_sweep
@@ -289,31 +289,6 @@ def cmd_predict(args) -> int:
     return predict.main(uri, args, images)
 
 
-def _check_port_free(host: str, port: int) -> None:
-    """Bind host:port once, as the server will: a busy port is one line here, not a server that exits 0."""
-    import errno
-    import socket
-
-    from mnist_exp.runtime.errors import ConfigError
-
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"--port {port}: must be in 1-65535")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
-        raise ConfigError(f"--host {host}: cannot resolve ({e.strerror})") from None
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn/gunicorn do: TIME_WAIT is no conflict
-        try:
-            s.bind(address)
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                raise ConfigError(f"--port {port}: {host}:{port} is already in use (another mnist-exp ui?); "
-                                  "stop it or choose another --port") from None
-            raise ConfigError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
-
-
 def _ui_on_server(args, uri: str) -> int:
     """A tracking server serves its own UI: write the saved view there and print its addresses; start nothing
     (``mlflow ui`` cannot take an http store: it exited with a traceback after printing an address never served)."""
@@ -338,7 +313,9 @@ def cmd_ui(args) -> int:
 
     if store.is_remote(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""):
         return _ui_on_server(args, args.tracking_uri or os.environ["MLFLOW_TRACKING_URI"])
-    _check_port_free(args.host, args.port)
+    from mnist_exp.runtime.ports import check_port_free  # the command's own import: --help stays instant
+
+    check_port_free(args.host, args.port)
     if args.workers < 1:
         from mnist_exp.runtime.errors import ConfigError
 
@@ -369,8 +346,8 @@ def cmd_server(args) -> int:
     import socket
     import time
 
-    from mnist_exp.runtime import signals
     from mnist_exp import server
+    from mnist_exp.runtime import signals
 
     t0 = time.monotonic()
     with signals.handled():  # Ctrl-C / SIGTERM / SIGHUP: stop both servers, exit 0

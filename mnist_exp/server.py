@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from mnist_exp.runtime.errors import ConfigError, StoreError
+from mnist_exp.runtime.ports import check_port_free
 
 PG_BINARIES = "/usr/lib/postgresql/*/bin"  # Debian's layout (package postgresql)
 DATABASE = ROLE = "mlflow"
@@ -75,14 +76,12 @@ def start(folder, host: str = "127.0.0.1", port: int = 5000, workers: int = 2, p
     and wait until ``/health`` answers. Restarting on the same folder keeps every run, model and artifact."""
     import importlib.util
 
-    from mnist_exp.cli import _check_port_free
-
     folder = Path(folder).absolute()
     if importlib.util.find_spec("psycopg") is None:  # MLflow's PostgreSQL driver, and ours for the role
         raise ConfigError("the PostgreSQL driver psycopg is not installed: pip install 'mnist-exp[server]'")
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1")
-    _check_port_free(host, port)  # else /health could answer from whatever holds the port
+    check_port_free(host, port)  # else /health could answer from whatever holds the port
     folder.mkdir(parents=True, exist_ok=True)
     lock = _lock(folder)
     pg = proc = None

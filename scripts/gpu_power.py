@@ -49,7 +49,8 @@ def curve(args, name: str, overrides: dict, epochs: int, data, res: dict, save) 
     """Train one model epoch by epoch, test after each; the first epoch's time includes compilation."""
     import keras
 
-    from mnist_exp.model.cnn import build_model, hp_value
+    from mnist_exp.model.cnn import build_model
+    from mnist_exp.spec.levers import hp_value
 
     x, y, xt, yt = data
     keras.utils.set_random_seed(args.seed)

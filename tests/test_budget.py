@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from mnist_exp.search.budget import SAFETY, Budget, parse_duration
+from mnist_exp.search.budget import SAFETY, Budget
+from mnist_exp.spec.durations import parse_duration
 
 from conftest import ROOT, cli, runs
 

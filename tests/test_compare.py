@@ -7,6 +7,7 @@ from PIL import Image
 from mnist_exp.cli import main
 
 from conftest import VENV_BIN, cli, free_port, wait_http
+from mnist_exp.tracking import keys
 
 
 def test_leaderboard_sorted_by_objective_with_failed_trials_apart(swept_store, capsys):
@@ -80,7 +81,6 @@ def test_the_sqlite_reader_reads_what_mlflow_reads(swept_store):
 
     from mnist_exp.results import compare
     from mnist_exp.tracking import readers
-    from mnist_exp import tracking
 
     uri = f"sqlite:///{swept_store / 'mlruns' / 'mlflow.db'}"
     fast = readers.SqliteRuns.open(uri)
@@ -91,16 +91,16 @@ def test_the_sqlite_reader_reads_what_mlflow_reads(swept_store):
     exp_id = slow.experiment_id("mnist-exp")
     assert fast.experiment_id("mnist-exp") == exp_id and fast.experiment_id("nosuch") is None
     c = MlflowClient(uri)
-    trials = slow.runs(exp_id, {tracking.TAG_KIND: "trial"})
+    trials = slow.runs(exp_id, {keys.TAG_KIND: "trial"})
     c.log_metric(trials[0].info.run_id, "odd", float("nan"))  # MLflow stores NaN apart (is_nan)
     c.delete_run(trials[1].info.run_id)  # deleted runs are left out by both
-    for tags in ({tracking.TAG_KIND: "sweep"}, {tracking.TAG_KIND: "trial"},
-                 {tracking.TAG_KIND: "trial", tracking.TAG_SWEEP: "a"}):
+    for tags in ({keys.TAG_KIND: "sweep"}, {keys.TAG_KIND: "trial"},
+                 {keys.TAG_KIND: "trial", keys.TAG_SWEEP: "a"}):
         got, want = fast.runs(exp_id, tags), slow.runs(exp_id, tags)
         assert got and _normalised(got) == _normalised(want), tags
-    assert trials[1].info.run_id not in {r.info.run_id for r in fast.runs(exp_id, {tracking.TAG_KIND: "trial"})}
-    pd.testing.assert_frame_equal(compare.trials_table(fast.runs(exp_id, {tracking.TAG_KIND: "trial"})),
-                                  compare.trials_table(slow.runs(exp_id, {tracking.TAG_KIND: "trial"})))
+    assert trials[1].info.run_id not in {r.info.run_id for r in fast.runs(exp_id, {keys.TAG_KIND: "trial"})}
+    pd.testing.assert_frame_equal(compare.trials_table(fast.runs(exp_id, {keys.TAG_KIND: "trial"})),
+                                  compare.trials_table(slow.runs(exp_id, {keys.TAG_KIND: "trial"})))
 
 
 def test_other_stores_are_read_through_mlflow(tmp_path):
@@ -127,7 +127,6 @@ def test_a_store_at_a_schema_revision_the_fast_reader_does_not_know_is_read_thro
 
     from mnist_exp.results import compare
     from mnist_exp.tracking import readers, store
-    from mnist_exp import tracking
     from mnist_exp.runtime.errors import StoreError
 
     db = swept_store / "mlruns" / "mlflow.db"
@@ -153,5 +152,5 @@ def test_a_store_at_a_schema_revision_the_fast_reader_does_not_know_is_read_thro
     assert set(compare.latest_parents(reader, exp_id)) == {"a", "b", "c"}
     fast = readers.run_reader(uri)
     assert isinstance(fast, readers.SqliteRuns) and capsys.readouterr().err == ""  # a known revision: no notice
-    assert _normalised(reader.runs(exp_id, {tracking.TAG_KIND: "trial"})) == \
-        _normalised(fast.runs(exp_id, {tracking.TAG_KIND: "trial"}))
+    assert _normalised(reader.runs(exp_id, {keys.TAG_KIND: "trial"})) == \
+        _normalised(fast.runs(exp_id, {keys.TAG_KIND: "trial"}))

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from mnist_exp.tracking import sweep_lock, liveness
+from mnist_exp.tracking import keys, liveness, sweep_lock
 from mnist_exp import tracking
 from mnist_exp.cli import main
 from mnist_exp.runtime.errors import ConfigError, LeaseHeld
@@ -169,7 +169,6 @@ def test_a_tracking_servers_lease_lives_in_its_registry_for_every_machine(tracki
     another machine is refused while its heartbeat is fresh and taken over once it is older than STALE_S."""
     from mlflow import MlflowClient
 
-    from mnist_exp.tracking.registry_lock import TAG_SINCE, TAG_TOKEN
 
     uri = tracking_server.uri
     backend = sweep_lock.backend_for(uri)
@@ -196,9 +195,9 @@ def test_a_tracking_servers_lease_lives_in_its_registry_for_every_machine(tracki
     def elsewhere(beat_age: float):
         now = time.time()
         client.create_registered_model(name, tags={
-            TAG_TOKEN: "0" * 32, TAG_SINCE: f"{now - 3600:.3f}", liveness.TAG_HOST: "other-machine",
-            liveness.TAG_PID: "4242", liveness.TAG_PROC_START: "x:1", liveness.TAG_HEARTBEAT: f"{now - beat_age:.3f}",
-            sweep_lock.RegistryLease.TAG_COMMAND: "mnist-exp sweep x.yaml"})
+            keys.TAG_LOCK_TOKEN: "0" * 32, keys.TAG_LOCK_SINCE: f"{now - 3600:.3f}", keys.TAG_HOST: "other-machine",
+            keys.TAG_PID: "4242", keys.TAG_PROC_START: "x:1", keys.TAG_HEARTBEAT: f"{now - beat_age:.3f}",
+            keys.TAG_LOCK_COMMAND: "mnist-exp sweep x.yaml"})
 
     elsewhere(beat_age=5)  # a sweep on another machine, alive
     with pytest.raises(LeaseHeld, match=r"pid 4242 on host other-machine since .* \(mnist-exp sweep x\.yaml\)"):

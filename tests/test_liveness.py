@@ -18,6 +18,7 @@ from mnist_exp import tracking
 from mnist_exp.cli import main
 
 from conftest import ROOT, VENV_BIN, runs, wait_for_store
+from mnist_exp.tracking import keys
 
 
 def _uri() -> str:
@@ -91,7 +92,7 @@ def test_runs_are_judged_by_pid_on_this_machine_and_by_heartbeat_from_others(sto
     }
     # A resumed run (sweep parent) is taken over by the process that resumes it.
     ids["resumed"] = _run_with(c, experiment_id, {**other, "mnist_exp.heartbeat": f"{now - 1000:.3f}"})
-    tracking.set_status(ids["resumed"], tracking.RUNNING)
+    tracking.set_status(ids["resumed"], keys.RUNNING)
     try:
         out = io.StringIO()
         marked = liveness.reap(uri, "mnist-exp promote", out=out)
@@ -112,13 +113,13 @@ def test_runs_are_judged_by_pid_on_this_machine_and_by_heartbeat_from_others(sto
         assert liveness.reap(uri, "mnist-exp promote") == []  # idempotent
 
         # Nothing to mark: a local store is judged without importing MLflow (compare's fast path).
-        probe = ("import sys; from mnist_exp import liveness; "
+        probe = ("import sys; from mnist_exp.tracking import liveness; "
                  "print(liveness.reap(sys.argv[1]), 'mlflow' in sys.modules)")
         done = subprocess.run([sys.executable, "-c", probe, uri], capture_output=True, text=True, timeout=60)
         assert done.stdout == "[] False\n", done.stderr[-2000:]
     finally:
         for k in ("alive", "resumed"):
-            tracking.set_status(ids[k], tracking.FINISHED)
+            tracking.set_status(ids[k], keys.FINISHED)
     assert not {ids["alive"], ids["resumed"]} & set(liveness.HEARTBEAT.held())
 
 
@@ -152,7 +153,7 @@ def test_the_heartbeat_beats_while_held_and_never_after_release(store):
     finally:
         hb.stop()
     # A held run never keeps its process alive: it exits at once.
-    code = ("import sys; from mnist_exp import liveness; liveness.HEARTBEAT.interval_s = 0.01; "
+    code = ("import sys; from mnist_exp.tracking import liveness; liveness.HEARTBEAT.interval_s = 0.01; "
             "liveness.HEARTBEAT.hold(*sys.argv[1:])")
     assert subprocess.run([sys.executable, "-c", code, b, uri], timeout=60).returncode == 0
 

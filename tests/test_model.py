@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from keras import layers
 
-from mnist_exp.model.cnn import HP_DEFAULTS, build_model, learning_rate_schedule, plateau_callback
+from mnist_exp.model.cnn import build_model, learning_rate_schedule, plateau_callback
+from mnist_exp.spec.levers import HP_DEFAULTS
 
 
 def test_default_model_is_the_seed_baseline_layer_by_layer():

@@ -133,10 +133,10 @@ def test_a_worker_stops_itself_when_its_chief_is_killed_outright(tmp_path):
     import sys
 
     # inside a trial (deferred) and blocked where no safe point comes, as on a call to the gone oracle
-    child = ("import sys, time\nfrom mnist_exp import interrupt, worker\n"
-             "with interrupt.handled():\n"
+    child = ("import sys, time\nfrom mnist_exp.runtime import signals\nfrom mnist_exp.search.distributed import worker\n"
+             "with signals.handled():\n"
              "    worker.watch_parent(int(sys.argv[1]), poll_s=0.1, grace_s=1.0)\n"
-             "    try:\n        with interrupt.deferred():\n            time.sleep(60)\n"
+             "    try:\n        with signals.deferred():\n            time.sleep(60)\n"
              "    except KeyboardInterrupt:\n"
              "        open(sys.argv[2], 'w').write('stopped')\n        raise SystemExit(130)\n")
     chief = ("import os, subprocess, sys, time\n"

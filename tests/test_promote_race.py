@@ -17,10 +17,10 @@ import time
 import pytest
 
 from mnist_exp.tracking import liveness
-from mnist_exp.results.promote import LOCK_SUFFIX, LOCK_TTL_S, TAG_SWEEP
-from mnist_exp.tracking.registry_lock import TAG_SINCE, TAG_TOKEN
+from mnist_exp.results.promote import LOCK_SUFFIX, LOCK_TTL_S
 
 from conftest import ROOT, VENV_BIN, write_yaml
+from mnist_exp.tracking import keys
 
 MODEL = "mnist-cnn"
 LOCK = MODEL + LOCK_SUFFIX
@@ -123,8 +123,9 @@ def finish(proc, timeout=180):
 
 
 def lock_tags(**over) -> dict:
-    tags = {**liveness.identity(), TAG_TOKEN: "0" * 32, TAG_SINCE: f"{time.time():.3f}", TAG_SWEEP: "z"}
-    tags.pop(liveness.TAG_HEARTBEAT)
+    tags = {**liveness.identity(), keys.TAG_LOCK_TOKEN: "0" * 32, keys.TAG_LOCK_SINCE: f"{time.time():.3f}",
+            keys.TAG_LOCK_SWEEP: "z"}
+    tags.pop(keys.TAG_HEARTBEAT)
     return {**tags, **over}
 
 
@@ -170,12 +171,12 @@ def test_a_dead_holders_lock_is_broken_with_one_line(race, holder):
     clean(client)
     stage(client, best, {"a": 0.9})
     if holder == "elsewhere":
-        tags = lock_tags(**{liveness.TAG_HOST: "elsewhere", liveness.TAG_PID: "4242", liveness.TAG_PROC_START: "x:1",
-                            TAG_SINCE: f"{time.time() - LOCK_TTL_S - 60:.3f}"})
+        tags = lock_tags(**{keys.TAG_HOST: "elsewhere", keys.TAG_PID: "4242", keys.TAG_PROC_START: "x:1",
+                            keys.TAG_LOCK_SINCE: f"{time.time() - LOCK_TTL_S - 60:.3f}"})
         why = rf"pid 4242 on host elsewhere promoting sweep z, taken 6[6-9]\d s ago \(more than {LOCK_TTL_S} s\)"
     else:
         gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-        tags = lock_tags(**{liveness.TAG_PID: str(gone.pid), liveness.TAG_PROC_START: liveness.proc_start(gone.pid)})
+        tags = lock_tags(**{keys.TAG_PID: str(gone.pid), keys.TAG_PROC_START: liveness.proc_start(gone.pid)})
         gone.kill()
         gone.wait()
         why = re.escape(f"its process (pid {gone.pid} on host {liveness.HOST}) is gone")
@@ -200,7 +201,7 @@ def test_a_live_holders_lock_makes_promote_wait_then_fail_with_one_line(race, ho
     client = MlflowClient(uri, uri)
     clean(client)
     stage(client, best, {"a": 0.9})
-    over = {liveness.TAG_HOST: "elsewhere", liveness.TAG_PID: "4242"} if holder == "elsewhere" else {}
+    over = {keys.TAG_HOST: "elsewhere", keys.TAG_PID: "4242"} if holder == "elsewhere" else {}
     client.create_registered_model(LOCK, tags=lock_tags(**over))
     started = time.monotonic()
     code, out, err = finish(promote(uri, root, "a", env={"MNIST_EXP_PROMOTION_WAIT_S": "3"}))
@@ -211,7 +212,7 @@ def test_a_live_holders_lock_makes_promote_wait_then_fail_with_one_line(race, ho
         f"mnist-exp promote: refused: another promotion holds {LOCK} (pid {pid} on host {host} promoting sweep z, "
         "taken "), err[-3000:]
     assert lines[0].endswith("s ago); waited 3 s and changed nothing; run again when it is done")
-    assert client.get_registered_model(LOCK).tags[TAG_TOKEN] == "0" * 32  # the holder's lock is left alone
+    assert client.get_registered_model(LOCK).tags[keys.TAG_LOCK_TOKEN] == "0" * 32  # the holder's lock is left alone
     assert not client.search_registered_models(f"name = '{MODEL}'")  # nothing registered
     client.delete_registered_model(LOCK)
 

@@ -8,7 +8,7 @@ import subprocess
 
 from mlflow import MlflowClient
 
-from mnist_exp.model.cnn import HP_DEFAULTS
+from mnist_exp.spec.levers import HP_DEFAULTS
 
 from conftest import ROOT, VENV_BIN, cli, runs
 

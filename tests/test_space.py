@@ -107,7 +107,8 @@ def test_power_space_covers_every_lever_and_its_defaults_build_the_seed():
     """Trial 0 of a search over power.yaml is the baseline: every lever's default is the seed's value."""
     from keras import layers
 
-    from mnist_exp.model.cnn import HP_DEFAULTS, build_model
+    from mnist_exp.model.cnn import build_model
+    from mnist_exp.spec.levers import HP_DEFAULTS
 
     space = load_space(ROOT / "search_spaces" / "power.yaml")
     levers = {"conv_blocks", "kernel_size", "pooling", "optimizer", "weight_decay", "lr_schedule", "warmup_fraction",

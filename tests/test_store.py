@@ -139,7 +139,7 @@ def test_existing_store_is_checked_without_mlflow(tmp_path, good_db):
     """The check on an existing store is a read-only sqlite look: no MLflow import (compare's fast path)."""
     db = tmp_path / "mlflow.db"
     shutil.copy(good_db, db)
-    code = ("import sys, time; from mnist_exp import store; t = time.perf_counter(); "
+    code = ("import sys, time; from mnist_exp.tracking import store; t = time.perf_counter(); "
             f"store.prepare('sqlite:///{db}', write=True); dt = time.perf_counter() - t; "
             "print('mlflow' in sys.modules, f'{dt * 1000:.1f} ms')")
     out = subprocess.run([str(VENV_BIN / "python"), "-c", code], capture_output=True, text=True, check=True).stdout

@@ -1,87 +1,14 @@
-"""The CNN as a function of Keras Tuner hyperparameters; defaults are the seed baseline.
-
-``HP_DEFAULTS`` and ``CHOICES`` are plain data (no TensorFlow import) so that search spaces can be
-validated before anything heavy loads. Every lever of the search is one entry in ``HP_DEFAULTS``
-(with its bounds in ``RANGES`` / ``CHOICES``) and one use in ``build_model``.
-"""
+"""The CNN as a function of Keras Tuner hyperparameters (``spec.levers``); defaults are the seed baseline."""
 
 from __future__ import annotations
 
 import math
 
-# name -> (python type, default). Defaults reproduce the seed baseline exactly.
-HP_DEFAULTS: dict[str, tuple[type, object]] = {
-    "learning_rate": (float, 1e-3),  # the peak when a schedule is on
-    "filters_1": (int, 128),
-    "filters_2": (int, 64),
-    "filters_3": (int, 64),
-    "dropout_1": (float, 0.5),
-    "dropout_2": (float, 0.5),
-    "dense_units": (int, 128),
-    "activation": (str, "relu"),
-    "batch_norm": (bool, False),
-    "batch_size": (int, 16),
-    # architecture
-    "conv_blocks": (str, "seed"),  # seed: the seed's three convolutions; deep: two batch-normalised blocks
-    "kernel_size": (int, 3),
-    "pooling": (str, "flatten"),  # flatten | global_avg, before the dense head
-    # optimisation
-    "optimizer": (str, "adam"),
-    "weight_decay": (float, 0.0),  # decoupled, in every optimizer
-    "lr_schedule": (str, "constant"),
-    "warmup_fraction": (float, 0.0),  # cosine: share of the steps spent ramping up to learning_rate
-    "label_smoothing": (float, 0.0),
-    # augmentation, training only (Keras preprocessing layers are identities at inference)
-    "rotation": (float, 0.0),  # degrees, either way
-    "translation": (float, 0.0),  # fraction of the image, either way
-    "zoom": (float, 0.0),  # fraction, in or out
-}
-ACTIVATIONS = ("relu", "elu", "selu", "gelu", "swish", "silu", "tanh", "sigmoid", "leaky_relu", "mish", "softplus")
-CHOICES: dict[str, tuple[str, ...]] = {
-    "activation": ACTIVATIONS,
-    "conv_blocks": ("seed", "deep"),
-    "pooling": ("flatten", "global_avg"),
-    "optimizer": ("adam", "adamw", "sgd"),
-    "lr_schedule": ("constant", "cosine", "one_cycle", "plateau"),
-}
-# name -> (low, high, low inclusive, high inclusive) for float levers
-RANGES: dict[str, tuple[float, float, bool, bool]] = {
-    "dropout_1": (0.0, 1.0, True, False),
-    "dropout_2": (0.0, 1.0, True, False),
-    "weight_decay": (0.0, 1.0, True, True),
-    "warmup_fraction": (0.0, 0.5, True, True),
-    "label_smoothing": (0.0, 0.5, True, True),
-    "rotation": (0.0, 90.0, True, True),
-    "translation": (0.0, 0.5, True, True),
-    "zoom": (0.0, 0.5, True, True),
-}
-KERNEL_SIZES = (1, 3, 5, 7)
-TUNER_BOOKKEEPING_PREFIX = "tuner/"  # Hyperband's tuner/epochs, tuner/trial_id, ...
+from mnist_exp.spec.levers import HP_DEFAULTS, hp_value
+
 SGD_MOMENTUM = 0.9  # Nesterov
 ONE_CYCLE = {"ramp": 0.3, "start_div": 25.0, "end_div": 1e4}  # fastai's one-cycle shape
 PLATEAU = {"factor": 0.5, "patience": 2, "min_div": 100.0}  # halve after 2 epochs without progress
-
-
-def hp_value(hp, name: str):
-    """Register ``name`` on ``hp`` with its baseline default (unless the space defines it) and return it."""
-    if name in hp.values:
-        return hp.get(name)
-    return hp.Fixed(name, HP_DEFAULTS[name][1])
-
-
-def value_fault(name: str, v) -> str | None:
-    """What is wrong with ``v`` as the value of lever ``name`` beyond its type, or None."""
-    if name in CHOICES and v not in CHOICES[name]:
-        return f"unknown {name} {v!r} (known: {', '.join(CHOICES[name])})"
-    if name in RANGES:
-        lo, hi, lo_in, hi_in = RANGES[name]
-        if not ((lo <= v if lo_in else lo < v) and (v <= hi if hi_in else v < hi)):
-            return f"must be in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'} (got {v})"
-    if name == "kernel_size" and v not in KERNEL_SIZES:
-        return f"must be one of {', '.join(map(str, KERNEL_SIZES))} (got {v})"
-    if name == "learning_rate" and v <= 0:
-        return f"must be > 0 (got {v})"
-    return None
 
 
 def build_model(hp=None, steps_per_execution: int = 1, mixed_precision: str | None = None, steps: int | None = None):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_exp.spec.experiment import MIN_SPLIT, DataConfig, training_too_small, validation_count
 from mnist_exp.runtime.errors import DataError
+from mnist_exp.spec.experiment import MIN_SPLIT, DataConfig, training_too_small, validation_count
 
 EMBEDDED_PATH = Path(__file__).parents[1] / "resources" / "mnist_subset.npz"
 KERAS_MNIST_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_exp.runtime.errors import DataError
+from mnist_exp.runtime.terminal import import_tensorflow
 
 # Larger images are refused before they are decoded (a 20000x20000 PNG is 400 million pixels
 # and Pillow's "decompression bomb" traceback); a photo of a digit needs far fewer than 8000x8000.
@@ -185,8 +186,6 @@ def main(uri: str, args, images=None) -> int:
 
 
 def _classify(uri: str, model_uri: str, digits: list[np.ndarray]) -> np.ndarray:
-    from mnist_exp.runtime.terminal import import_tensorflow
-
     import_tensorflow()  # without its C++ start-up notices
     import keras
     import mlflow

@@ -5,9 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from mnist_exp.spec.experiment import Experiment
+from mnist_exp import tracking
+from mnist_exp.model import training
 from mnist_exp.model.data import Dataset
+from mnist_exp.runtime import signals, terminal
+from mnist_exp.spec.experiment import Experiment
 from mnist_exp.spec.space import SearchSpace
+from mnist_exp.tracking import keys
 
 
 @dataclass(frozen=True)
@@ -23,19 +27,15 @@ def run_train(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, verbos
     """Train with the space's defaults (never a sample) and the experiment's fixed hp values. Prints one line
     per epoch; ``verbose`` adds Keras's progress bar (terminal.py). ``tags``, ``parent_run_id``, ``run_name``:
     a refit's (refit.py)."""
-    from mnist_exp.runtime import signals, terminal
-    from mnist_exp import tracking
-    from mnist_exp.model import training
-
     training.set_seed_and_threads(exp)
     hp = space.to_hyperparameters(fixed=exp.hp)
     hypermodel = training.hypermodel_for(exp, len(ds.y_train))
     model = hypermodel.build(hp)
 
     experiment_id = tracking.configure(uri, exp.mlflow_experiment)
-    tags = {tracking.TAG_KIND: "train", **tracking.environment_tags(), **(tags or {})}
+    tags = {keys.TAG_KIND: "train", **tracking.environment_tags(), **(tags or {})}
     if exp.path:
-        tags["mnist_exp.experiment_file"] = exp.path
+        tags[keys.TAG_EXPERIMENT_FILE] = exp.path
     t0 = time.perf_counter()
     with signals.handled(), signals.deferred():  # Ctrl-C / SIGTERM: the run ends KILLED, not mid-write
         run_id = tracking.start_run(experiment_id, run_name or f"train-{exp.name}", tags, parent_run_id)
@@ -57,10 +57,10 @@ def run_train(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, verbos
             summary = training.history_summary(hist, exp.objective.name, exp.objective.direction)
             tracking.log_metrics({**summary, "train_time_s": train_s})
             test = training.evaluate_and_log(model, ds, hist)
-            tracking.end_run(tracking.FINISHED)
+            tracking.end_run(keys.FINISHED)
         except BaseException as e:
-            status = tracking.FAILED if isinstance(e, Exception) else tracking.KILLED
-            tracking.set_tags({tracking.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]})
+            status = keys.FAILED if isinstance(e, Exception) else keys.KILLED
+            tracking.set_tags({keys.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]})
             tracking.end_run(status)
             raise
     return TrainResult(run_id, test["test_accuracy"], test["test_loss"], time.perf_counter() - t0)

@@ -14,12 +14,14 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from mnist_exp.runtime import faults, signals
-from mnist_exp.model import fidelity, plots
 from mnist_exp import tracking
-from mnist_exp.spec.experiment import Experiment, TrainingConfig
+from mnist_exp.model import fidelity, plots
+from mnist_exp.model.cnn import build_model, plateau_callback
 from mnist_exp.model.data import Dataset, one_hot, to_model_inputs
-from mnist_exp.model.cnn import build_model, hp_value, plateau_callback
+from mnist_exp.runtime import faults, signals
+from mnist_exp.runtime.terminal import epoch_line
+from mnist_exp.spec.experiment import Experiment, TrainingConfig
+from mnist_exp.spec.levers import hp_value
 
 # Keras Tuner's load_model restores weights only; Keras warns that optimizer slots are skipped.
 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
@@ -107,8 +109,6 @@ class EpochLogger(keras.callbacks.Callback):
         tracking.log_metrics({**metrics, **extra, "epoch_time_s": seconds}, step=epoch + 1, run_id=self.run_id)
         faults.point("epoch_logged")
         if self.echo:
-            from mnist_exp.runtime.terminal import epoch_line
-
             print(epoch_line(self.echo, epoch + 1, (self.params or {}).get("epochs"), metrics, seconds), flush=True)
 
 

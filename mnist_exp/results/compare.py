@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from mnist_exp.spec import names
-from mnist_exp.tracking import readers, store
 from mnist_exp import tracking
 from mnist_exp.runtime.errors import ConfigError
-from mnist_exp.model.cnn import HP_DEFAULTS, TUNER_BOOKKEEPING_PREFIX
+from mnist_exp.spec import names
+from mnist_exp.spec.levers import HP_DEFAULTS, TUNER_BOOKKEEPING_PREFIX
+from mnist_exp.tracking import keys, readers, store
 
 SUMMARY_METRICS = ["objective", "best_val_accuracy", "final_val_accuracy", "best_val_loss", "final_val_loss",
                    "test_accuracy", "test_loss", "epochs_run"]
@@ -24,11 +24,11 @@ def trials_table(runs) -> pd.DataFrame:
     for r in runs:
         p, m, t = r.data.params, r.data.metrics, r.data.tags
         row = {
-            "sweep": t.get(tracking.TAG_SWEEP),
-            "trial_id": t.get(tracking.TAG_TRIAL),
+            "sweep": t.get(keys.TAG_SWEEP),
+            "trial_id": t.get(keys.TAG_TRIAL),
             "status": r.info.status,
             "run_id": r.info.run_id,
-            "parent_run_id": t.get("mlflow.parentRunId"),
+            "parent_run_id": t.get(keys.TAG_PARENT_RUN),
         }
         for name in HP_DEFAULTS:
             if name in p:
@@ -41,7 +41,7 @@ def trials_table(runs) -> pd.DataFrame:
         end = r.info.end_time or r.info.start_time
         row["duration_s"] = (end - r.info.start_time) / 1000 if r.info.start_time else None
         row["start_time"] = r.info.start_time
-        row["error"] = t.get(tracking.TAG_ERROR)
+        row["error"] = t.get(keys.TAG_ERROR)
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
@@ -61,7 +61,7 @@ def _parse(v: str):
 
 
 def ranked(df: pd.DataFrame, metric: str = "objective", maximize: bool = True) -> pd.DataFrame:
-    done = df[df["status"] == tracking.FINISHED]
+    done = df[df["status"] == keys.FINISHED]
     return done.sort_values(metric, ascending=not maximize, kind="stable", na_position="last")
 
 
@@ -78,7 +78,7 @@ def log_sweep_summary(df: pd.DataFrame, exp, parent_run_id: str) -> None:
         return
     maximize = exp.objective.direction == "max"
     tracking.log_text(ranked(df, maximize=maximize).to_csv(index=False), "leaderboard.csv", run_id=parent_run_id)
-    done = df[df["status"] == tracking.FINISHED]
+    done = df[df["status"] == keys.FINISHED]
     if done.empty:
         return
     fig = plots.objective_per_trial(list(done["trial_id"]), list(done["objective"]), exp.objective.name, maximize)
@@ -92,7 +92,7 @@ def summary_text(df: pd.DataFrame, exp, parent_run_id: str, top: int = 5) -> str
     maximize = exp.objective.direction == "max"
     best = ranked(df, maximize=maximize).head(top)
     cols = ["trial_id", "objective", "test_accuracy", "epochs_run", "duration_s", *hp_columns(df)]
-    failed = df[df["status"] != tracking.FINISHED]
+    failed = df[df["status"] != keys.FINISHED]
     lines = [f"\nsweep {exp.name}: {len(df) - len(failed)} finished, {len(failed)} failed/killed trial run(s); "
              f"top {len(best)} by {exp.objective.name} ({exp.objective.direction}):",
              _format(best[cols].rename(columns={"objective": exp.objective.name}))]
@@ -110,16 +110,16 @@ def sweep_objectives(parents) -> dict[str, tuple[str, bool]]:
     """sweep name -> (objective metric, maximize), from the parent runs' tags."""
     out = {}
     for r in parents:
-        direction, _, name = r.data.tags.get("mnist_exp.objective", "max:val_accuracy").partition(":")
-        out[r.data.tags.get(tracking.TAG_SWEEP)] = (name, direction == "max")
+        direction, _, name = r.data.tags.get(keys.TAG_OBJECTIVE, "max:val_accuracy").partition(":")
+        out[r.data.tags.get(keys.TAG_SWEEP)] = (name, direction == "max")
     return out
 
 
 def latest_parents(reader, experiment_id: str, names: list[str] | None = None) -> dict:
     """sweep name -> its current parent run (an --overwrite'n sweep's older parents are history)."""
     out = {}
-    for r in sorted(reader.runs(experiment_id, {tracking.TAG_KIND: "sweep"}), key=lambda r: r.info.start_time):
-        name = r.data.tags.get(tracking.TAG_SWEEP)
+    for r in sorted(reader.runs(experiment_id, {keys.TAG_KIND: "sweep"}), key=lambda r: r.info.start_time):
+        name = r.data.tags.get(keys.TAG_SWEEP)
         if names and name not in names:
             continue
         out[name] = r
@@ -182,7 +182,7 @@ def main(uri: str, args) -> int:
         print(f"\n== sweep {name}: {len(top)} finished trial(s), sorted by {metric if metric != 'objective' else obj} "
               f"({'max' if maximize else 'min'}); parent run {parents[name].info.run_id}")
         print(_format(top.head(args.top)[cols].rename(columns={"objective": obj})))
-        bad = group[group["status"] != tracking.FINISHED]
+        bad = group[group["status"] != keys.FINISHED]
         if not bad.empty:
             print(f"-- {len(bad)} failed / killed / running trial run(s):")
             print(_format(bad[["trial_id", "status", "duration_s", "error"]]))
@@ -216,7 +216,7 @@ def _plot(uri, df, board, objectives, args) -> None:
     ax.set_title(f"validation accuracy, top {args.top} per sweep")
     ax.set_xlabel("epoch")
     ax.legend(fontsize=7)
-    done = df[df["status"] == tracking.FINISHED]
+    done = df[df["status"] == keys.FINISHED]
     for ax, name in zip(axes.ravel()[3:], names):
         ax.axis("on")
         for sweep, g in done.groupby("sweep"):

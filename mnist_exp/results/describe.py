@@ -6,12 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mnist_exp.tracking import store
-from mnist_exp.spec.experiment import Experiment
 from mnist_exp.model.data import Dataset
+from mnist_exp.spec.experiment import Experiment, load_experiment
 from mnist_exp.spec.space import Param, SearchSpace, load_space
-
-NOTE = "mlflow.note.content"  # the tag MLflow's UI shows (and edits) as a run's description
+from mnist_exp.tracking import keys, store
 
 
 def sweep_note(exp: Experiment, ds: Dataset, experiment_id: str, space: SearchSpace | None = None,
@@ -84,8 +82,6 @@ def commands(exp: Experiment, uri: str) -> list[str]:
 
 def _from_file(exp: Experiment) -> Experiment | None:
     """The experiment as its file alone (or the defaults) gives it; None: the file is no longer readable."""
-    from mnist_exp.spec.experiment import load_experiment
-
     try:
         return load_experiment(exp.path)
     except Exception:
@@ -127,9 +123,9 @@ def model_version_description(c, experiment_id: str) -> str:
         + (f" (the sweep's parent run [{c.parent_run_id}]({_run_link(experiment_id, c.parent_run_id)}))"
            if c.parent_run_id else ""),
         "",
-        f"- **chosen by**: {tags.get('mnist_exp.objective', c.objective)} = {c.objective_value:.4f}",
+        f"- **chosen by**: {tags.get(keys.TAG_OBJECTIVE, c.objective)} = {c.objective_value:.4f}",
         f"- **metrics**: {', '.join(metrics)}",
-        f"- **data**: fingerprint `{tags.get('mnist_exp.data_fingerprint', '')}`",
+        f"- **data**: fingerprint `{tags.get(keys.TAG_FINGERPRINT, '')}`",
         f"- **test data**: fingerprint `{c.test_fingerprint}`",
         f"- **hyperparameters**: {', '.join(hps)}",
         f"- **model**: `{c.model_uri}`",

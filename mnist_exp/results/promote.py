@@ -26,13 +26,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from mnist_exp import tracking
 from mnist_exp._version import __version__
 from mnist_exp.results import compare, describe
-from mnist_exp.spec import names
-from mnist_exp.tracking import readers
-from mnist_exp import tracking
 from mnist_exp.runtime.errors import ConfigError, PromotionRefused
-from mnist_exp.model.cnn import HP_DEFAULTS
+from mnist_exp.spec import names
+from mnist_exp.spec.levers import HP_DEFAULTS
+from mnist_exp.tracking import keys, readers
 from mnist_exp.tracking.registry_lock import Busy, RegistryLock
 
 
@@ -55,45 +55,45 @@ def best_candidate(experiment_id: str, sweep: str | None) -> Candidate:
     if not parents:
         raise ConfigError(f"no sweep named {sweep}" if sweep else "no sweeps in the store; run mnist-exp sweep first")
     parent = max(parents.values(), key=lambda r: r.info.start_time)
-    name = parent.data.tags[tracking.TAG_SWEEP]
+    name = parent.data.tags[keys.TAG_SWEEP]
     objective, maximize = compare.sweep_objectives([parent])[name]
     finished = [r for r in tracking.trial_runs(experiment_id, parent.info.run_id)
-                if r.info.status == tracking.FINISHED and "objective" in r.data.metrics
-                and tracking.TAG_MODEL_URI in r.data.tags]
+                if r.info.status == keys.FINISHED and "objective" in r.data.metrics
+                and keys.TAG_MODEL_URI in r.data.tags]
     if not finished:
         raise ConfigError(f"sweep {name} has no finished trial with a logged model")
     sign = 1 if maximize else -1
     best = max(finished, key=lambda r: (sign * r.data.metrics["objective"], -r.info.start_time))
     # The sweep's own refit (refit.py) when there is one: chosen on validation by the sweep's oracle (which breaks
     # ties and averages executions its own way), then trained on every training digit: that model is the candidate.
-    refit_id = parent.data.tags.get("mnist_exp.refit_run_id")
+    refit_id = parent.data.tags.get(keys.TAG_REFIT_RUN_ID)
     refits = [r for r in tracking.refit_runs(experiment_id, parent.info.run_id)
-              if r.info.run_id == refit_id and r.info.status == tracking.FINISHED
-              and tracking.TAG_MODEL_URI in r.data.tags and "test_accuracy" in r.data.metrics]
+              if r.info.run_id == refit_id and r.info.status == keys.FINISHED
+              and keys.TAG_MODEL_URI in r.data.tags and "test_accuracy" in r.data.metrics]
     if refits:
-        [trial] = [r for r in finished if r.info.run_id == refits[0].data.tags.get(tracking.TAG_REFIT_OF)] or [best]
+        [trial] = [r for r in finished if r.info.run_id == refits[0].data.tags.get(keys.TAG_REFIT_OF)] or [best]
         best = refits[0]
     else:
         trial = best
     objective_value, trial_run_id = trial.data.metrics["objective"], trial.info.run_id
     m, p, t = best.data.metrics, best.data.params, best.data.tags
     tags = {
-        "mnist_exp.version": __version__,  # the release that registered it (the trial run carries its own)
-        "mnist_exp.sweep": name,
-        "mnist_exp.trial_id": t[tracking.TAG_TRIAL],
-        "mnist_exp.run_id": best.info.run_id,
-        "mnist_exp.data_fingerprint": t.get(tracking.TAG_FINGERPRINT, ""),
-        "mnist_exp.test_fingerprint": t.get(tracking.TAG_TEST_FINGERPRINT, ""),
-        "mnist_exp.objective": f"{'max' if maximize else 'min'}:{objective}",
-        "mnist_exp.hyperparameters": json.dumps({k: p[k] for k in HP_DEFAULTS if k in p}, sort_keys=True),
+        keys.TAG_VERSION: __version__,  # the release that registered it (the trial run carries its own)
+        keys.TAG_SWEEP: name,
+        keys.TAG_TRIAL: t[keys.TAG_TRIAL],
+        keys.TAG_RUN_ID: best.info.run_id,
+        keys.TAG_FINGERPRINT: t.get(keys.TAG_FINGERPRINT, ""),
+        keys.TAG_TEST_FINGERPRINT: t.get(keys.TAG_TEST_FINGERPRINT, ""),
+        keys.TAG_OBJECTIVE: f"{'max' if maximize else 'min'}:{objective}",
+        keys.TAG_HYPERPARAMETERS: json.dumps({k: p[k] for k in HP_DEFAULTS if k in p}, sort_keys=True),
         "metric.objective": repr(objective_value),  # the trial's: what the search chose it by
-        **({"mnist_exp.refit_of": trial_run_id} if refits else {}),
+        **({keys.TAG_REFIT_OF: trial_run_id} if refits else {}),
         **{f"metric.{k}": repr(m[k]) for k in ("best_val_accuracy", "best_val_loss", "test_accuracy",
                                                "test_loss") if k in m},
         **{f"hp.{k}": p[k] for k in HP_DEFAULTS if k in p},
     }
-    return Candidate(name, t[tracking.TAG_TRIAL], best.info.run_id, t[tracking.TAG_MODEL_URI], objective,
-                     objective_value, m["test_accuracy"], t.get(tracking.TAG_TEST_FINGERPRINT, ""), tags, parent.info.run_id)
+    return Candidate(name, t[keys.TAG_TRIAL], best.info.run_id, t[keys.TAG_MODEL_URI], objective,
+                     objective_value, m["test_accuracy"], t.get(keys.TAG_TEST_FINGERPRINT, ""), tags, parent.info.run_id)
 
 
 def current_champion(client, model_name: str, alias: str):
@@ -109,17 +109,17 @@ def verdict(cand: Candidate, champion) -> str | None:
     """Why the candidate may not replace the champion, or None if it may."""
     if champion is None:
         return None
-    if champion.tags.get("mnist_exp.run_id") == cand.run_id:
+    if champion.tags.get(keys.TAG_RUN_ID) == cand.run_id:
         return None
-    champ_fp = champion.tags.get("mnist_exp.test_fingerprint")
+    champ_fp = champion.tags.get(keys.TAG_TEST_FINGERPRINT)
     champ_acc = float(champion.tags.get("metric.test_accuracy", "nan"))
     if champ_fp != cand.test_fingerprint:
         return (f"the champion (version {champion.version}) was tested on other data (test fingerprint "
                 f"{(champ_fp or 'unknown')[:12]} vs {cand.test_fingerprint[:12]}): the accuracies are not comparable")
     if not cand.test_accuracy >= champ_acc:
         return (f"test accuracy {cand.test_accuracy:.4f} is below the champion's {champ_acc:.4f} "
-                f"(version {champion.version}, sweep {champion.tags.get('mnist_exp.sweep')}, "
-                f"trial {champion.tags.get('mnist_exp.trial_id')})")
+                f"(version {champion.version}, sweep {champion.tags.get(keys.TAG_SWEEP)}, "
+                f"trial {champion.tags.get(keys.TAG_TRIAL)})")
     return None
 
 
@@ -128,7 +128,6 @@ def verdict(cand: Candidate, champion) -> str | None:
 LOCK_SUFFIX = ".promotion-lock"
 LOCK_TTL_S = 600  # a promotion takes seconds; a lock from another machine this old is from a crashed one
 LOCK_WAIT_S = float(os.environ.get("MNIST_EXP_PROMOTION_WAIT_S") or 60)  # how long a second promotion waits
-TAG_SWEEP = "mnist_exp.lock.sweep"
 
 
 class PromotionBusy(PromotionRefused):
@@ -145,9 +144,10 @@ def registry_lock(client, model_name: str, sweep: str = "") -> RegistryLock:
                    f"for the seconds it takes to move an alias. If no promotion is running, it was left by a "
                    f"crashed one; the next promotion breaks it (at once on the holder's machine, after "
                    f"{LOCK_TTL_S} s elsewhere), or delete it.")
-    return RegistryLock(client, lock_name(model_name), description, ttl_s=LOCK_TTL_S, tags={TAG_SWEEP: sweep or ""},
-                        who="mnist-exp promote", kind="promotion lock",
-                        about=lambda tags: f" promoting sweep {tags[TAG_SWEEP]}" if tags.get(TAG_SWEEP) else "")
+    return RegistryLock(client, lock_name(model_name), description, ttl_s=LOCK_TTL_S,
+                        tags={keys.TAG_LOCK_SWEEP: sweep or ""}, who="mnist-exp promote", kind="promotion lock",
+                        about=lambda tags: f" promoting sweep {tags[keys.TAG_LOCK_SWEEP]}" if tags.get(keys.TAG_LOCK_SWEEP)
+                        else "")
 
 
 @contextmanager
@@ -193,11 +193,11 @@ def promote(uri: str, experiment_id: str, sweep: str | None, model_name: str, al
         if not version.description:  # new, or registered before descriptions (or by a process killed just here)
             client.update_model_version(model_name, version.version,
                                         description=describe.model_version_description(cand, experiment_id))
-        client.set_model_version_tag(model_name, version.version, "mnist_exp.promoted_at", str(int(time.time())))
+        client.set_model_version_tag(model_name, version.version, keys.TAG_PROMOTED_AT, str(int(time.time())))
         if why:
-            client.set_model_version_tag(model_name, version.version, "mnist_exp.forced", why[:5000])
-        elif "mnist_exp.forced" in (version.tags or {}):  # forced once, promoted on its merit now
-            client.delete_model_version_tag(model_name, version.version, "mnist_exp.forced")
+            client.set_model_version_tag(model_name, version.version, keys.TAG_FORCED, why[:5000])
+        elif keys.TAG_FORCED in (version.tags or {}):  # forced once, promoted on its merit now
+            client.delete_model_version_tag(model_name, version.version, keys.TAG_FORCED)
         _move_alias(client, model_name, alias, champion, version.version, lock)
     return cand, version.version
 
@@ -219,7 +219,7 @@ def _judge(client, cand: Candidate, model_name: str, alias: str, force: bool, dr
 
 def _versions_of(client, model_name: str, run_id: str) -> list:
     found = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
-    return [v for v in found if v.tags.get("mnist_exp.run_id") == run_id]
+    return [v for v in found if v.tags.get(keys.TAG_RUN_ID) == run_id]
 
 
 def _move_alias(client, model_name: str, alias: str, champion, version, lock: RegistryLock) -> None:
@@ -264,7 +264,7 @@ def main(uri: str, args) -> int:
     except PromotionRefused as e:
         print(f"mnist-exp promote: refused: {e}", file=sys.stderr)
         return 1
-    refit = cand.tags.get("mnist_exp.refit_of")
+    refit = cand.tags.get(keys.TAG_REFIT_OF)
     what = f"trial {cand.trial_id}'s refit on all training digits" if refit else f"trial {cand.trial_id}"
     line = (f"{cand.sweep} {what} (run {cand.run_id}): {cand.objective}={cand.objective_value:.4f}, "
             f"test accuracy {cand.test_accuracy:.4f}")

@@ -60,3 +60,9 @@ def import_tensorflow() -> None:
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
+
+
+def hms(s: float) -> str:
+    """Seconds as ``H:MM:SS``, rounded to the second: every duration the terminal shows."""
+    s = int(round(s))
+    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"

@@ -13,12 +13,15 @@ import dataclasses
 
 import numpy as np
 
-from mnist_exp.runtime import faults
-from mnist_exp.model import fidelity
 from mnist_exp import tracking
-from mnist_exp.search.budget import hms
+from mnist_exp.model import fidelity
 from mnist_exp.model.data import Dataset
-from mnist_exp.model.cnn import HP_DEFAULTS
+from mnist_exp.model.tracked_run import run_train
+from mnist_exp.runtime import faults
+from mnist_exp.runtime.terminal import hms
+from mnist_exp.spec.levers import HP_DEFAULTS
+from mnist_exp.spec.space import load_space
+from mnist_exp.tracking import keys
 
 
 def all_training(ds: Dataset) -> Dataset:
@@ -37,22 +40,19 @@ def refit_epochs(hp_values: dict, configured: int, metrics: dict) -> int:
 
 def refit_best(sw, oracle, uri: str) -> str | None:
     """Refit the oracle's best trial (if not done yet) and return the refit's run id, or None (said why)."""
-    from mnist_exp.spec.space import load_space
-    from mnist_exp.model.tracked_run import run_train
-
     exp, name = sw.exp, sw.exp.name
     best = [t for t in oracle.get_best_trials(1) if t.status == "COMPLETED"]
     if not best:
         return None
     trial = best[0]
     runs = [r for r in tracking.trial_runs(sw.experiment_id, sw.parent_run_id, trial_id=trial.trial_id)
-            if r.info.status == tracking.FINISHED]
+            if r.info.status == keys.FINISHED]
     if not runs:
         print(f"[sweep {name}] refit: trial {trial.trial_id} has no finished run; nothing refitted", flush=True)
         return None
     trial_run = min(runs, key=lambda r: r.info.start_time)
     done = [r for r in tracking.refit_runs(sw.experiment_id, sw.parent_run_id, trial_run.info.run_id)
-            if r.info.status == tracking.FINISHED]
+            if r.info.status == keys.FINISHED]
     if done:
         return done[0].info.run_id
     values = {k: v for k, v in trial.hyperparameters.values.items() if k in HP_DEFAULTS}
@@ -72,8 +72,8 @@ def refit_best(sw, oracle, uri: str) -> str | None:
         objective=dataclasses.replace(exp.objective, name="accuracy", direction="max"))
     print(f"[sweep {name}] refit: trial {trial.trial_id}'s configuration on all {len(ds.y_train)} training digits, "
           f"{epochs} epoch{'s' if epochs != 1 else ''}", flush=True)
-    tags = {tracking.TAG_KIND: "refit", tracking.TAG_SWEEP: name, tracking.TAG_TRIAL: trial.trial_id,
-            tracking.TAG_REFIT_OF: trial_run.info.run_id}
+    tags = {keys.TAG_KIND: "refit", keys.TAG_SWEEP: name, keys.TAG_TRIAL: trial.trial_id,
+            keys.TAG_REFIT_OF: trial_run.info.run_id}
     faults.point("refit_started")
     try:
         result = run_train(refit_exp, load_space(None), ds, uri, tags=tags, parent_run_id=sw.parent_run_id,
@@ -82,9 +82,9 @@ def refit_best(sw, oracle, uri: str) -> str | None:
         why = f"{type(e).__name__}: {e}".splitlines()[0][:500]
         print(f"[sweep {name}] refit of trial {trial.trial_id} failed: {why}; the sweep's trials are kept "
               "(promote registers the trial itself)", flush=True)
-        tracking.set_tags({"mnist_exp.refit_error": why}, run_id=sw.parent_run_id)
+        tracking.set_tags({keys.TAG_REFIT_ERROR: why}, run_id=sw.parent_run_id)
         return None
-    tracking.set_tags({"mnist_exp.refit_run_id": result.run_id}, run_id=sw.parent_run_id)
+    tracking.set_tags({keys.TAG_REFIT_RUN_ID: result.run_id}, run_id=sw.parent_run_id)
     print(f"[sweep {name}] refit of trial {trial.trial_id}: test accuracy {result.test_accuracy:.4f} "
           f"(the trial: {trial_run.data.metrics.get('test_accuracy', float('nan')):.4f}); run {result.run_id}",
           flush=True)

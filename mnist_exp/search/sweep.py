@@ -14,18 +14,25 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_exp.results import describe
-from mnist_exp.runtime import faults, signals
-from mnist_exp.search import sweep_state
-from mnist_exp.tracking import store
 from mnist_exp import tracking
-from mnist_exp.spec.experiment import Experiment
+from mnist_exp.model import training
 from mnist_exp.model.data import Dataset
+from mnist_exp.model.fidelity import decided_by_tuner, trial_epochs
+from mnist_exp.results import compare, describe
+from mnist_exp.runtime import faults, signals, terminal
 from mnist_exp.runtime.errors import ConfigError, DiskFull, SweepError, TrackingUnavailable
-from mnist_exp.spec.space import SearchSpace
+from mnist_exp.runtime.terminal import hms
+from mnist_exp.search import sweep_state, tuners
+from mnist_exp.search.budget import Budget
+from mnist_exp.search.distributed import oracle_chief as chief_mod
+from mnist_exp.search.distributed import wire
+from mnist_exp.search.distributed.local_workers import ChiefEnvironment
+from mnist_exp.search.refit import refit_best
 from mnist_exp.search.sweep_state import STATE_FILE, identity, tuner_dir
-
-TAG_BUDGET_STOP = "mnist_exp.budget_stop"  # on the parent while the budget left trials unstarted
+from mnist_exp.spec.durations import parse_duration
+from mnist_exp.spec.experiment import Experiment
+from mnist_exp.spec.space import SearchSpace
+from mnist_exp.tracking import keys, store, ui_view
 
 
 @dataclass(frozen=True)
@@ -59,15 +66,10 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
         _retire(project, uri, experiment_id, exp.name)
     parent_run_id, resumed = _open_parent(exp, space, ds, experiment_id, project, ident, prior)
 
-    from mnist_exp.runtime import terminal
-    from mnist_exp.model import training
-    from mnist_exp.search import tuners
-
     fit_verbose = terminal.fit_verbose(verbose)
     training.set_seed_and_threads(exp)
     # The chief of a parallel sweep trains nothing: its workers load the data themselves.
     sw = tuners.SweepContext(exp, ds, experiment_id, parent_run_id, arrays=() if parallel else training.fit_arrays(ds))
-    from mnist_exp.search.distributed.local_workers import ChiefEnvironment
 
     # Keras Tuner reads chief/worker from the environment when the Tuner is built
     with ChiefEnvironment("127.0.0.1", 0) if parallel else contextlib.nullcontext():
@@ -80,8 +82,6 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
     at_once = f", {exp.tuner.parallel_trials} at once" if exp.tuner.parallel_trials > 1 else ""
     if tuner.oracle.budget is not None:
-        from mnist_exp.search.budget import hms
-
         at_once += f", budget {hms(tuner.oracle.budget.seconds)}{' and a refit' if exp.tuner.refit else ''}"
     print(f"sweep {exp.name} ({exp.tuner.kind}, {planned} trials planned{at_once}, objective {exp.objective.direction} "
           f"{exp.objective.name}): {'resuming, ' + str(done) + ' trial(s) done' if resumed else 'new'}; "
@@ -102,7 +102,7 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     except tuners.DiskFullStop as e:
         raise _disk_full(exp, parent_run_id, str(e)) from None
     except KeyboardInterrupt:
-        tracking.set_status(parent_run_id, tracking.KILLED)
+        tracking.set_status(parent_run_id, keys.KILLED)
         print(f"sweep {exp.name} interrupted: finished trials are kept; run the same command again to resume",
               flush=True)
         raise
@@ -111,8 +111,8 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     except Exception as e:
         if tuners.disk_full(e):  # writing Keras Tuner's state between trials
             raise _disk_full(exp, parent_run_id, f"no space left on device ({tuners._first_line(e)})") from None
-        tracking.set_status(parent_run_id, tracking.FAILED)
-        tracking.set_tags({tracking.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]}, run_id=parent_run_id)
+        tracking.set_status(parent_run_id, keys.FAILED)
+        tracking.set_tags({keys.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]}, run_id=parent_run_id)
         raise
     return _finishing(exp, parent_run_id, lambda: _finish(tuner, sw, crashed))
 
@@ -122,8 +122,6 @@ def _budget(exp, ds, resumed_from: tuple[str, str] | None = None):
     ``resumed_from`` (experiment id, parent run id): the resumed sweep whose finished trials it starts from."""
     if exp.tuner.budget is None:
         return None
-    from mnist_exp.search.budget import Budget, parse_duration
-    from mnist_exp.model.fidelity import decided_by_tuner
 
     longest = exp.tuner.max_epochs if decided_by_tuner(exp.tuner.kind) else exp.training.epochs
     scale = (len(ds.y_train) + len(ds.y_val)) / max(1, len(ds.y_train))
@@ -134,12 +132,10 @@ def _budget(exp, ds, resumed_from: tuple[str, str] | None = None):
 def _trial_lengths(exp, experiment_id: str, parent_run_id: str) -> list[tuple[int, float]]:
     """(epochs, seconds) of the sweep's finished trials, read from their runs (the store every machine of the
     sweep shares), so that a resumed budget estimates before its first trial ends."""
-    from mnist_exp.model.fidelity import trial_epochs
-
     first_run = {}  # trial id -> its first FINISHED run (the one a resume adopts; tuners.py)
     for r in sorted(tracking.trial_runs(experiment_id, parent_run_id), key=lambda r: r.info.start_time):
         if r.info.status == "FINISHED" and "trial_time_s" in r.data.metrics:
-            first_run.setdefault(r.data.tags.get(tracking.TAG_TRIAL), r)
+            first_run.setdefault(r.data.tags.get(keys.TAG_TRIAL), r)
     out = []
     for r in first_run.values():
         first, last = trial_epochs(r.data.params, exp.training.epochs)
@@ -150,8 +146,6 @@ def _trial_lengths(exp, experiment_id: str, parent_run_id: str) -> list[tuple[in
 
 def _finishing(exp, parent_run_id: str, step):
     """Run the sweep's last step; a store that stopped answering there stops the sweep cleanly too."""
-    from mnist_exp.search import tuners
-
     try:
         return step()
     except Exception as e:
@@ -164,8 +158,8 @@ def _finishing(exp, parent_run_id: str, step):
 
 def _disk_full(exp, parent_run_id: str, why: str) -> DiskFull:
     try:
-        tracking.set_tags({tracking.TAG_ERROR: why[:5000]}, run_id=parent_run_id)
-        tracking.set_status(parent_run_id, tracking.KILLED)
+        tracking.set_tags({keys.TAG_ERROR: why[:5000]}, run_id=parent_run_id)
+        tracking.set_status(parent_run_id, keys.KILLED)
     except Exception:  # the store's own disk is full: the next command marks the run KILLED
         pass
     return DiskFull(f"sweep {exp.name} stopped: {why}; finished trials are kept: free space under "
@@ -175,7 +169,7 @@ def _disk_full(exp, parent_run_id: str, why: str) -> DiskFull:
 def _store_gone(exp, parent_run_id: str, why: str) -> TrackingUnavailable:
     """The tracking store went away for longer than MLflow's retries: stop, keep what is recorded."""
     try:
-        tracking.set_status(parent_run_id, tracking.KILLED)
+        tracking.set_status(parent_run_id, keys.KILLED)
     except Exception:  # still gone: the next command marks it (the run's process is dead by then)
         pass
     return TrackingUnavailable(f"sweep {exp.name} stopped: {why}; finished trials are kept, the trial in progress "
@@ -187,10 +181,6 @@ def _run_parallel(tuner, sw, uri: str, fit_verbose: int, project: Path, serve: s
     """Chief: serve the oracle (chief.py) to local worker processes and, with ``serve``, to workers
     elsewhere, until the oracle is done (or, without ``serve``, until the local workers have all stopped)."""
     import secrets
-
-    from mnist_exp.search.distributed import oracle_chief as chief_mod
-    from mnist_exp.search.distributed import local_workers, wire
-    from mnist_exp.search import tuners
 
     exp = sw.exp
     n = exp.tuner.parallel_trials if local_workers is None else local_workers
@@ -233,7 +223,7 @@ def _run_parallel(tuner, sw, uri: str, fit_verbose: int, project: Path, serve: s
         chief.stopping = True  # remote workers hear it with their next heartbeat
         local_workers.stop_workers(procs)
         chief.stop(grace_s=2 * chief.heartbeat_s if serve else 0)
-        tracking.set_status(sw.parent_run_id, tracking.KILLED)
+        tracking.set_status(sw.parent_run_id, keys.KILLED)
         print(f"sweep {exp.name} interrupted: finished trials are kept; run the same command again to resume",
               flush=True)
         raise
@@ -274,7 +264,7 @@ def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict, prio
         killed = tracking.kill_stale_children(experiment_id, parent)
         if killed:
             print(f"marked {len(killed)} interrupted trial run(s) KILLED; their trials are retried", flush=True)
-        tracking.set_status(parent, tracking.RUNNING)
+        tracking.set_status(parent, keys.RUNNING)
         # A format-1 state is migrated here, by rename: from now on only this release (or a later one) reads it.
         sweep_state.write(state_path, exp, ds, parent, experiment_id, ident, prior.get("created"))
         return parent, True
@@ -282,8 +272,8 @@ def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict, prio
         raise ConfigError(f"{project}: exists but holds no {STATE_FILE}; use --overwrite or a new --name")
     # An empty folder is what a kill -9 between its creation and the state file leaves: start afresh.
     _supersede_parents(experiment_id, exp.name, "a new sweep of this name started")
-    tags = {tracking.TAG_KIND: "sweep", tracking.TAG_SWEEP: exp.name, "mnist_exp.tuner": exp.tuner.kind,
-            "mnist_exp.objective": f"{exp.objective.direction}:{exp.objective.name}", **tracking.environment_tags()}
+    tags = {keys.TAG_KIND: "sweep", keys.TAG_SWEEP: exp.name, keys.TAG_TUNER: exp.tuner.kind,
+            keys.TAG_OBJECTIVE: f"{exp.objective.direction}:{exp.objective.name}", **tracking.environment_tags()}
     parent = tracking.create_run(experiment_id, exp.name, tags)
     faults.point("after_parent_created")
     try:
@@ -292,14 +282,14 @@ def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict, prio
                                         "objective.direction": exp.objective.direction,
                                         "search_space": Path(space.path).name})
         tracking.log_dataset(ds, run_id=parent)
-        tracking.set_tags({describe.NOTE: describe.sweep_note(exp, ds, experiment_id, space)}, run_id=parent)
+        tracking.set_tags({keys.TAG_NOTE: describe.sweep_note(exp, ds, experiment_id, space)}, run_id=parent)
         for f in (exp.path, exp.search_space):
             if f:
                 tracking.log_artifact(f, "config", run_id=parent)
         project.mkdir(parents=True, exist_ok=True)
         sweep_state.write(state_path, exp, ds, parent, experiment_id, ident, time.time())
     except BaseException:
-        tracking.set_status(parent, tracking.FAILED)
+        tracking.set_status(parent, keys.FAILED)
         raise
     return parent, False
 
@@ -322,26 +312,24 @@ def _supersede_parents(experiment_id: str, name: str, why: str) -> list[str]:
     """Tag every earlier parent run of this sweep name, and its trial runs, mnist_exp.superseded; end any
     still marked RUNNING as KILLED. Nothing is deleted."""
     done = []
-    parents = tracking.find_runs([experiment_id], f"tags.`{tracking.TAG_KIND}` = 'sweep' and "
-                                                  f"tags.`{tracking.TAG_SWEEP}` = '{name}'")
+    parents = tracking.find_runs([experiment_id], f"tags.`{keys.TAG_KIND}` = 'sweep' and "
+                                                  f"tags.`{keys.TAG_SWEEP}` = '{name}'")
     for parent in parents:
-        if parent.data.tags.get(tracking.TAG_SUPERSEDED):
+        if parent.data.tags.get(keys.TAG_SUPERSEDED):
             continue
         rid = parent.info.run_id
         # The parent is tagged last: it is what marks the whole sweep done, so a kill -9 in this loop leaves the
         # parent untagged and the next call finishes the job.
         for run in [*tracking.trial_runs(experiment_id, rid), *tracking.refit_runs(experiment_id, rid), parent]:
-            tracking.set_tags({tracking.TAG_SUPERSEDED: why}, run_id=run.info.run_id)
-            if run.info.status == tracking.RUNNING:
-                tracking.set_tags({tracking.TAG_ERROR: f"superseded: {why}"}, run_id=run.info.run_id)
-                tracking.set_status(run.info.run_id, tracking.KILLED)
+            tracking.set_tags({keys.TAG_SUPERSEDED: why}, run_id=run.info.run_id)
+            if run.info.status == keys.RUNNING:
+                tracking.set_tags({keys.TAG_ERROR: f"superseded: {why}"}, run_id=run.info.run_id)
+                tracking.set_status(run.info.run_id, keys.KILLED)
         done.append(rid)
     return done
 
 
 def _finish(tuner, sw, crashed: str | None) -> SweepResult:
-    from mnist_exp.results import compare
-
     exp, parent = sw.exp, sw.parent_run_id
     trials = list(tuner.oracle.trials.values())
     completed = [t for t in trials if t.status == "COMPLETED"]
@@ -350,18 +338,17 @@ def _finish(tuner, sw, crashed: str | None) -> SweepResult:
     compare.log_sweep_summary(table, exp, parent)
     best = [t for t in tuner.oracle.get_best_trials(1) if t.status == "COMPLETED" and t.score is not None]
     if best:
-        tracking.set_tags({"mnist_exp.best_trial_id": best[0].trial_id}, run_id=parent)
+        tracking.set_tags({keys.TAG_BEST_TRIAL: best[0].trial_id}, run_id=parent)
         tracking.log_metrics({f"best_{exp.objective.name}": best[0].score, "trials_completed": len(completed),
                               "trials_failed": len(failed)}, run_id=parent)
-    tracking.set_tags({describe.NOTE: describe.sweep_note(exp, sw.ds, sw.experiment_id, trials=table.to_dict("records"),
+    tracking.set_tags({keys.TAG_NOTE: describe.sweep_note(exp, sw.ds, sw.experiment_id, trials=table.to_dict("records"),
                                                           best_trial_id=best[0].trial_id if best else None)}, run_id=parent)
     if not completed:
         first = sw.first_error or _first_message(failed) or _first_run_error(table) or crashed or "no trial ran"
-        tracking.set_tags({tracking.TAG_ERROR: first[:5000]}, run_id=parent)
-        tracking.set_status(parent, tracking.FAILED)
+        tracking.set_tags({keys.TAG_ERROR: first[:5000]}, run_id=parent)
+        tracking.set_status(parent, keys.FAILED)
         raise SweepError(f"sweep {exp.name}: every trial failed ({len(failed)}); first error: {first}")
-    tracking.set_status(parent, tracking.FINISHED)
-    from mnist_exp.tracking import ui_view
+    tracking.set_status(parent, keys.FINISHED)
 
     ui_view.after_sweep(sw, tuner.oracle.hyperparameters)  # the MLflow UI's saved view; a failure is one warning line
     if crashed:
@@ -371,12 +358,10 @@ def _finish(tuner, sw, crashed: str | None) -> SweepResult:
     if budget is not None and budget.refused:
         print(f"sweep {exp.name}: {budget.refused}; the rest of the search waits: run the same command again "
               "(with a larger --budget) to go on", flush=True)
-        tracking.set_tags({TAG_BUDGET_STOP: budget.refused}, run_id=parent)
-    elif TAG_BUDGET_STOP in tracking.get_run(parent).data.tags:  # a resume that finished what a budget stopped
-        tracking.delete_tag(parent, TAG_BUDGET_STOP)
+        tracking.set_tags({keys.TAG_BUDGET_STOP: budget.refused}, run_id=parent)
+    elif keys.TAG_BUDGET_STOP in tracking.get_run(parent).data.tags:  # a resume that finished what a budget stopped
+        tracking.delete_tag(parent, keys.TAG_BUDGET_STOP)
     if exp.tuner.refit:
-        from mnist_exp.search.refit import refit_best
-
         refit_best(sw, tuner.oracle, tracking.tracking_uri())
     return SweepResult(exp.name, parent, len(completed), len(failed),
                        best[0].trial_id if best else None, best[0].score if best else None)
@@ -386,7 +371,7 @@ def _first_run_error(table) -> str | None:
     """A worker's error, as its trial run recorded it (a chief never sees the exception)."""
     if table.empty or "error" not in table:
         return None
-    errors = table.loc[table["status"] == tracking.FAILED, ["trial_id", "error"]].dropna()
+    errors = table.loc[table["status"] == keys.FAILED, ["trial_id", "error"]].dropna()
     return f"trial {errors.iloc[0]['trial_id']}: {errors.iloc[0]['error']}" if len(errors) else None
 
 

@@ -25,8 +25,9 @@ import tempfile
 from pathlib import Path
 
 from mnist_exp._version import __version__
-from mnist_exp.tracking import store
+from mnist_exp.model.fidelity import decided_by_tuner
 from mnist_exp.runtime.errors import ConfigError
+from mnist_exp.tracking import store
 
 FORMAT = 2
 STATE_FILE = "mnist_exp_sweep.json"
@@ -135,8 +136,6 @@ def _same(v, default) -> bool:
 def identity(exp, space, epochs_decided_by_tuner: bool | None = None) -> dict[str, str]:
     """Per-section hashes of the current format. Under Hyperband, training.epochs is not the trials'
     length (fidelity.py) and is left out (0.3.0 and earlier hashed it: ``epochs_decided_by_tuner=False``)."""
-    from mnist_exp.model.fidelity import decided_by_tuner
-
     skips = dict(NOT_IDENTITY)
     if decided_by_tuner(exp.tuner.kind) if epochs_decided_by_tuner is None else epochs_decided_by_tuner:
         skips["training"] = ("epochs",)

@@ -27,13 +27,16 @@ from pathlib import Path
 
 import keras_tuner as kt
 
-from mnist_exp.runtime import faults, signals
-from mnist_exp.model import fidelity, training
 from mnist_exp import tracking
-from mnist_exp.spec.experiment import TUNER_KINDS, Experiment
+from mnist_exp.model import fidelity, training
 from mnist_exp.model.data import Dataset
-from mnist_exp.model.cnn import HP_DEFAULTS, TUNER_BOOKKEEPING_PREFIX, hp_value
+from mnist_exp.runtime import faults, signals
+from mnist_exp.runtime.terminal import hms
 from mnist_exp.search.sweep_state import atomic_write_json  # its home is state.py; still importable from here
+from mnist_exp.spec.experiment import TUNER_KINDS, Experiment
+from mnist_exp.spec.levers import HP_DEFAULTS, TUNER_BOOKKEEPING_PREFIX, hp_value
+from mnist_exp.tracking import keys
+from mnist_exp.tracking.store import is_unavailable
 
 
 class AtomicOracleMixin:
@@ -182,10 +185,10 @@ class TrackedTunerMixin:
         if adopted is not None:
             return adopted
         tags = {
-            tracking.TAG_KIND: "trial",
-            tracking.TAG_SWEEP: exp.name,
-            tracking.TAG_TRIAL: trial.trial_id,
-            tracking.TAG_TUNER_ID: self.tuner_id,
+            keys.TAG_KIND: "trial",
+            keys.TAG_SWEEP: exp.name,
+            keys.TAG_TRIAL: trial.trial_id,
+            keys.TAG_TUNER_ID: self.tuner_id,
             **tracking.environment_tags(),
         }
         try:
@@ -215,14 +218,14 @@ class TrackedTunerMixin:
             tracking.log_metrics({"trial_time_s": time.perf_counter() - t0})
             faults.point("after_trial_logged")
             self.claim(trial.trial_id)
-            tracking.end_run(tracking.FINISHED)  # the commit point (see the module docstring)
+            tracking.end_run(keys.FINISHED)  # the commit point (see the module docstring)
             faults.point("after_run_finished")
             return histories
         except Superseded as e:  # its result is kept as a superseded attempt, never as the trial's
-            _end_quietly(tracking.KILLED, f"superseded: {e}", superseded=str(e))
+            _end_quietly(keys.KILLED, f"superseded: {e}", superseded=str(e))
             raise
         except ChiefGone:
-            _end_quietly(tracking.KILLED, "the chief stopped answering; the trial runs again")
+            _end_quietly(keys.KILLED, "the chief stopped answering; the trial runs again")
             raise
         except Exception as e:
             if tracking_unavailable(e):
@@ -230,28 +233,28 @@ class TrackedTunerMixin:
                 # which cannot be updated now, is marked KILLED then.
                 raise _unavailable_or(e) from e
             if disk_full(e):  # not the trial's fault either: stop the sweep, the trial runs again on resume
-                _end_quietly(tracking.KILLED, "no space left on device")
+                _end_quietly(keys.KILLED, "no space left on device")
                 raise DiskFullStop(f"no space left on device ({_first_line(e)})") from e
             text = traceback.format_exc()
             sw.first_error = sw.first_error or f"trial {trial.trial_id}: {type(e).__name__}: {e}"
             try:
-                tracking.set_tags({tracking.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]})
+                tracking.set_tags({keys.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]})
                 tracking.log_text(text, "error.txt")
-                tracking.end_run(tracking.FAILED)
+                tracking.end_run(keys.FAILED)
             except Exception as e2:
                 raise _unavailable_or(e2) from e
             raise kt.errors.FailedTrialError(f"{type(e).__name__}: {e}") from e
         except BaseException:  # Ctrl-C, SIGTERM: the retry on resume is a new child run
-            _end_quietly(tracking.KILLED, "interrupted")
+            _end_quietly(keys.KILLED, "interrupted")
             raise
 
 
 def _end_quietly(status: str, why: str, superseded: str | None = None) -> None:
     """End the active run if the store still lets us; if not, the next command marks it KILLED."""
     try:
-        tags = {tracking.TAG_ERROR: why[:5000]}
+        tags = {keys.TAG_ERROR: why[:5000]}
         if superseded:
-            tags[tracking.TAG_SUPERSEDED] = superseded[:5000]
+            tags[keys.TAG_SUPERSEDED] = superseded[:5000]
         tracking.set_tags(tags)
     except Exception:
         pass
@@ -299,10 +302,6 @@ def _first_line(e: BaseException) -> str:
 
 
 def tracking_unavailable(e: BaseException) -> bool:
-    try:
-        from mnist_exp.tracking.store import is_unavailable
-    except ImportError:  # pragma: no cover - store.py not there yet
-        return False
     return is_unavailable(e)
 
 
@@ -318,7 +317,7 @@ def adopt_finished_run(sw: SweepContext, trial_id: str) -> dict | None:
     recorded: returned to Keras Tuner as the trial's result, so the trial is not trained twice."""
     try:
         done = [r for r in tracking.trial_runs(sw.experiment_id, sw.parent_run_id, trial_id=trial_id)
-                if r.info.status == tracking.FINISHED and "objective" in r.data.metrics]
+                if r.info.status == keys.FINISHED and "objective" in r.data.metrics]
     except Exception as e:
         raise _unavailable_or(e) from e
     if not done:
@@ -368,12 +367,12 @@ def progress_line(oracle, trial, sw: SweepContext) -> str:
     # Rate over this invocation: with parallel trials it already counts the trials running side by side.
     eta = elapsed / sw.ended_here * max(total - len(ended), 0) if sw.ended_here else 0.0
     budget = getattr(oracle, "budget", None)
-    left = f" | budget left {_hms(max(0.0, budget.left()))}" if budget is not None else ""
+    left = f" | budget left {hms(max(0.0, budget.left()))}" if budget is not None else ""
     if budget is not None:
         eta = min(eta, max(0.0, budget.left()))
     return (
         f"[sweep {sw.exp.name}] trial {len(ended)}/{total} ({trial.trial_id}): {result} | {best_txt} | "
-        f"elapsed {_hms(elapsed)} | ETA {_hms(eta)}{left}"
+        f"elapsed {hms(elapsed)} | ETA {hms(eta)}{left}"
     )
 
 
@@ -385,11 +384,6 @@ def print_progress(oracle, sw: SweepContext):
         print(progress_line(oracle, trial, sw), flush=True)
 
     return hook
-
-
-def _hms(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 KINDS = {

@@ -18,8 +18,10 @@ from typing import Any
 
 import yaml
 
-from mnist_exp.spec import limits, names, yaml_file
 from mnist_exp.runtime.errors import ConfigError
+from mnist_exp.spec import limits, names, yaml_file
+from mnist_exp.spec.durations import parse_duration
+from mnist_exp.spec.space import validate_fixed
 
 TUNER_KINDS = ("random", "bayesian", "hyperband", "grid")
 MIN_SPLIT = 10  # digits in each of train, validation and test: at least one per class on average
@@ -130,7 +132,6 @@ def load_experiment(path: str | Path | None, overrides: list[str] = ()) -> Exper
     exp = _build(Experiment, raw, where, prefix="")
     exp = dataclasses.replace(exp, path=str(path) if path else None)
     _validate(exp, where)
-    from mnist_exp.spec.space import validate_fixed  # the hp: values, named by where they came from
 
     for name, value in exp.hp.items():
         validate_fixed({name: value}, where(f"hp.{name}"))
@@ -301,8 +302,6 @@ def _validate(exp: Experiment, where: str) -> None:
     if tu.kind not in TUNER_KINDS:
         bad("tuner.kind", f"must be one of {', '.join(TUNER_KINDS)} (got {tu.kind!r})")
     if tu.budget is not None:
-        from mnist_exp.search.budget import parse_duration
-
         try:
             parse_duration(tu.budget)
         except ValueError as e:

@@ -18,9 +18,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_exp.spec import limits, yaml_file
 from mnist_exp.runtime.errors import ConfigError
-from mnist_exp.model.cnn import HP_DEFAULTS, KERNEL_SIZES, value_fault
+from mnist_exp.spec import limits, yaml_file
+from mnist_exp.spec.levers import HP_DEFAULTS, KERNEL_SIZES, value_fault
 
 KEYS = {
     "int": {"type", "min", "max", "step", "sampling", "default"},

@@ -1,3 +1,39 @@
-"""TODO"""
+"""Tracking: the one layer that talks to MLflow.
 
-from mnist_exp.tracking.mlflow_io import *  # noqa: F403
+Owns the store (where it is, its safe creation: ``store``), every key written to it (``keys``), reading and
+writing runs (``mlflow_io``, ``readers``, ``runs``), no zombie runs (``liveness``), what a run costs
+(``usage``), locks kept in the model registry (``registry_lock``, ``sweep_lock``) and the UI's saved view
+(``ui_view``). Imports ``spec`` and ``runtime`` only; MLflow itself is imported inside functions, so that
+``mnist-exp --help`` stays instant.
+
+The functions other packages call are re-exported here: ``from mnist_exp import tracking`` then
+``tracking.start_run(...)``, ``tracking.set_tags(...)``.
+"""
+
+from mnist_exp.tracking.mlflow_io import (
+    active_run_id,
+    client,
+    configure,
+    delete_tag,
+    environment_tags,
+    find_runs,
+    get_run,
+    log_artifact,
+    log_dataset,
+    log_figure,
+    log_keras_model,
+    log_metrics,
+    log_params,
+    log_params_to,
+    log_text,
+    set_tags,
+    tracking_uri,
+)
+from mnist_exp.tracking.runs import create_run, end_run, kill_stale_children, refit_runs, set_status, start_run, trial_runs
+
+__all__ = [
+    "active_run_id", "client", "configure", "create_run", "delete_tag", "end_run", "environment_tags", "find_runs",
+    "get_run", "kill_stale_children", "log_artifact", "log_dataset", "log_figure", "log_keras_model", "log_metrics",
+    "log_params", "log_params_to", "log_text", "refit_runs", "set_status", "set_tags", "start_run", "tracking_uri",
+    "trial_runs",
+]

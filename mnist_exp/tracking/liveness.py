@@ -24,10 +24,8 @@ import sys
 import threading
 import time
 
-TAG_PID = "mnist_exp.pid"
-TAG_HOST = "mnist_exp.host"
-TAG_PROC_START = "mnist_exp.proc_start"
-TAG_HEARTBEAT = "mnist_exp.heartbeat"
+from mnist_exp.tracking import keys, mlflow_io, readers, store
+
 # One tag write per process every 30 s: nothing next to a trial's logging. MNIST_EXP_HEARTBEAT_S changes it
 # (the same value on every machine sharing a store: a reaper judges others' runs by its own).
 HEARTBEAT_S = float(os.environ.get("MNIST_EXP_HEARTBEAT_S") or 30)
@@ -63,8 +61,8 @@ def proc_start(pid: int | str = "self") -> str | None:
 
 def identity() -> dict[str, str]:
     """The liveness tags of a run started by this process, heartbeat included."""
-    return {TAG_PID: str(os.getpid()), TAG_HOST: HOST, TAG_PROC_START: proc_start() or "",
-            TAG_HEARTBEAT: f"{time.time():.3f}"}
+    return {keys.TAG_PID: str(os.getpid()), keys.TAG_HOST: HOST, keys.TAG_PROC_START: proc_start() or "",
+            keys.TAG_HEARTBEAT: f"{time.time():.3f}"}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -79,13 +77,13 @@ def _pid_alive(pid: int) -> bool:
 
 def dead_reason(tags: dict, now: float | None = None) -> str | None:
     """Why the process behind a RUNNING run with these tags is gone, or None (alive, or unknown)."""
-    if TAG_PID not in tags:
+    if keys.TAG_PID not in tags:
         return None  # not ours to judge
     try:
-        pid = int(tags[TAG_PID])
+        pid = int(tags[keys.TAG_PID])
     except ValueError:
         return None
-    host, start = tags.get(TAG_HOST, ""), tags.get(TAG_PROC_START, "")
+    host, start = tags.get(keys.TAG_HOST, ""), tags.get(keys.TAG_PROC_START, "")
     who = f"pid {pid} on host {host}"
     if host == HOST and start.partition(":")[0] == BOOT_ID:  # this machine, this boot: ask the kernel
         now_start = proc_start(pid)
@@ -97,7 +95,7 @@ def dead_reason(tags: dict, now: float | None = None) -> str | None:
             return f"its process ({who}) is gone"
         return None
     try:
-        beat = float(tags.get(TAG_HEARTBEAT) or "nan")
+        beat = float(tags.get(keys.TAG_HEARTBEAT) or "nan")
     except ValueError:
         beat = float("nan")
     age = (now or time.time()) - beat
@@ -158,9 +156,7 @@ class Heartbeat:
 
 
 def _write_beat(run_id: str, uri: str) -> None:
-    from mnist_exp.tracking import mlflow_io
-
-    mlflow_io.client(uri).set_tag(run_id, TAG_HEARTBEAT, f"{time.time():.3f}")
+    mlflow_io.client(uri).set_tag(run_id, keys.TAG_HEARTBEAT, f"{time.time():.3f}")
 
 
 HEARTBEAT = Heartbeat()
@@ -173,22 +169,20 @@ atexit.register(HEARTBEAT.stop)
 def reap(uri: str, command: str = "mnist-exp", out=None) -> list[str]:
     """Mark KILLED the RUNNING runs of the store whose process is gone; one line each on ``out``
     (stderr). Returns their run ids."""
-    from mnist_exp.tracking import readers, store, mlflow_io
-
     if store.sqlite_path(uri) is not None:
         # Read-only, without MLflow; a store that does not exist yet (or is being created) has nothing to reap.
         reader = readers.SqliteRuns.open(uri)
         if reader is not None:
             try:
-                running = reader.runs(None, {}, status=mlflow_io.RUNNING)
+                running = reader.runs(None, {}, status=keys.RUNNING)
             finally:
                 reader.close()
         elif readers.SqliteRuns.revision(uri) is None:
             return []
         else:  # a schema revision the direct reader does not know (another MLflow migrated it): through MLflow
-            running = readers.MLflowRuns(uri).runs(None, {}, status=mlflow_io.RUNNING)
+            running = readers.MLflowRuns(uri).runs(None, {}, status=keys.RUNNING)
     else:
-        running = readers.MLflowRuns(uri).runs(None, {}, status=mlflow_io.RUNNING)
+        running = readers.MLflowRuns(uri).runs(None, {}, status=keys.RUNNING)
     now = time.time()
     dead = [(r, why) for r in running if (why := dead_reason(r.data.tags, now))]
     if not dead:
@@ -198,14 +192,14 @@ def reap(uri: str, command: str = "mnist-exp", out=None) -> list[str]:
     marked = []
     for r, why in dead:
         run_id = r.info.run_id
-        if c.get_run(run_id).info.status != mlflow_io.RUNNING:  # ended meanwhile
+        if c.get_run(run_id).info.status != keys.RUNNING:  # ended meanwhile
             continue
         try:  # the run's end: the last instant it was known alive (never before its start)
-            ended = max(round(float(r.data.tags[TAG_HEARTBEAT]) * 1000), r.info.start_time or 0)
+            ended = max(round(float(r.data.tags[keys.TAG_HEARTBEAT]) * 1000), r.info.start_time or 0)
         except (KeyError, ValueError):
             ended = None
-        c.set_tag(run_id, mlflow_io.TAG_ERROR, f"marked KILLED by {command}: {why}")
-        c.set_terminated(run_id, status=mlflow_io.KILLED, end_time=ended)
+        c.set_tag(run_id, keys.TAG_ERROR, f"marked KILLED by {command}: {why}")
+        c.set_terminated(run_id, status=keys.KILLED, end_time=ended)
         marked.append(run_id)
         print(f"{command}: run {run_id} ({_describe(r.data.tags)}) was RUNNING but {why}: marked KILLED",
               file=out, flush=True)
@@ -213,11 +207,10 @@ def reap(uri: str, command: str = "mnist-exp", out=None) -> list[str]:
 
 
 def _describe(tags: dict) -> str:
-    from mnist_exp.tracking import mlflow_io
 
-    kind, sweep, trial = tags.get(mlflow_io.TAG_KIND), tags.get(mlflow_io.TAG_SWEEP), tags.get(mlflow_io.TAG_TRIAL)
+    kind, sweep, trial = tags.get(keys.TAG_KIND), tags.get(keys.TAG_SWEEP), tags.get(keys.TAG_TRIAL)
     if kind == "trial":
         return f"trial {trial} of sweep {sweep}"
     if kind == "sweep":
         return f"sweep {sweep}"
-    return tags.get("mlflow.runName") or kind or "run"
+    return tags.get(keys.TAG_RUN_NAME) or kind or "run"

@@ -14,20 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from mnist_exp._version import __version__
-from mnist_exp.tracking import store
-
-# Run statuses, named as MLflow names them.
-RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
-TAG_KIND = "mnist_exp.kind"  # train | sweep | trial | refit
-TAG_REFIT_OF = "mnist_exp.refit_of"  # a refit run: the trial run whose configuration it trained again
-TAG_SWEEP = "mnist_exp.sweep"
-TAG_TRIAL = "mnist_exp.trial_id"
-TAG_TUNER_ID = "mnist_exp.tuner_id"  # which Keras Tuner worker ran the trial (tuner0 when not parallel)
-TAG_MODEL_URI = "mnist_exp.model_uri"
-TAG_ERROR = "mnist_exp.error"
-TAG_SUPERSEDED = "mnist_exp.superseded"  # why an earlier parent run of a sweep name (and its trials) is history
-TAG_FINGERPRINT = "mnist_exp.data_fingerprint"
-TAG_TEST_FINGERPRINT = "mnist_exp.test_fingerprint"
+from mnist_exp.tracking import keys, store
 
 
 def tracking_uri() -> str:
@@ -79,14 +66,14 @@ def environment_tags() -> dict[str, str]:
     import tensorflow as tf
 
     tags = {
-        "mnist_exp.version": __version__,
-        "mnist_exp.tensorflow": tf.__version__,
-        "mnist_exp.keras": keras.__version__,
-        "mnist_exp.mlflow": mlflow.__version__,
+        keys.TAG_VERSION: __version__,
+        keys.TAG_TENSORFLOW: tf.__version__,
+        keys.TAG_KERAS: keras.__version__,
+        keys.TAG_MLFLOW: mlflow.__version__,
     }
     commit = git_commit()
     if commit:
-        tags["mlflow.source.git.commit"] = commit
+        tags[keys.TAG_GIT_COMMIT] = commit
     return tags
 
 
@@ -99,40 +86,6 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def start_run(experiment_id: str, name: str, tags: dict, parent_run_id: str | None = None) -> str:
-    """Start the active run of this process (nested under parent_run_id when given), with liveness tags
-    and a heartbeat (liveness.py), system metrics and the process's own usage (usage.py) until it ends."""
-    import mlflow
-
-    from mnist_exp.tracking import liveness, usage
-
-    run = mlflow.start_run(
-        experiment_id=experiment_id, run_name=name, tags={**tags, **liveness.identity()}, parent_run_id=parent_run_id,
-        nested=bool(parent_run_id), log_system_metrics=False,  # usage.py runs MLflow's sampler, stopped before the end
-    )
-    liveness.HEARTBEAT.hold(run.info.run_id, mlflow.get_tracking_uri())
-    usage.begin(run.info.run_id, mlflow.get_tracking_uri())
-    return run.info.run_id
-
-
-def end_run(status: str) -> None:
-    import mlflow
-
-    from mnist_exp.tracking import liveness, usage
-
-    if mlflow.active_run() is not None:
-        run_id = mlflow.active_run().info.run_id
-        liveness.HEARTBEAT.release(run_id)  # no beat written after the end
-        try:  # the last system sample and process_cpu_s, process_peak_rss_mb ...: before the run ends
-            spent = usage.end(run_id)
-            if spent:
-                log_metrics(spent, run_id=run_id)
-        except Exception:
-            if status == FINISHED:  # a FINISHED run has all its metrics; otherwise end it anyway
-                raise
-        mlflow.end_run(status=status)
 
 
 def log_params(params: dict) -> None:
@@ -214,7 +167,7 @@ def log_dataset(ds, run_id: str | None = None) -> None:
     ]
     rid = run_id or active_run_id()
     client().log_inputs(rid, datasets=inputs)
-    set_tags({TAG_FINGERPRINT: ds.fingerprint, TAG_TEST_FINGERPRINT: ds.test_fingerprint}, run_id=rid)
+    set_tags({keys.TAG_FINGERPRINT: ds.fingerprint, keys.TAG_TEST_FINGERPRINT: ds.test_fingerprint}, run_id=rid)
 
 
 def log_keras_model(model, x_example, y_example=None) -> str:
@@ -241,7 +194,7 @@ def log_keras_model(model, x_example, y_example=None) -> str:
         artifact_path=None, name="model", flavor=_KerasFlavor, flavor_name="mlflow.keras", model=model,
         signature=signature, input_example=x_example, pip_requirements=reqs, validate_serving_input=False,
     )
-    set_tags({TAG_MODEL_URI: info.model_uri})
+    set_tags({keys.TAG_MODEL_URI: info.model_uri})
     return info.model_uri
 
 
@@ -266,27 +219,6 @@ def find_runs(experiment_ids: list[str], filter_string: str, max_results: int = 
     )
 
 
-def trial_runs(experiment_id: str, parent_run_id: str, reader=None, trial_id: str | None = None) -> list:
-    """A sweep's trial runs (deleted ones excluded), or one trial's attempts, through MLflow unless
-    another reader is given."""
-    tags = {TAG_KIND: "trial", "mlflow.parentRunId": parent_run_id}
-    if trial_id is not None:
-        tags[TAG_TRIAL] = trial_id
-    from mnist_exp.tracking.readers import MLflowRuns
-
-    return (reader or MLflowRuns()).runs(experiment_id, tags)
-
-
-def refit_runs(experiment_id: str, parent_run_id: str, trial_run_id: str | None = None, reader=None) -> list:
-    """A sweep's refit runs (refit.py), or those of one trial run."""
-    tags = {TAG_KIND: "refit", "mlflow.parentRunId": parent_run_id}
-    if trial_run_id is not None:
-        tags[TAG_REFIT_OF] = trial_run_id
-    from mnist_exp.tracking.readers import MLflowRuns
-
-    return (reader or MLflowRuns()).runs(experiment_id, tags)
-
-
 def delete_tag(run_id: str, key: str) -> None:
     client().delete_tag(run_id, key)
 
@@ -295,40 +227,3 @@ def get_run(run_id: str):
     return client().get_run(run_id)
 
 
-def create_run(experiment_id: str, name: str, tags: dict) -> str:
-    """A RUNNING run held by this process (liveness tags, heartbeat) until set_status ends it."""
-    import mlflow
-
-    from mnist_exp.tracking import liveness
-
-    run_id = client().create_run(experiment_id, run_name=name, tags={**tags, **liveness.identity()}).info.run_id
-    liveness.HEARTBEAT.hold(run_id, mlflow.get_tracking_uri())
-    return run_id
-
-
-def set_status(run_id: str, status: str) -> None:
-    """RUNNING: this process takes the run over (a resumed sweep's parent): its liveness tags, its heartbeat."""
-    import mlflow
-    from mlflow.entities import RunTag
-
-    from mnist_exp.tracking import liveness
-
-    c = client()
-    if status == RUNNING:
-        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in liveness.identity().items()])
-        c.update_run(run_id, status=RUNNING)
-        liveness.HEARTBEAT.hold(run_id, mlflow.get_tracking_uri())
-    else:
-        liveness.HEARTBEAT.release(run_id)
-        c.set_terminated(run_id, status=status)
-
-
-def kill_stale_children(experiment_id: str, parent_run_id: str) -> list[str]:
-    """Children left RUNNING by a process that died (kill -9): mark them KILLED."""
-    stale = find_runs(
-        [experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status = 'RUNNING'"
-    )
-    for run in stale:
-        client().set_tag(run.info.run_id, TAG_ERROR, "the process running this trial died; the trial is retried")
-        client().set_terminated(run.info.run_id, status=KILLED)
-    return [r.info.run_id for r in stale]

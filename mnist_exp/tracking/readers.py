@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from mnist_exp.tracking import store, mlflow_io
+from mnist_exp.tracking import mlflow_io, store
 
 # MLflow schema revisions whose tables SqliteRuns reads directly. tests/test_compare.py checks that the
 # installed MLflow writes one of these and that both readers give the same leaderboard; a store

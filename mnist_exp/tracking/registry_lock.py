@@ -21,10 +21,8 @@ import sys
 import threading
 import time
 
-from mnist_exp.tracking import liveness
 from mnist_exp.runtime.errors import ConfigError
-
-TAG_TOKEN, TAG_SINCE = "mnist_exp.lock.token", "mnist_exp.lock.since"
+from mnist_exp.tracking import keys, liveness
 
 
 def _code(e) -> str:
@@ -65,40 +63,40 @@ class RegistryLock:
                 if _code(e) == "RESOURCE_DOES_NOT_EXIST":
                     return None
                 raise
-            if TAG_TOKEN in model.tags:
+            if keys.TAG_LOCK_TOKEN in model.tags:
                 tags = dict(model.tags)
-                tags.setdefault(TAG_SINCE, str((model.creation_timestamp or 0) / 1000))
+                tags.setdefault(keys.TAG_LOCK_SINCE, str((model.creation_timestamp or 0) / 1000))
                 return tags
             # The model and its tags are read by two statements: a lock released between them reads untagged
             # (seen on sqlite with four racers). Read again; only a model that stays untagged is not a lock.
             time.sleep(0.05 * (attempt + 1))
-        raise ConfigError(f"registered model {self.name} exists but is not a {self.kind} (no {TAG_TOKEN} tag); "
+        raise ConfigError(f"registered model {self.name} exists but is not a {self.kind} (no {keys.TAG_LOCK_TOKEN} tag); "
                           "mnist-exp reserves the name: rename that model")
 
     def held(self) -> bool:
         h = self.holder()
-        return self.token is not None and h is not None and h.get(TAG_TOKEN) == self.token
+        return self.token is not None and h is not None and h.get(keys.TAG_LOCK_TOKEN) == self.token
 
     def describe(self, tags: dict, now: float | None = None) -> str:
         try:
-            age = f", taken {(now or time.time()) - float(tags[TAG_SINCE]):.0f} s ago"
+            age = f", taken {(now or time.time()) - float(tags[keys.TAG_LOCK_SINCE]):.0f} s ago"
         except (KeyError, ValueError):
             age = ""
-        return f"pid {tags.get(liveness.TAG_PID, '?')} on host {tags.get(liveness.TAG_HOST, '?')}{self.about(tags)}{age}"
+        return f"pid {tags.get(keys.TAG_PID, '?')} on host {tags.get(keys.TAG_HOST, '?')}{self.about(tags)}{age}"
 
     def stale_reason(self, tags: dict, now: float | None = None) -> str | None:
         """Why a held lock may be broken, or None (see the module docstring)."""
         now = now or time.time()
-        if tags.get(liveness.TAG_HOST) == liveness.HOST and \
-                tags.get(liveness.TAG_PROC_START, "").partition(":")[0] == liveness.BOOT_ID:
-            return liveness.dead_reason({**tags, liveness.TAG_HEARTBEAT: str(now)})
-        key = liveness.TAG_HEARTBEAT if self.heartbeat_s and liveness.TAG_HEARTBEAT in tags else TAG_SINCE
+        if tags.get(keys.TAG_HOST) == liveness.HOST and \
+                tags.get(keys.TAG_PROC_START, "").partition(":")[0] == liveness.BOOT_ID:
+            return liveness.dead_reason({**tags, keys.TAG_HEARTBEAT: str(now)})
+        key = keys.TAG_HEARTBEAT if self.heartbeat_s and keys.TAG_HEARTBEAT in tags else keys.TAG_LOCK_SINCE
         try:
             age = now - float(tags[key])
         except (KeyError, ValueError):
             age = float("inf")
         if age > self.ttl_s:  # clocks of the machines sharing a store agree far better than this
-            if key == liveness.TAG_HEARTBEAT:
+            if key == keys.TAG_HEARTBEAT:
                 return f"{self.describe(tags, now)}, last heartbeat {age:.0f} s ago (more than {self.ttl_s:.0f} s)"
             return f"{self.describe(tags, now)} (more than {self.ttl_s:.0f} s)"
         return None
@@ -111,9 +109,9 @@ class RegistryLock:
         from mlflow.exceptions import MlflowException
 
         token = secrets.token_hex(16)
-        tags = {**liveness.identity(), TAG_TOKEN: token, TAG_SINCE: f"{time.time():.3f}", **self.extra}
+        tags = {**liveness.identity(), keys.TAG_LOCK_TOKEN: token, keys.TAG_LOCK_SINCE: f"{time.time():.3f}", **self.extra}
         if not self.heartbeat_s:
-            tags.pop(liveness.TAG_HEARTBEAT, None)  # nothing refreshes it: the lock's age is TAG_SINCE
+            tags.pop(keys.TAG_HEARTBEAT, None)  # nothing refreshes it: the lock's age is keys.TAG_LOCK_SINCE
         deadline, delay, broken = time.monotonic() + wait_s, 0.05, None
         while True:
             try:
@@ -126,13 +124,13 @@ class RegistryLock:
             holder = self.holder()
             if holder is None:
                 continue  # released meanwhile: try again at once
-            if holder[TAG_TOKEN] == token:
+            if holder[keys.TAG_LOCK_TOKEN] == token:
                 break  # our own create, answered late and retried by the HTTP client
             why = self.stale_reason(holder)
             if why:
                 if self.announce:
                     print(f"{self.who}: breaking the {self.kind} {self.name}: {why}", file=sys.stderr, flush=True)
-                self._delete_if(holder[TAG_TOKEN])
+                self._delete_if(holder[keys.TAG_LOCK_TOKEN])
                 broken = holder
                 continue
             left = deadline - time.monotonic()
@@ -157,7 +155,7 @@ class RegistryLock:
         from mlflow.exceptions import MlflowException
 
         holder = self.holder()
-        if holder is None or holder.get(TAG_TOKEN) != token:
+        if holder is None or holder.get(keys.TAG_LOCK_TOKEN) != token:
             return
         try:
             self.client.delete_registered_model(self.name)
@@ -168,6 +166,6 @@ class RegistryLock:
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
-                self.client.set_registered_model_tag(self.name, liveness.TAG_HEARTBEAT, f"{time.time():.3f}")
+                self.client.set_registered_model_tag(self.name, keys.TAG_HEARTBEAT, f"{time.time():.3f}")
             except Exception:  # the store is away for a moment: the lock is stale only after ttl_s
                 pass

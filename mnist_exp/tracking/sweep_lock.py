@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Protocol
 
 from mnist_exp.runtime.errors import ConfigError, LeaseHeld, StoreError
+from mnist_exp.tracking import keys, liveness, mlflow_io, store
+from mnist_exp.tracking.registry_lock import Busy, RegistryLock
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,6 @@ class Holder:
 
     @classmethod
     def me(cls) -> Holder:
-        from mnist_exp.tracking import liveness
-
         argv = [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else ["python"]
         return cls(os.getpid(), liveness.HOST, liveness.proc_start() or "", shlex.join(argv)[:300], time.time())
 
@@ -157,8 +157,6 @@ class LocalFileLease:
 
 def _gone(h: Holder) -> bool:
     """A holder on this machine whose process is no longer running (or whose pid another process now has)."""
-    from mnist_exp.tracking import liveness
-
     if h.host != liveness.HOST:
         return False
     now = liveness.proc_start(h.pid)
@@ -176,39 +174,31 @@ class RegistryLease:
     """A lease per sweep name in a tracking server's model registry; see the module docstring."""
 
     PREFIX = "mnist-exp.sweep-lease."
-    TAG_COMMAND = "mnist_exp.lock.command"
 
     def __init__(self, uri: str):
         self.uri = uri
         self._held: dict = {}
 
     def _lock(self, name: str, me: Holder | None = None):
-        from mnist_exp.tracking import liveness, mlflow_io
-        from mnist_exp.tracking.registry_lock import RegistryLock
-
         description = (f"Lease of sweep `{name}`, not a model: the `mnist-exp sweep` running it holds it and deletes "
                        f"it when it ends. A lease whose holder stopped sending heartbeats ({liveness.STALE_S:.0f} s) "
                        "is taken over by the next sweep of that name.")
-        tags = {self.TAG_COMMAND: me.command} if me else {}
+        tags = {keys.TAG_LOCK_COMMAND: me.command} if me else {}
         return RegistryLock(mlflow_io.client(self.uri), self.PREFIX + name, description, ttl_s=liveness.STALE_S,
                             heartbeat_s=liveness.HEARTBEAT_S, tags=tags, kind="sweep lease", announce=False)
 
     def _holder(self, tags: dict | None) -> Holder | None:
-        from mnist_exp.tracking import liveness
-        from mnist_exp.tracking.registry_lock import TAG_SINCE
 
         if not tags:
             return None
         try:
-            return Holder(int(tags.get(liveness.TAG_PID, "0")), tags.get(liveness.TAG_HOST, "?"),
-                          tags.get(liveness.TAG_PROC_START, ""), tags.get(self.TAG_COMMAND, "?"),
-                          float(tags.get(TAG_SINCE, "0")))
+            return Holder(int(tags.get(keys.TAG_PID, "0")), tags.get(keys.TAG_HOST, "?"),
+                          tags.get(keys.TAG_PROC_START, ""), tags.get(keys.TAG_LOCK_COMMAND, "?"),
+                          float(tags.get(keys.TAG_LOCK_SINCE, "0")))
         except ValueError:
             return None
 
     def try_acquire(self, name: str, me: Holder) -> tuple[bool, Holder | None]:
-        from mnist_exp.tracking.registry_lock import Busy
-
         lock = self._lock(name, me)
         try:
             broken = lock.acquire(0.0)
@@ -224,8 +214,6 @@ class RegistryLease:
         try:
             lock.release()
         except Exception as e:
-            from mnist_exp.tracking import store
-
             # The server is gone (the sweep is stopping because of it): the lease stays, its holder's process ends
             # now, and the next sweep of the name takes it over at once here (after STALE_S elsewhere), saying so.
             if not store.is_unavailable(e):
@@ -239,8 +227,6 @@ class RegistryLease:
 
 def lease_folder(uri: str) -> Path:
     """Beside a local store (a tracking server's leases are in its registry: RegistryLease)."""
-    from mnist_exp.tracking import store
-
     return store.local_store_dir(uri) / "leases"
 
 
@@ -248,8 +234,6 @@ _backends: dict = {}
 
 
 def backend_for(uri: str) -> LeaseBackend:
-    from mnist_exp.tracking import store
-
     if store.is_remote(uri):
         return _backends.setdefault(uri, RegistryLease(uri))
     folder = lease_folder(uri).resolve()

@@ -22,11 +22,12 @@ import sys
 import time
 from urllib.parse import urlencode
 
+from mnist_exp.tracking import keys, mlflow_io, runs
+
 VIEW_KEY = "mnist-exp-sweeps"  # the saved view's id: mlflow.sharedViewState.<VIEW_KEY>
 VIEW_NAME = "mnist-exp sweeps"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
-KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
-SEARCHED_TAG = "mnist_exp.searched"  # on a sweep's parent run: its searched hyperparameters, comma-separated
+EXPERIMENT_KIND = "custom_model_development"  # the experiment kind that opens the UI in its machine-learning mode
 MARK = "mnist-exp"  # our envelope's "writtenBy": a view without it was saved by a person, not by us
 COLUMN_METRICS = ("objective", "test_accuracy", "epochs_run")
 SECTION = "mnist-exp-sweep-section"
@@ -84,15 +85,13 @@ def address(base: str, experiment_id: str, charts: bool = False) -> str:
 def hyperparameters(experiment_id: str, client) -> list[str]:
     """Every searched hyperparameter of the experiment's current sweeps, in the order first seen. A sweep
     made before the tag existed: the params its trials do not all share (its search space, seen from runs)."""
-    from mnist_exp.tracking import mlflow_io
-
-    parents = mlflow_io.find_runs([experiment_id], f"tags.`{mlflow_io.TAG_KIND}` = 'sweep'")
+    parents = mlflow_io.find_runs([experiment_id], f"tags.`{keys.TAG_KIND}` = 'sweep'")
     names: list[str] = []
     for parent in sorted(parents, key=lambda r: r.info.start_time or 0):
-        if parent.data.tags.get(mlflow_io.TAG_SUPERSEDED):
+        if parent.data.tags.get(keys.TAG_SUPERSEDED):
             continue
-        tagged = parent.data.tags.get(SEARCHED_TAG)
-        found = tagged.split(",") if tagged is not None else _varying(mlflow_io.trial_runs(experiment_id, parent.info.run_id))
+        tagged = parent.data.tags.get(keys.TAG_SEARCHED)
+        found = tagged.split(",") if tagged is not None else _varying(runs.trial_runs(experiment_id, parent.info.run_id))
         names += [n for n in found if n and n not in names]
     return names
 
@@ -109,13 +108,11 @@ def _varying(trials) -> list[str]:
 def publish(experiment_id: str, parent_run_id: str | None = None, searched: list[str] | None = None) -> str:
     """Tag the sweep's parent with its searched hyperparameters (when given), then (re)write the experiment's
     kind and saved view from every current sweep. Returns the view's key."""
-    from mnist_exp.tracking import mlflow_io
-
     client = mlflow_io.client()
     if parent_run_id and searched is not None:
-        mlflow_io.set_tags({SEARCHED_TAG: ",".join(searched)}, run_id=parent_run_id)
+        mlflow_io.set_tags({keys.TAG_SEARCHED: ",".join(searched)}, run_id=parent_run_id)
     exp = client.get_experiment(experiment_id)
-    client.set_experiment_tag(experiment_id, KIND_TAG, KIND)
+    client.set_experiment_tag(experiment_id, keys.TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
     old = exp.tags.get(VIEW_TAG)
     created = now = int(time.time() * 1000)
     if old is not None:
@@ -174,7 +171,7 @@ def open_when_up(url: str, health: str) -> None:
     execs it): a detached helper process, so nothing waits here."""
     import subprocess
 
-    subprocess.Popen([sys.executable, "-m", "mnist_exp.uiview", url, health], start_new_session=True,
+    subprocess.Popen([sys.executable, "-m", __name__, url, health], start_new_session=True,
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from mnist_exp.search.distributed import wire
+
 ENV_IP, ENV_PORT, ENV_ID = "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"
 
 
@@ -48,8 +50,6 @@ class ChiefEnvironment:
 
 def launch_workers(uri: str, address: str, token: str, ids: list[str], threads: int, verbose: bool = False):
     """``mnist-exp worker`` processes on this machine, one per id, connected to the chief at ``address``."""
-    from mnist_exp.search.distributed import wire
-
     procs = {}
     env = {k: v for k, v in os.environ.items() if k not in (ENV_IP, ENV_PORT, ENV_ID)}
     env.update({wire.TOKEN_ENV: token, "TF_CPP_MIN_LOG_LEVEL": "2"})

@@ -22,10 +22,11 @@ import threading
 import time
 from concurrent import futures
 
-from mnist_exp._version import __version__
 from mnist_exp import tracking
-from mnist_exp.search.distributed import wire
+from mnist_exp._version import __version__
 from mnist_exp.runtime.errors import ConfigError
+from mnist_exp.search.distributed import wire
+from mnist_exp.tracking import keys
 
 
 class Chief:
@@ -121,11 +122,11 @@ class Chief:
         """The silent worker's run of the trial ends KILLED: the trial is run again by another worker."""
         try:
             for run in tracking.trial_runs(self.sw.experiment_id, self.sw.parent_run_id, trial_id=trial_id):
-                if run.info.status == tracking.RUNNING and run.data.tags.get(tracking.TAG_TUNER_ID) == worker:
-                    tracking.set_tags({tracking.TAG_ERROR: f"lease expired: worker {worker} silent for more than "
+                if run.info.status == keys.RUNNING and run.data.tags.get(keys.TAG_TUNER_ID) == worker:
+                    tracking.set_tags({keys.TAG_ERROR: f"lease expired: worker {worker} silent for more than "
                                                            f"{self.lease_s:.0f} s; the trial runs again"},
                                       run_id=run.info.run_id)
-                    tracking.set_status(run.info.run_id, tracking.KILLED)
+                    tracking.set_status(run.info.run_id, keys.KILLED)
         except Exception as e:  # the store is down: the next command reaps the run (liveness.py)
             print(f"[sweep {self.sw.exp.name}] warning: run of trial {trial_id} not marked KILLED: "
                   f"{type(e).__name__}: {str(e)[:200]}", file=sys.stderr, flush=True)

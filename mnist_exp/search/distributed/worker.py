@@ -20,9 +20,18 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from mnist_exp.spec import names
-from mnist_exp.search.distributed import wire
+from mnist_exp import tracking
+from mnist_exp.model import training
+from mnist_exp.model.data import load_data
+from mnist_exp.runtime import signals
 from mnist_exp.runtime.errors import ConfigError, DataError, TrackingUnavailable
+from mnist_exp.runtime.terminal import import_tensorflow
+from mnist_exp.search import tuners
+from mnist_exp.search.distributed import wire
+from mnist_exp.spec import names
+from mnist_exp.spec.experiment import experiment_from_dict
+from mnist_exp.spec.space import load_space
+from mnist_exp.tracking import liveness, store
 
 
 class Lease:
@@ -73,9 +82,6 @@ def connect(address: str, token: str, worker: str, wait_s: float):
 
 def sweep_from(desc: dict, address: str, data: str | None, workdir: Path):
     """(experiment, search space) as the chief runs them; the space file is written under ``workdir``."""
-    from mnist_exp.spec.experiment import experiment_from_dict
-    from mnist_exp.spec.space import load_space
-
     where = f"chief {address}"
     exp = experiment_from_dict(desc["experiment"], where=where)
     space_path = None
@@ -98,15 +104,12 @@ def tracking_uri(arg: str | None, desc: dict, address: str) -> str:
 
 
 def main(args) -> int:
-    from mnist_exp.tracking import store
-
     token = wire.token_from_env("a worker")
     worker = check_id(args.id or default_id())
     chan, desc = connect(args.chief, token, worker, args.wait)
     workdir = Path(tempfile.gettempdir()) / "mnist-exp-worker" / f"{desc['name']}-{desc['parent_run_id'][:8]}" / worker
     workdir.mkdir(parents=True, exist_ok=True)
     exp, space = sweep_from(desc, args.chief, args.data, workdir)
-    from mnist_exp.model.data import load_data
 
     ds = load_data(exp.data, exp.seed)
     if ds.fingerprint != desc["data_fingerprint"]:
@@ -118,8 +121,6 @@ def main(args) -> int:
 
 
 def _work(args, chan, desc, exp, space, ds, uri, worker, workdir) -> int:
-    from mnist_exp.runtime.terminal import import_tensorflow
-
     import_tensorflow()
     import tensorflow as tf
 
@@ -128,12 +129,6 @@ def _work(args, chan, desc, exp, space, ds, uri, worker, workdir) -> int:
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     tf.get_logger().setLevel("ERROR")
     import keras
-
-    from mnist_exp.runtime import signals
-    from mnist_exp.tracking import liveness
-    from mnist_exp import tracking
-    from mnist_exp.model import training
-    from mnist_exp.search import tuners
 
     try:
         liveness.reap(uri, "mnist-exp worker")  # this machine's runs of dead processes (a restarted worker's own)
@@ -244,15 +239,10 @@ class WorkerTunerMixin:
         return [_LeaseCheck(self.lease)]
 
     def claim(self, trial_id: str) -> None:
-        from mnist_exp.search import tuners
-
         if self.lease.lost == trial_id or not self.oracle.claim(trial_id):
             raise tuners.Superseded(f"trial {trial_id}: the lease expired and the trial was given to another worker")
 
     def on_trial_end(self, trial):
-        from mnist_exp.runtime import signals
-        from mnist_exp.search import tuners
-
         try:
             super().on_trial_end(trial)
         except tuners.Superseded as e:  # the chief refused this report: the attempt is recorded as superseded
@@ -287,8 +277,6 @@ def ChiefOracle(local_oracle, chan, worker: str):
     from keras_tuner.src import protos
     from keras_tuner.src.distribute.oracle_client import OracleClient
     from keras_tuner.src.engine import trial as trial_module
-
-    from mnist_exp.search import tuners
 
     class Stub:
         def __init__(self, stub):
