@@ -13,8 +13,8 @@ workers started as ``mnist-exp worker --threads 1`` the way a remote machine wou
   script that wraps chief.Chief's gRPC interceptor (no package edit) so that every RPC's handler is timed
   (wall and the serving thread's CPU time, by method), plus the chief process's CPU seconds while serving,
   net of its CPU at rest (measured for ``--idle-s`` before the workers start) and of this script's own calls
-  (each costs what one idle Heartbeat cost it in full, gRPC's core included, measured over the idle burst);
-- (b) gRPC round trips of ``Heartbeat`` from a client here: back to back on the live chief before its
+  (each costs what one idle Renew cost it in full, gRPC's core included, measured over the idle burst);
+- (b) gRPC round trips of ``Renew`` from a client here: back to back on the live chief before its
   workers start (idle) and one every ``--rtt-interval`` s while the sweep runs (under load). CreateTrial is
   not called from here (it would take a trial from the sweep); its cost is the chief-side handler time.
 - with ``--postgres``, the tracking server's HTTP requests per trial (its access log).
@@ -154,13 +154,13 @@ def _cpu_reader(pid: int):
 
 
 class Prober:
-    """Heartbeat round trips from this process, as worker PROBE (no trial id: the chief only renews nothing)."""
+    """Renew round trips from this process, as worker PROBE (no trial id: the chief only renews nothing)."""
 
     def __init__(self, port: int):
         from mnist_exp.search.distributed import wire
 
         self.chan = wire.channel("127.0.0.1", port, TOKEN, PROBE, 10.0)
-        self.beat = wire.json_method(self.chan, "Heartbeat")
+        self.beat = wire.json_method(self.chan, "Renew")
         self.errors = 0
 
     def wait_ready(self, proc: subprocess.Popen, log: Path, timeout: float = 300) -> float:
@@ -224,7 +224,7 @@ def one_sweep(n: int, args, tmp: Path, uri: str | None, server_log: Path | None)
         probe = Prober(port)
         ready_s = probe.wait_ready(chief, chief_log)
         # The chief's own CPU (all its threads, gRPC's core included), read from outside: first at rest, then
-        # over the idle burst of round trips, which gives what one Heartbeat costs it in full.
+        # over the idle burst of round trips, which gives what one Renew costs it in full.
         cpu = _cpu_reader(chief.pid)
         c0, w0 = cpu(), time.perf_counter()
         time.sleep(args.idle_s)
@@ -397,7 +397,7 @@ def main() -> None:
     ap.add_argument("--lease", type=float, default=30.0, help="--lease-timeout (default 30: heartbeat every 5 s)")
     ap.add_argument("--postgres", action="store_true", help="store: one mnist_exp.server (PostgreSQL) for all counts")
     ap.add_argument("--server-workers", type=int, default=2, help="with --postgres: the MLflow server's --workers")
-    ap.add_argument("--rtt-calls", type=int, default=500, help="Heartbeat round trips, idle and under load (default 500)")
+    ap.add_argument("--rtt-calls", type=int, default=500, help="Renew round trips, idle and under load (default 500)")
     ap.add_argument("--rtt-interval", type=float, default=0.2, help="seconds between round trips under load (default "
                                                                     "0.2: as many as 25 workers' heartbeats)")
     ap.add_argument("--idle-s", type=float, default=3.0, help="seconds the chief's CPU at rest is measured over")

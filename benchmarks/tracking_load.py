@@ -6,7 +6,7 @@
 
 Starts ``mnist_exp.server`` on loopback (or uses ``--uri``), then K clients (threads, spread over ``--procs``
 processes so that one client process's GIL is not the bottleneck) each write what a trial writes
-(tuners.run_trial, training.EpochLogger): create a run with a trial's tags, one batch of params, one
+(tracked_tuner.run_trial, training.EpochLogger): create a run with a trial's tags, one batch of params, one
 ``log_batch`` of ``--metrics`` metrics per epoch (EpochLogger logs 5: loss, accuracy, val_loss,
 val_accuracy, epoch_time_s), one artifact of ``--artifact-kb`` through the server's proxied artifact store,
 then end the run. ``--epoch-interval S`` paces the epochs as a real trial would (default 0: back to back,

@@ -14,7 +14,7 @@ import pytest
 from mnist_exp.tracking import keys, liveness, sweep_lock
 from mnist_exp import tracking
 from mnist_exp.cli import main
-from mnist_exp.runtime.errors import ConfigError, LeaseHeld
+from mnist_exp.runtime.errors import ConfigError, SweepLocked
 
 from conftest import ROOT, VENV_BIN, runs
 
@@ -68,7 +68,7 @@ def test_a_held_sweep_is_refused_naming_its_holder_and_taken_over_once_the_holde
 
     assert main(["sweep", QUICK, "--name", "held", *TINY_SWEEP]) == 0
     err = capsys.readouterr().err
-    assert f"mnist-exp: sweep held: taking over the lease of pid {holder.pid} on host {liveness.HOST}" in err
+    assert f"mnist-exp: sweep held: taking over the sweep lock of pid {holder.pid} on host {liveness.HOST}" in err
     assert "that process is gone" in err
     [parent], [trial] = _sweep_runs("held")
     assert parent.info.status == "FINISHED" and trial.info.status == "FINISHED"
@@ -81,14 +81,14 @@ def test_a_held_sweep_is_refused_naming_its_holder_and_taken_over_once_the_holde
 # Says it is ready, waits for "go" on stdin, tries the lease and reports; a winner holds it until stdin closes.
 RACER = """import json, os, sys
 from mnist_exp.tracking import sweep_lock
-from mnist_exp.runtime.errors import LeaseHeld
+from mnist_exp.runtime.errors import SweepLocked
 print("ready", flush=True)
 sys.stdin.readline()
 try:
     with sweep_lock.acquire(sys.argv[1], "race"):
         print(json.dumps({"pid": os.getpid(), "won": True}), flush=True)
         sys.stdin.readline()  # held until every racer has reported
-except LeaseHeld as e:
+except SweepLocked as e:
     print(json.dumps({"pid": os.getpid(), "won": False, "error": str(e)}), flush=True)
 """
 
@@ -136,16 +136,16 @@ def test_the_lease_is_reentrant_in_its_process_and_checks_the_name(tmp_path):
         with sweep_lock.acquire(uri, "a"):  # a nested acquire of a held name passes through
             assert backend.holder("a").pid == os.getpid()
         assert backend.holder("a").pid == os.getpid()  # still held by the outer block
-        ok, other = sweep_lock.LocalFileLease(tmp_path / "leases").try_acquire("a", sweep_lock.Holder.me())
+        ok, other = sweep_lock.FileSweepLock(tmp_path / "leases").try_acquire("a", sweep_lock.Holder.me())
         assert not ok and other.pid == os.getpid()  # another descriptor is another holder, as another process is
     assert backend.holder("a") is None
     for bad in ("", ".", "..", "a/b"):
         with pytest.raises(ConfigError, match="not usable as a file name"):
             with sweep_lock.acquire(uri, bad):
                 pass
-    with pytest.raises(LeaseHeld):
+    with pytest.raises(SweepLocked):
         with sweep_lock.acquire(uri, "b"):
-            raise LeaseHeld("inner")  # an error inside the block still releases
+            raise SweepLocked("inner")  # an error inside the block still releases
     assert backend.holder("b") is None
 
 
@@ -157,10 +157,10 @@ def test_a_record_left_by_a_dead_holder_is_not_reported_as_live(tmp_path):
     path = tmp_path / "leases" / "n.lease"
     path.parent.mkdir()
     path.write_text(json.dumps(gone.__dict__))
-    assert sweep_lock.LocalFileLease._read_live(path, wait_s=0.2) is None
+    assert sweep_lock.FileSweepLock._read_live(path, wait_s=0.2) is None
     me = sweep_lock.Holder.me()
     path.write_text(json.dumps(me.__dict__))
-    assert sweep_lock.LocalFileLease._read_live(path, wait_s=0.2) == me
+    assert sweep_lock.FileSweepLock._read_live(path, wait_s=0.2) == me
 
 
 def test_a_tracking_servers_lease_lives_in_its_registry_for_every_machine(tracking_server, tmp_path, capsys):
@@ -172,12 +172,12 @@ def test_a_tracking_servers_lease_lives_in_its_registry_for_every_machine(tracki
 
     uri = tracking_server.uri
     backend = sweep_lock.backend_for(uri)
-    assert isinstance(backend, sweep_lock.RegistryLease)
+    assert isinstance(backend, sweep_lock.RegistrySweepLock)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, uri, "srv"], stdout=subprocess.PIPE, text=True,
                               cwd=tmp_path)
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(LeaseHeld, match=rf"^sweep srv is already running: pid {holder.pid} on host "
+        with pytest.raises(SweepLocked, match=rf"^sweep srv is already running: pid {holder.pid} on host "
                                             rf"{re.escape(liveness.HOST)} since .* \(mnist-exp sweep experiments/quick"):
             with sweep_lock.acquire(uri, "srv"):
                 pass
@@ -187,9 +187,9 @@ def test_a_tracking_servers_lease_lives_in_its_registry_for_every_machine(tracki
         holder.wait()
     with sweep_lock.acquire(uri, "srv"):
         assert backend.holder("srv").pid == os.getpid()
-    assert f"taking over the lease of pid {holder.pid} on host {liveness.HOST}" in capsys.readouterr().err
+    assert f"taking over the sweep lock of pid {holder.pid} on host {liveness.HOST}" in capsys.readouterr().err
     client = MlflowClient(uri, uri)
-    name = sweep_lock.RegistryLease.PREFIX + "srv"
+    name = sweep_lock.RegistrySweepLock.PREFIX + "srv"
     assert not client.search_registered_models(f"name = '{name}'")  # released: deleted
 
     def elsewhere(beat_age: float):
@@ -200,12 +200,12 @@ def test_a_tracking_servers_lease_lives_in_its_registry_for_every_machine(tracki
             keys.TAG_LOCK_COMMAND: "mnist-exp sweep x.yaml"})
 
     elsewhere(beat_age=5)  # a sweep on another machine, alive
-    with pytest.raises(LeaseHeld, match=r"pid 4242 on host other-machine since .* \(mnist-exp sweep x\.yaml\)"):
+    with pytest.raises(SweepLocked, match=r"pid 4242 on host other-machine since .* \(mnist-exp sweep x\.yaml\)"):
         with sweep_lock.acquire(uri, "srv"):
             pass
     client.delete_registered_model(name)
     elsewhere(beat_age=liveness.STALE_S + 10)  # its heartbeat stopped: that machine or process is gone
     with sweep_lock.acquire(uri, "srv"):
         pass
-    assert "taking over the lease of pid 4242 on host other-machine" in capsys.readouterr().err
+    assert "taking over the sweep lock of pid 4242 on host other-machine" in capsys.readouterr().err
     assert not client.search_registered_models(f"name = '{name}'")

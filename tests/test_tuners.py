@@ -1,4 +1,4 @@
-"""The tuners as mnist-exp builds them (mnist_exp/tuners.py): the same seed proposes the same trials. The real
+"""The tuners as mnist-exp builds them (mnist_exp/search/tracked_tuner.py, oracle.py): the same seed proposes the same trials. The real
 Keras Tuner oracle of experiments/best.yaml is driven trial by trial (scores reported as a worker would), no
 training: what is checked is which configurations it hands out, in which order, with which Hyperband epochs."""
 
@@ -10,15 +10,15 @@ BEST = ROOT / "experiments" / "best.yaml"
 
 
 def proposals(tmp_path, overrides, n):
-    from mnist_exp.search import tuners
+    from mnist_exp.search import tracked_tuner
     from mnist_exp.spec.experiment import load_experiment
     from mnist_exp.model.data import load_data
     from mnist_exp.spec.space import load_space
 
     exp = load_experiment(BEST, ["data.source=embedded", "data.train_size=200", "data.test_size=100", *overrides])
     space = load_space(exp.search_space)
-    sw = tuners.SweepContext(exp, load_data(exp.data, exp.seed), "0", "parent")
-    oracle = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), tmp_path).oracle
+    sw = tracked_tuner.SweepContext(exp, load_data(exp.data, exp.seed), "0", "parent")
+    oracle = tracked_tuner.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), tmp_path).oracle
     seen = []
     for _ in range(n):
         trial = oracle.create_trial("chief")

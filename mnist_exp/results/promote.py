@@ -123,7 +123,7 @@ def verdict(cand: Candidate, champion) -> str | None:
     return None
 
 
-# --- the promotion lock: a registered model, created atomically, deleted on release (reglock.py) ----------
+# --- the promotion lock: a registered model, created atomically, deleted on release (registry_lock.py) ----------
 
 LOCK_SUFFIX = ".promotion-lock"
 LOCK_TTL_S = 600  # a promotion takes seconds; a lock from another machine this old is from a crashed one

@@ -1,6 +1,6 @@
 """The error hierarchy the CLI maps to exit codes.
 
-Bad input (ConfigError, DataError, StoreError, a held lease) exits 2 before any MLflow write;
+Bad input (ConfigError, DataError, StoreError, a held sweep lock) exits 2 before any MLflow write;
 a sweep in which nothing succeeded (SweepError), a refused promotion, or a tracking server that
 went away mid-sweep (TrackingUnavailable, finished trials kept) exits 1.
 """
@@ -28,7 +28,7 @@ class StoreError(MnistExpError):
     exit_code = 2
 
 
-class LeaseHeld(MnistExpError):
+class SweepLocked(MnistExpError):
     """Another live process holds the sweep (one sweep of a name at a time)."""
 
     exit_code = 2

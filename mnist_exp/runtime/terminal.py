@@ -1,7 +1,7 @@
 """What the terminal shows while models train.
 
 By default: one line per finished epoch (``epoch_line``, printed by ``training.EpochLogger``) and one
-per finished trial (``tuners.progress_line``). With ``--verbose``: Keras's progress bar as well
+per finished trial (``search.trial_progress``). With ``--verbose``: Keras's progress bar as well
 (``training.ProgressBar``) and Keras Tuner's per-trial tables. Light on purpose: the CLI imports it
 before TensorFlow.
 """

@@ -22,13 +22,17 @@ from mnist_exp.results import compare, describe
 from mnist_exp.runtime import faults, signals, terminal
 from mnist_exp.runtime.errors import ConfigError, DiskFull, SweepError, TrackingUnavailable
 from mnist_exp.runtime.terminal import hms
-from mnist_exp.search import sweep_state, tuners
+from mnist_exp.search import sweep_state
 from mnist_exp.search.budget import Budget
-from mnist_exp.search.distributed import oracle_chief as chief_mod
-from mnist_exp.search.distributed import wire
-from mnist_exp.search.distributed.local_workers import ChiefEnvironment
+from mnist_exp.search.distributed import oracle_chief, wire, worker_processes
+from mnist_exp.search.distributed.trial_leases import TrialLeaseOracleMixin
+from mnist_exp.search.distributed.worker_processes import ChiefEnvironment
+from mnist_exp.search.oracle import planned_trials, requeue_orphans
 from mnist_exp.search.refit import refit_best
 from mnist_exp.search.sweep_state import STATE_FILE, identity, tuner_dir
+from mnist_exp.search.tracked_tuner import SweepContext, make_tuner
+from mnist_exp.search.trial_failures import DiskFullStop, StoreUnavailable, first_line, is_disk_full, is_store_unavailable
+from mnist_exp.search.trial_progress import progress_printer
 from mnist_exp.spec.durations import parse_duration
 from mnist_exp.spec.experiment import Experiment
 from mnist_exp.spec.space import SearchSpace
@@ -50,7 +54,7 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
               lease_s: float = 30.0) -> SweepResult:
     """Run (or resume) the sweep. ``hypermodel`` replaces the CNN HyperModel (tests inject faults with it).
     Prints one line per epoch and per trial; ``verbose`` adds Keras's bars and Keras Tuner's tables (terminal.py).
-    ``serve`` (HOST:PORT): be a chief that workers on other machines join (chief.py), with ``local_workers``
+    ``serve`` (HOST:PORT): be a chief that workers on other machines join (oracle_chief.py), with ``local_workers``
     of its own (default tuner.parallel_trials); trials of a silent worker are re-run after ``lease_s``."""
     parallel = exp.tuner.parallel_trials > 1 or serve is not None
     if hypermodel is not None and parallel:  # workers build their own CNN; nothing else crosses
@@ -69,52 +73,59 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     fit_verbose = terminal.fit_verbose(verbose)
     training.set_seed_and_threads(exp)
     # The chief of a parallel sweep trains nothing: its workers load the data themselves.
-    sw = tuners.SweepContext(exp, ds, experiment_id, parent_run_id, arrays=() if parallel else training.fit_arrays(ds))
-
+    sw = SweepContext(exp, ds, experiment_id, parent_run_id, arrays=() if parallel else training.fit_arrays(ds))
+    budget = _budget(exp, ds, (experiment_id, parent_run_id) if resumed else None)
     # Keras Tuner reads chief/worker from the environment when the Tuner is built
     with ChiefEnvironment("127.0.0.1", 0) if parallel else contextlib.nullcontext():
-        tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), project.parent, hypermodel,
-                                  verbose=fit_verbose)
-    tuner.oracle.on_trial_ended = tuners.print_progress(tuner.oracle, sw)
-    tuner.oracle.configured_epochs = exp.training.epochs
-    tuner.oracle.budget = _budget(exp, ds, (experiment_id, parent_run_id) if resumed else None)
-    planned = tuners.planned_trials(tuner.oracle)
-    done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
-    at_once = f", {exp.tuner.parallel_trials} at once" if exp.tuner.parallel_trials > 1 else ""
-    if tuner.oracle.budget is not None:
-        at_once += f", budget {hms(tuner.oracle.budget.seconds)}{' and a refit' if exp.tuner.refit else ''}"
-    print(f"sweep {exp.name} ({exp.tuner.kind}, {planned} trials planned{at_once}, objective {exp.objective.direction} "
-          f"{exp.objective.name}): {'resuming, ' + str(done) + ' trial(s) done' if resumed else 'new'}; "
-          f"parent run {parent_run_id}; {ds.sizes['train']} train / {ds.sizes['val']} val / "
-          f"{ds.sizes['test']} test digits", flush=True)
+        tuner = make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), project.parent, hypermodel,
+                           verbose=fit_verbose, budget=budget, on_trial_ended=progress_printer(sw),
+                           oracle_mixins=(TrialLeaseOracleMixin,) if parallel else ())
+    _print_start(exp, ds, tuner.oracle, parent_run_id, resumed)
     if parallel:
         return _finishing(exp, parent_run_id, lambda: _run_parallel(tuner, sw, uri, fit_verbose, project, serve,
                                                                     local_workers, lease_s))
-    tuners.requeue_orphans(tuner.oracle, [tuner.tuner_id])
+    requeue_orphans(tuner.oracle, [tuner.tuner_id])
+    crashed = _search_here(tuner, sw, fit_verbose)
+    return _finishing(exp, parent_run_id, lambda: _finish(tuner, sw, crashed))
 
+
+def _print_start(exp, ds, oracle, parent_run_id: str, resumed: bool) -> None:
+    done = sum(t.status == "COMPLETED" for t in oracle.trials.values())
+    at_once = f", {exp.tuner.parallel_trials} at once" if exp.tuner.parallel_trials > 1 else ""
+    if oracle.budget is not None:
+        at_once += f", budget {hms(oracle.budget.seconds)}{' and a refit' if exp.tuner.refit else ''}"
+    print(f"sweep {exp.name} ({exp.tuner.kind}, {planned_trials(oracle)} trials planned{at_once}, objective "
+          f"{exp.objective.direction} {exp.objective.name}): "
+          f"{'resuming, ' + str(done) + ' trial(s) done' if resumed else 'new'}; "
+          f"parent run {parent_run_id}; {ds.sizes['train']} train / {ds.sizes['val']} val / "
+          f"{ds.sizes['test']} test digits", flush=True)
+
+
+def _search_here(tuner, sw, fit_verbose: int) -> str | None:
+    """Run the search in this process; returns why it stopped early (Keras Tuner's failure limit) or None."""
+    exp, parent_run_id = sw.exp, sw.parent_run_id
     x, y, val = sw.arrays
-    crashed = None
     try:
         with signals.handled():
             tuner.search(x, y, validation_data=val, epochs=exp.training.epochs, verbose=fit_verbose)
-    except tuners.StoreUnavailable as e:
-        raise _store_gone(exp, parent_run_id, str(e)) from None
-    except tuners.DiskFullStop as e:
-        raise _disk_full(exp, parent_run_id, str(e)) from None
+    except StoreUnavailable as e:
+        raise _stop_for_lost_store(exp, parent_run_id, str(e)) from None
+    except DiskFullStop as e:
+        raise _stop_for_full_disk(exp, parent_run_id, str(e)) from None
     except KeyboardInterrupt:
         tracking.set_status(parent_run_id, keys.KILLED)
         print(f"sweep {exp.name} interrupted: finished trials are kept; run the same command again to resume",
               flush=True)
         raise
     except RuntimeError as e:  # Keras Tuner's "Number of consecutive failures exceeded the limit"
-        crashed = str(e).splitlines()[0]
+        return str(e).splitlines()[0]
     except Exception as e:
-        if tuners.disk_full(e):  # writing Keras Tuner's state between trials
-            raise _disk_full(exp, parent_run_id, f"no space left on device ({tuners._first_line(e)})") from None
+        if is_disk_full(e):  # writing Keras Tuner's state between trials
+            raise _stop_for_full_disk(exp, parent_run_id, f"no space left on device ({first_line(e)})") from None
         tracking.set_status(parent_run_id, keys.FAILED)
         tracking.set_tags({keys.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]}, run_id=parent_run_id)
         raise
-    return _finishing(exp, parent_run_id, lambda: _finish(tuner, sw, crashed))
+    return None
 
 
 def _budget(exp, ds, resumed_from: tuple[str, str] | None = None):
@@ -132,15 +143,15 @@ def _budget(exp, ds, resumed_from: tuple[str, str] | None = None):
 def _trial_lengths(exp, experiment_id: str, parent_run_id: str) -> list[tuple[int, float]]:
     """(epochs, seconds) of the sweep's finished trials, read from their runs (the store every machine of the
     sweep shares), so that a resumed budget estimates before its first trial ends."""
-    first_run = {}  # trial id -> its first FINISHED run (the one a resume adopts; tuners.py)
+    first_run = {}  # trial id -> its first FINISHED run (the one a resume adopts; tracked_tuner.py)
     for r in sorted(tracking.trial_runs(experiment_id, parent_run_id), key=lambda r: r.info.start_time):
-        if r.info.status == "FINISHED" and "trial_time_s" in r.data.metrics:
+        if r.info.status == keys.FINISHED and keys.METRIC_TRIAL_TIME in r.data.metrics:
             first_run.setdefault(r.data.tags.get(keys.TAG_TRIAL), r)
     out = []
     for r in first_run.values():
         first, last = trial_epochs(r.data.params, exp.training.epochs)
-        ran = int(r.data.metrics.get("epochs_run", 0))  # fewer when early stopping ended it
-        out.append((ran if 0 < ran < last - first else last - first, r.data.metrics["trial_time_s"]))
+        ran = int(r.data.metrics.get(keys.METRIC_EPOCHS_RUN, 0))  # fewer when early stopping ended it
+        out.append((ran if 0 < ran < last - first else last - first, r.data.metrics[keys.METRIC_TRIAL_TIME]))
     return out
 
 
@@ -149,14 +160,15 @@ def _finishing(exp, parent_run_id: str, step):
     try:
         return step()
     except Exception as e:
-        if isinstance(e, tuners.StoreUnavailable) or tuners.tracking_unavailable(e):
-            raise _store_gone(exp, parent_run_id, tuners._first_line(e)) from None
-        if isinstance(e, tuners.DiskFullStop) or tuners.disk_full(e):
-            raise _disk_full(exp, parent_run_id, f"no space left on device ({tuners._first_line(e)})") from None
+        if is_store_unavailable(e):
+            raise _stop_for_lost_store(exp, parent_run_id, first_line(e)) from None
+        if isinstance(e, DiskFullStop) or is_disk_full(e):
+            raise _stop_for_full_disk(exp, parent_run_id, f"no space left on device ({first_line(e)})") from None
         raise
 
 
-def _disk_full(exp, parent_run_id: str, why: str) -> DiskFull:
+def _stop_for_full_disk(exp, parent_run_id: str, why: str) -> DiskFull:
+    """Mark the parent KILLED for a full disk; returns the error the sweep stops with."""
     try:
         tracking.set_tags({keys.TAG_ERROR: why[:5000]}, run_id=parent_run_id)
         tracking.set_status(parent_run_id, keys.KILLED)
@@ -166,7 +178,7 @@ def _disk_full(exp, parent_run_id: str, why: str) -> DiskFull:
                     f"the store and run the same command again to resume")
 
 
-def _store_gone(exp, parent_run_id: str, why: str) -> TrackingUnavailable:
+def _stop_for_lost_store(exp, parent_run_id: str, why: str) -> TrackingUnavailable:
     """The tracking store went away for longer than MLflow's retries: stop, keep what is recorded."""
     try:
         tracking.set_status(parent_run_id, keys.KILLED)
@@ -178,22 +190,22 @@ def _store_gone(exp, parent_run_id: str, why: str) -> TrackingUnavailable:
 
 def _run_parallel(tuner, sw, uri: str, fit_verbose: int, project: Path, serve: str | None,
                   local_workers: int | None, lease_s: float) -> SweepResult:
-    """Chief: serve the oracle (chief.py) to local worker processes and, with ``serve``, to workers
+    """Chief: serve the oracle (oracle_chief.py) to local worker processes and, with ``serve``, to workers
     elsewhere, until the oracle is done (or, without ``serve``, until the local workers have all stopped)."""
     import secrets
 
     exp = sw.exp
     n = exp.tuner.parallel_trials if local_workers is None else local_workers
-    ids = local_workers.worker_ids(n)
+    ids = worker_processes.worker_ids(n)
     if serve:
         host, port = wire.parse_address(serve, "--serve")
         token = wire.token_from_env("--serve")
     else:
         host, port, token = "127.0.0.1", 0, secrets.token_hex(16)  # local workers get it in their environment
-    # Trials held by remote workers when the chief stopped wait one lease for them (chief.py); others requeue.
-    tuners.requeue_orphans(tuner.oracle, ids + (list(tuner.oracle.ongoing_trials) if serve else []))
-    threads = local_workers.threads_per_worker(max(n, 1), exp.training.threads)
-    chief = chief_mod.Chief(tuner.oracle, sw, uri, _description(sw, uri, project), token, lease_s)
+    # Trials held by remote workers when the chief stopped wait one lease for them (oracle_chief.py); others requeue.
+    requeue_orphans(tuner.oracle, ids + (list(tuner.oracle.ongoing_trials) if serve else []))
+    threads = worker_processes.threads_per_worker(max(n, 1), exp.training.threads)
+    chief = oracle_chief.Chief(tuner.oracle, sw, uri, _description(sw, uri, project), token, lease_s)
     port = chief.start(host, port)
     address = wire.target(host, port)
     print(f"chief serving the oracle on {address}; {n} {'local ' if serve else ''}workers"
@@ -208,10 +220,10 @@ def _run_parallel(tuner, sw, uri: str, fit_verbose: int, project: Path, serve: s
     procs, codes = {}, {}
     try:
         with signals.handled():
-            procs = local_workers.launch_workers(uri, local, token, ids, threads, verbose=bool(fit_verbose))
+            procs = worker_processes.launch_workers(uri, local, token, ids, threads, verbose=bool(fit_verbose))
             waiting_said = False
             while True:
-                local_workers.poll_workers(procs, codes)
+                worker_processes.poll_workers(procs, codes)
                 local_done = len(codes) == len(procs)
                 if local_done and (chief.done() or not serve):
                     break
@@ -220,9 +232,9 @@ def _run_parallel(tuner, sw, uri: str, fit_verbose: int, project: Path, serve: s
                     waiting_said = True
                 time.sleep(0.5)
     except KeyboardInterrupt:
-        chief.stopping = True  # remote workers hear it with their next heartbeat
-        local_workers.stop_workers(procs)
-        chief.stop(grace_s=2 * chief.heartbeat_s if serve else 0)
+        chief.announce_stop()  # remote workers hear it with their next renewal
+        worker_processes.stop_workers(procs)
+        chief.stop(grace_s=2 * chief.renew_s if serve else 0)
         tracking.set_status(sw.parent_run_id, keys.KILLED)
         print(f"sweep {exp.name} interrupted: finished trials are kept; run the same command again to resume",
               flush=True)

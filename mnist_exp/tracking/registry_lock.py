@@ -9,7 +9,7 @@ token. A holder on this machine (same host and boot) is judged by the kernel (pi
 once); one elsewhere by age: since it was taken, or, for a lock that refreshes a heartbeat tag while held
 (``heartbeat_s``), since its last heartbeat.
 
-Users: promote.py (a promotion: seconds, no heartbeat) and lease.py's backend for tracking servers (a
+Users: promote.py (a promotion: seconds, no heartbeat) and sweep_lock.py's backend for tracking servers (a
 sweep: hours, heartbeat). The MLflow UI's Models page lists a lock while it is held; its description says so.
 """
 

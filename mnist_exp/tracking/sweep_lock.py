@@ -1,19 +1,20 @@
-"""One sweep of a name at a time: a lease on (store, sweep name).
+"""One sweep of a name at a time: a sweep lock on (store, sweep name).
 
-``with lease.acquire(uri, name): ...`` takes the lease for this process or raises ``LeaseHeld``
-(exit 2) naming the holder: pid, host, since when, command line. A lease whose holder is gone is
-taken over, with one line on stderr. The mechanism sits behind ``LeaseBackend`` (``try_acquire``,
+``with sweep_lock.acquire(uri, name): ...`` takes the lock for this process or raises ``SweepLocked``
+(exit 2) naming the holder: pid, host, since when, command line. A lock whose holder is gone is
+taken over, with one line on stderr. The mechanism sits behind ``SweepLockBackend`` (``try_acquire``,
 ``release``, ``holder``); ``backend_for(uri)`` picks one from the tracking URI.
 
-``LocalFileLease`` (every URI today): ``fcntl.flock`` on ``<store dir>/leases/<name>.lease``. The
+``FileSweepLock`` (every URI today): ``fcntl.flock`` on ``<store dir>/leases/<name>.lease``. The
 kernel drops the lock when the holder's process ends, however it ends (kill -9 included), so "gone"
 needs no guessing; the file's JSON content only names the holder for the message, and is emptied on
 a clean release (content left behind under a free lock is a holder that died). The descriptor is not
-inherited by the processes a sweep starts (Python opens it close-on-exec); parallel workers take no lease.
+inherited by the processes a sweep starts (Python opens it close-on-exec); parallel workers take no lock.
+(The file and registry names still say "lease": stores written by earlier releases keep working.)
 
-``RegistryLease`` (a tracking server, ``http(s)://``): the sweeps of one server may start on any machine, so
-the lease lives in the server itself: a registered model ``mnist-exp.sweep-lease.<name>``, taken by creating
-it (atomic on every backend, reglock.py), tagged with the holder, whose heartbeat tag the holder refreshes
+``RegistrySweepLock`` (a tracking server, ``http(s)://``): the sweeps of one server may start on any machine, so
+the lock lives in the server itself: a registered model ``mnist-exp.sweep-lease.<name>``, taken by creating
+it (atomic on every backend, registry_lock.py), tagged with the holder, whose heartbeat tag the holder refreshes
 every ``liveness.HEARTBEAT_S`` s and deletes on release. A holder on this machine that is gone is taken over at
 once; one elsewhere when its heartbeat is older than ``liveness.STALE_S`` (clocks agreeing within that).
 """
@@ -31,14 +32,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from mnist_exp.runtime.errors import ConfigError, LeaseHeld, StoreError
-from mnist_exp.tracking import keys, liveness, mlflow_io, store
+from mnist_exp.runtime.errors import ConfigError, SweepLocked, StoreError
+from mnist_exp.tracking import keys, liveness, mlflow_io, server_store, store
 from mnist_exp.tracking.registry_lock import Busy, RegistryLock
 
 
 @dataclass(frozen=True)
 class Holder:
-    """Who holds a lease."""
+    """Who holds a sweep lock."""
 
     pid: int
     host: str
@@ -64,7 +65,7 @@ class Holder:
             return None
 
 
-class LeaseBackend(Protocol):
+class SweepLockBackend(Protocol):
     def try_acquire(self, name: str, me: Holder) -> tuple[bool, Holder | None]:
         """(True, the gone holder taken over, or None) when ``me`` now holds ``name``; else (False, the live
         holder, or None if it cannot be told yet)."""
@@ -76,7 +77,7 @@ class LeaseBackend(Protocol):
         """The live holder of ``name``, or None when it is free."""
 
 
-class LocalFileLease:
+class FileSweepLock:
     """flock on a file per name in ``folder``; see the module docstring."""
 
     def __init__(self, folder: Path):
@@ -94,7 +95,7 @@ class LocalFileLease:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise StoreError(f"{path}: cannot create the sweep's lease: {e.strerror}") from None
+            raise StoreError(f"{path}: cannot create the sweep lock: {e.strerror}") from None
         try:
             for attempt in range(3):  # a holder() probe holds a shared lock for an instant
                 try:
@@ -170,8 +171,8 @@ def _read(fd: int) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
-class RegistryLease:
-    """A lease per sweep name in a tracking server's model registry; see the module docstring."""
+class RegistrySweepLock:
+    """A lock per sweep name in a tracking server's model registry; see the module docstring."""
 
     PREFIX = "mnist-exp.sweep-lease."
 
@@ -180,12 +181,12 @@ class RegistryLease:
         self._held: dict = {}
 
     def _lock(self, name: str, me: Holder | None = None):
-        description = (f"Lease of sweep `{name}`, not a model: the `mnist-exp sweep` running it holds it and deletes "
-                       f"it when it ends. A lease whose holder stopped sending heartbeats ({liveness.STALE_S:.0f} s) "
+        description = (f"Lock of sweep `{name}`, not a model: the `mnist-exp sweep` running it holds it and deletes "
+                       f"it when it ends. A lock whose holder stopped sending heartbeats ({liveness.STALE_S:.0f} s) "
                        "is taken over by the next sweep of that name.")
         tags = {keys.TAG_LOCK_COMMAND: me.command} if me else {}
         return RegistryLock(mlflow_io.client(self.uri), self.PREFIX + name, description, ttl_s=liveness.STALE_S,
-                            heartbeat_s=liveness.HEARTBEAT_S, tags=tags, kind="sweep lease", announce=False)
+                            heartbeat_s=liveness.HEARTBEAT_S, tags=tags, kind="sweep lock", announce=False)
 
     def _holder(self, tags: dict | None) -> Holder | None:
 
@@ -214,9 +215,9 @@ class RegistryLease:
         try:
             lock.release()
         except Exception as e:
-            # The server is gone (the sweep is stopping because of it): the lease stays, its holder's process ends
+            # The server is gone (the sweep is stopping because of it): the lock stays, its holder's process ends
             # now, and the next sweep of the name takes it over at once here (after STALE_S elsewhere), saying so.
-            if not store.is_unavailable(e):
+            if not server_store.is_unavailable(e):
                 raise
 
     def holder(self, name: str) -> Holder | None:
@@ -225,27 +226,27 @@ class RegistryLease:
         return None if tags is None or lock.stale_reason(tags) else self._holder(tags)
 
 
-def lease_folder(uri: str) -> Path:
-    """Beside a local store (a tracking server's leases are in its registry: RegistryLease)."""
+def lock_folder(uri: str) -> Path:
+    """Beside a local store (a tracking server's leases are in its registry: RegistrySweepLock)."""
     return store.local_store_dir(uri) / "leases"
 
 
 _backends: dict = {}
 
 
-def backend_for(uri: str) -> LeaseBackend:
+def backend_for(uri: str) -> SweepLockBackend:
     if store.is_remote(uri):
-        return _backends.setdefault(uri, RegistryLease(uri))
-    folder = lease_folder(uri).resolve()
-    return _backends.setdefault(folder, LocalFileLease(folder))
+        return _backends.setdefault(uri, RegistrySweepLock(uri))
+    folder = lock_folder(uri).resolve()
+    return _backends.setdefault(folder, FileSweepLock(folder))
 
 
 _depth: dict[tuple[int, str], int] = {}  # (backend, name) -> nesting depth in this process
 
 
 @contextlib.contextmanager
-def acquire(uri: str, name: str, backend: LeaseBackend | None = None):
-    """Hold the lease on sweep ``name`` of the store at ``uri`` for the block, or raise LeaseHeld.
+def acquire(uri: str, name: str, backend: SweepLockBackend | None = None):
+    """Hold the lock on sweep ``name`` of the store at ``uri`` for the block, or raise SweepLocked.
     Re-entrant within a process (a nested acquire of a name this process holds passes through)."""
     backend = backend or backend_for(uri)
     key = (id(backend), name)
@@ -259,9 +260,9 @@ def acquire(uri: str, name: str, backend: LeaseBackend | None = None):
     ok, other = backend.try_acquire(name, Holder.me())
     if not ok:
         who = other.describe() if other else "another process (it is starting)"
-        raise LeaseHeld(f"sweep {name} is already running: {who}; wait for it or stop it")
+        raise SweepLocked(f"sweep {name} is already running: {who}; wait for it or stop it")
     if other:
-        print(f"mnist-exp: sweep {name}: taking over the lease of {other.describe()}: that process is gone",
+        print(f"mnist-exp: sweep {name}: taking over the sweep lock of {other.describe()}: that process is gone",
               file=sys.stderr, flush=True)
     _depth[key] = 1
     try:

@@ -1,14 +1,14 @@
 """The chief of a sweep across processes or machines: Keras Tuner's oracle served over gRPC, with leases.
 
 Keras Tuner's own ``OracleServicer`` does the search; around it this adds what its distributed mode
-lacks (its issue tracker: no heartbeat, workers hanging on a dead chief, no authentication):
+lacks (its issue tracker: no liveness check, workers hanging on a dead chief, no authentication):
 
 - every call must carry the shared token (wire.TOKEN_KEY) or is refused UNAUTHENTICATED;
-- a worker holds its trial on a lease: any call from it renews it, ``Heartbeat`` every few seconds. A
+- a worker holds its trial on a lease: any call from it renews it, ``Renew`` every few seconds. A
   worker silent for ``lease_s`` loses its trial to the retry queue (another worker runs it) and its run
   is marked KILLED; whatever it reports for that trial later is refused, so its result becomes a
-  superseded attempt (tuners.Superseded), never a second finished trial;
-- ``Claim`` asks, just before a worker marks its run FINISHED (the commit point, tuners.py), whether it
+  superseded attempt (trial_failures.Superseded), never a second finished trial;
+- ``Claim`` asks, just before a worker marks its run FINISHED (the commit point, tracked_tuner.py), whether it
   still holds the trial: a claim and a revocation are serialised by one lock, so exactly one side wins;
 - ``Describe`` gives the sweep's definition (experiment, search space text, parent run, data
   fingerprint, tracking URI), so a worker elsewhere needs no file of this machine.
@@ -34,8 +34,8 @@ class Chief:
         self.oracle, self.sw, self.uri = oracle, sw, uri
         self.token = token.encode()
         self.lease_s = lease_s
-        self.heartbeat_s = max(0.5, min(5.0, lease_s / 6))
-        self.description = {**description, "lease_s": lease_s, "heartbeat_s": self.heartbeat_s,
+        self.renew_s = max(0.5, min(5.0, lease_s / 6))
+        self.description = {**description, "lease_s": lease_s, "renew_s": self.renew_s,
                             "version": __version__, "protocol": wire.PROTOCOL}
         self.lock = threading.Lock()  # the workers' registry; claims and revocations
         # A resumed chief gives the workers that held trials when it stopped one lease to come back for them.
@@ -72,15 +72,22 @@ class Chief:
         threading.Thread(target=self._watch_leases, name="chief-leases", daemon=True).start()
         return self.port
 
-    def stop(self, grace_s: float = 0.0) -> None:
-        """Tell workers to stop (their next heartbeat hears it), give them ``grace_s``, then close."""
+    def announce_stop(self) -> None:
+        """Workers hear "stop" with their next renewal."""
         self.stopping = True
+
+    def stop(self, grace_s: float = 0.0) -> None:
+        """Tell workers to stop (their next renewal hears it), give them ``grace_s``, then close."""
+        self.announce_stop()
         deadline = time.monotonic() + grace_s
         while grace_s and time.monotonic() < deadline and self.live_workers():
             time.sleep(0.2)
         self._stop.set()
         if self.server is not None:
             self.server.stop(grace=1)
+
+    def oracle_said_stop(self) -> None:
+        self.stop_triggered = True
 
     def done(self) -> bool:
         """Keras Tuner's own end condition (oracle_chief.exit_chief): the oracle said stop, nothing is
@@ -103,7 +110,7 @@ class Chief:
                 self.seen[worker] = time.monotonic()
 
     def _watch_leases(self) -> None:
-        while not self._stop.wait(min(1.0, self.heartbeat_s)):
+        while not self._stop.wait(min(1.0, self.renew_s)):
             now = time.monotonic()
             with self.lock:
                 silent = [w for w, t in self.seen.items() if now - t > self.lease_s]
@@ -136,7 +143,7 @@ class Chief:
     def rpc_describe(self, request, context):
         return self.description
 
-    def rpc_heartbeat(self, request, context):
+    def rpc_renew(self, request, context):
         worker = _caller(context)
         trial_id = (request or {}).get("trial_id")
         lost = bool(trial_id) and not self.oracle.holds(worker, trial_id)
@@ -193,7 +200,7 @@ def _GuardedOracleServicer(chief: Chief):
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, f"worker {caller} asked for tuner {request.tuner_id}")
             trial = self.oracle.create_trial_for(caller)
             if trial.status == trial_module.TrialStatus.STOPPED:
-                chief.stop_triggered = True
+                chief.oracle_said_stop()
             return service.CreateTrialResponse(trial=trial.to_proto())
 
         def UpdateTrial(self, request, context):

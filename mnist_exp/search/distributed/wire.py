@@ -2,7 +2,7 @@
 
 Transport: Keras Tuner's gRPC ``Oracle`` service (create/update/end trial) on one port, plus a small
 ``mnist_exp.Sweep`` service of JSON methods on the same server: ``Describe`` (the sweep's definition,
-so a worker needs no file from the chief's machine), ``Heartbeat`` (the worker's lease on its trial)
+so a worker needs no file from the chief's machine), ``Renew`` (the worker's lease on its trial)
 and ``Claim`` (may this worker commit its trial's result?). Every call carries the shared token and
 the worker's id as gRPC metadata. The channel is not encrypted (README: "Sweeps across machines").
 """
@@ -20,9 +20,9 @@ TOKEN_ENV = "MNIST_EXP_TOKEN"
 TOKEN_KEY = "x-mnist-exp-token"  # gRPC metadata keys are lower case
 WORKER_KEY = "x-mnist-exp-worker"
 SERVICE = "mnist_exp.Sweep"
-METHODS = ("Describe", "Heartbeat", "Claim")
+METHODS = ("Describe", "Renew", "Claim")
 MIN_TOKEN = 16
-PROTOCOL = 1  # bumped when a method's meaning changes; chief and worker must agree
+PROTOCOL = 2  # bumped when a method is renamed or a method's meaning changes; chief and worker must agree
 
 
 def parse_address(text: str, flag: str) -> tuple[str, int]:

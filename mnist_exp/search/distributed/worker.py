@@ -26,7 +26,8 @@ from mnist_exp.model.data import load_data
 from mnist_exp.runtime import signals
 from mnist_exp.runtime.errors import ConfigError, DataError, TrackingUnavailable
 from mnist_exp.runtime.terminal import import_tensorflow
-from mnist_exp.search import tuners
+from mnist_exp.search.tracked_tuner import SweepContext, make_tuner
+from mnist_exp.search.trial_failures import ChiefGone, Superseded
 from mnist_exp.search.distributed import wire
 from mnist_exp.spec import names
 from mnist_exp.spec.experiment import experiment_from_dict
@@ -35,7 +36,7 @@ from mnist_exp.tracking import liveness, store
 
 
 class Lease:
-    """What the heartbeat thread knows, shared with the training callbacks (Keras Tuner deep-copies
+    """What the lease-renewal thread knows, shared with the training callbacks (Keras Tuner deep-copies
     callbacks: this object is shared, not copied)."""
 
     def __init__(self):
@@ -147,37 +148,36 @@ def _work(args, chan, desc, exp, space, ds, uri, worker, workdir) -> int:
     # Each worker its own stream of random numbers, the same across its restarts.
     keras.utils.set_random_seed((exp.seed + sum(worker.encode()) * 1009) % 2**32)
     lease = Lease()
-    sw = tuners.SweepContext(exp, ds, experiment_id, desc["parent_run_id"], arrays=training.fit_arrays(ds),
+    sw = SweepContext(exp, ds, experiment_id, desc["parent_run_id"], arrays=training.fit_arrays(ds),
                              worker=worker)
     os.environ["KERASTUNER_TUNER_ID"] = worker  # Keras Tuner reads its tuner id here
     for k in ("KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):  # the oracle is swapped in below, ours
         os.environ.pop(k, None)
-    tuner = tuners.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), workdir, verbose=args.verbose,
+    tuner = make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), workdir, verbose=args.verbose,
                               mixins=(WorkerTunerMixin,))
-    tuner.oracle = ChiefOracle(tuner.oracle, chan, worker)
-    tuner.lease = lease
+    tuner.attach_chief(ChiefOracle(tuner.oracle, chan, worker), lease)
     print(f"worker {worker}: sweep {exp.name} from chief {args.chief}; store {uri}; checkpoints in {workdir}",
           flush=True)
     with signals.handled():
-        _heartbeat(chan, lease, worker, desc, args.chief)
+        _renew_lease(chan, lease, worker, desc, args.chief)
         if args.chief_pid:
             watch_parent(args.chief_pid)
         x, y, val = sw.arrays
         try:
             tuner.search(x, y, validation_data=val, epochs=exp.training.epochs, verbose=args.verbose)
-        except tuners.ChiefGone as e:
+        except ChiefGone as e:
             print(f"worker {worker}: stopped: {e}; its trial runs again", file=sys.stderr, flush=True)
             return 1
     print(f"worker {worker}: the chief has no more trials; done", flush=True)
     return 0
 
 
-def _heartbeat(chan, lease: Lease, worker: str, desc: dict, address: str) -> None:
-    """Renew the lease every ``heartbeat_s``. A chief that says stop, or that has not answered for twice
+def _renew_lease(chan, lease: Lease, worker: str, desc: dict, address: str) -> None:
+    """Renew the lease every ``renew_s``. A chief that says stop, or that has not answered for twice
     the lease (it has given the trial away by then), stops this worker: SIGTERM to itself, so the trial's
     run ends KILLED at a safe point; a second one after a grace period forces it, then a hard exit."""
-    beat = wire.json_method(chan, "Heartbeat")
-    every, lease_s = desc["heartbeat_s"], desc["lease_s"]
+    beat = wire.json_method(chan, "Renew")
+    every, lease_s = desc["renew_s"], desc["lease_s"]
 
     def loop():
         while True:
@@ -199,7 +199,7 @@ def _heartbeat(chan, lease: Lease, worker: str, desc: dict, address: str) -> Non
                 break
         _stop_self()
 
-    threading.Thread(target=loop, name="lease-heartbeat", daemon=True).start()
+    threading.Thread(target=loop, name="lease-renewal", daemon=True).start()
 
 
 def _stop_self(grace_s: float = 15.0) -> None:
@@ -224,9 +224,13 @@ def watch_parent(pid: int, poll_s: float = 1.0, grace_s: float = 15.0) -> None:
 
 
 class WorkerTunerMixin:
-    """Before the mixins of tuners.make_tuner: a worker's trial commits only with its chief's consent."""
+    """Before the mixins of tracked_tuner.make_tuner: a worker's trial commits only with its chief's consent."""
 
     lease: Lease
+
+    def attach_chief(self, oracle, lease: Lease) -> None:
+        """Ask the chief for trials (``oracle``, a ChiefOracle) and hold them on ``lease``."""
+        self.oracle, self.lease = oracle, lease
 
     def _is_worker(self):
         return True  # Keras Tuner decides this from the environment, which no longer names the chief
@@ -240,12 +244,12 @@ class WorkerTunerMixin:
 
     def claim(self, trial_id: str) -> None:
         if self.lease.lost == trial_id or not self.oracle.claim(trial_id):
-            raise tuners.Superseded(f"trial {trial_id}: the lease expired and the trial was given to another worker")
+            raise Superseded(f"trial {trial_id}: the lease expired and the trial was given to another worker")
 
     def on_trial_end(self, trial):
         try:
             super().on_trial_end(trial)
-        except tuners.Superseded as e:  # the chief refused this report: the attempt is recorded as superseded
+        except Superseded as e:  # the chief refused this report: the attempt is recorded as superseded
             print(f"[sweep {self.sweep.exp.name} {self.tuner_id}] {e}", flush=True)
             signals.defer(False)
             signals.check()
@@ -272,7 +276,7 @@ def _LeaseCheck(lease: Lease):
 
 def ChiefOracle(local_oracle, chan, worker: str):
     """Keras Tuner's OracleClient over our authenticated channel, with the chief's refusals and silences
-    turned into tuners.Superseded and tuners.ChiefGone."""
+    turned into Superseded and ChiefGone."""
     import grpc
     from keras_tuner.src import protos
     from keras_tuner.src.distribute.oracle_client import OracleClient
@@ -290,8 +294,8 @@ def ChiefOracle(local_oracle, chan, worker: str):
                     return call(*a, **kw)
                 except grpc.RpcError as e:
                     if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                        raise tuners.Superseded(e.details()) from None
-                    raise tuners.ChiefGone(f"the chief did not answer {name} ({e.code().name}: {e.details()})") \
+                        raise Superseded(e.details()) from None
+                    raise ChiefGone(f"the chief did not answer {name} ({e.code().name}: {e.details()})") \
                         from None
 
             return guarded
@@ -316,6 +320,6 @@ def ChiefOracle(local_oracle, chan, worker: str):
             try:
                 return bool(self._claim({"trial_id": trial_id}).get("ok"))
             except grpc.RpcError as e:
-                raise tuners.ChiefGone(f"the chief did not answer Claim ({e.code().name})") from None
+                raise ChiefGone(f"the chief did not answer Claim ({e.code().name})") from None
 
     return Client()

@@ -1,4 +1,4 @@
-"""Local worker processes of a chief (chief.py): launched, watched and stopped on this machine.
+"""Local worker processes of a chief (oracle_chief.py): launched, watched and stopped on this machine.
 
 ``mnist-exp sweep --parallel N`` makes the launching process Keras Tuner's chief and starts N
 ``mnist-exp worker`` processes here, each with a share of the cores; ``--serve HOST:PORT`` lets workers

@@ -1,0 +1,233 @@
+"""Keras Tuner's own tuners, with every trial tracked as a nested MLflow run, exactly once.
+
+``make_tuner`` builds a Tuner whose ``run_trial`` opens a child run under the sweep's parent, trains through
+Keras Tuner's own ``run_trial`` (so Hyperband's epochs and checkpoints, executions per trial and the oracle
+all work as the library intends), then evaluates Keras Tuner's best-epoch checkpoint on the test set and
+logs it. Tuner and oracle state are written atomically (temp file + rename), so a process killed at any
+instant leaves a loadable project.
+
+Exactly once: a trial's MLflow run turning FINISHED is the commit point. A process killed after that but
+before Keras Tuner recorded the trial leaves the oracle with the trial ongoing; when the trial comes back
+(resume, or another worker), ``run_trial`` finds the FINISHED run and hands its recorded objective to the
+oracle instead of training again. A run killed before FINISHED is marked KILLED on resume and its trial
+runs again. The ``faults.point`` calls name each boundary; tests/test_faults.py kills the process at each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras_tuner as kt
+
+from mnist_exp import tracking
+from mnist_exp.model import fidelity, training
+from mnist_exp.model.data import Dataset
+from mnist_exp.runtime import faults, signals
+from mnist_exp.search.oracle import KINDS, make_oracle
+from mnist_exp.search.sweep_state import atomic_write_json
+from mnist_exp.search.trial_failures import (
+    ChiefGone,
+    DiskFullStop,
+    Superseded,
+    as_store_unavailable,
+    first_line,
+    is_disk_full,
+    is_store_unavailable,
+)
+from mnist_exp.spec.experiment import Experiment
+from mnist_exp.spec.levers import HP_DEFAULTS, TUNER_BOOKKEEPING_PREFIX, hp_value
+from mnist_exp.tracking import keys
+
+
+@dataclass
+class SweepContext:
+    """Everything a trial needs, all derivable from the experiment file and the parent run id."""
+
+    exp: Experiment
+    ds: Dataset
+    experiment_id: str
+    parent_run_id: str
+    arrays: tuple = ()  # (x, y, validation_data) in model form; shared, never copied
+    started: float = field(default_factory=time.time)
+    ended_here: int = 0  # trials ended since this process started (for the ETA)
+    first_error: str | None = None
+    worker: str | None = None  # a parallel worker's tuner id, shown in its epoch lines
+
+    def trial_ended_here(self) -> None:
+        self.ended_here += 1
+
+    def trial_failed(self, error: str) -> None:
+        """Keep the sweep's first trial error: the sweep reports it if every trial fails."""
+        self.first_error = self.first_error or error
+
+
+class TrackedTunerMixin:
+    def __init__(self, sweep: SweepContext, oracle, **kwargs):
+        self.sweep = sweep
+        # Called on kt.Tuner directly: the concrete tuners' __init__ only build their oracle,
+        # which we build ourselves (atomic saves). Their run_trial etc. still apply by MRO.
+        kt.Tuner.__init__(self, oracle=oracle, **kwargs)
+
+    def save(self):
+        if not self._is_worker():
+            self.oracle.save()
+        atomic_write_json(self._get_tuner_fname(), self.get_state())
+
+    # From here to on_trial_end a Ctrl-C / SIGTERM is taken at safe points only (runtime/signals.py): before
+    # the trial's model is evaluated it ends the trial KILLED (retried on resume); after, the trial
+    # finishes and Keras Tuner records it before the sweep stops, so no trial is run twice.
+    def on_trial_begin(self, trial):
+        signals.defer(True)
+        super().on_trial_begin(trial)
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)  # Keras Tuner records the trial (COMPLETED or FAILED) here
+        faults.point("after_trial_recorded")
+        signals.defer(False)
+        signals.check()
+
+    def claim(self, trial_id: str) -> None:
+        """Raise Superseded if this process may no longer commit the trial (a worker asks its chief)."""
+
+    def extra_callbacks(self) -> list:
+        return []
+
+    def run_trial(self, trial, *args, **kwargs):
+        for name in HP_DEFAULTS:  # pin what the space leaves out to the baseline, so params are complete
+            hp_value(trial.hyperparameters, name)
+        adopted = adopt_finished_run(self.sweep, trial.trial_id)
+        if adopted is not None:
+            return adopted
+        self._start_run(trial)
+        try:
+            return self._train_and_commit(trial, time.perf_counter(), *args, **kwargs)
+        except BaseException as e:
+            instead = self._end_after(trial, e)
+            if instead is None:
+                raise
+            raise instead from e
+
+    def _start_run(self, trial) -> str:
+        sw, exp = self.sweep, self.sweep.exp
+        tags = {keys.TAG_KIND: "trial", keys.TAG_SWEEP: exp.name, keys.TAG_TRIAL: trial.trial_id,
+                keys.TAG_TUNER_ID: self.tuner_id, **tracking.environment_tags()}
+        try:
+            run_id = tracking.start_run(sw.experiment_id, f"{exp.name}-{trial.trial_id}", tags, sw.parent_run_id)
+        except Exception as e:
+            raise as_store_unavailable(e) from e
+        faults.point("trial_started")
+        return run_id
+
+    def _train_and_commit(self, trial, t0: float, *args, **kwargs):
+        """Train through Keras Tuner, evaluate its best epoch on the test set, log, commit (run FINISHED)."""
+        sw, exp, hp = self.sweep, self.sweep.exp, trial.hyperparameters
+        signals.check()
+        tracking.log_params({**hp.values, **exp.as_params(), **fidelity.logged(hp.values, exp.training.epochs)})
+        tracking.log_dataset(sw.ds)
+        echo = f"[sweep {exp.name}{' ' + sw.worker if sw.worker else ''}] trial {trial.trial_id}"
+        # kwargs are search()'s fit arguments: its verbose is the fit's (sweep.py, terminal.fit_verbose)
+        callbacks = list(kwargs.pop("callbacks", [])) + training.callbacks_for(
+            exp, tracking.active_run_id(), echo, kwargs.get("verbose", 0)) + self.extra_callbacks()
+        histories = super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
+        signals.check()
+        hist = training.merged_history(histories)
+        summary = training.history_summary(hist, exp.objective.name, exp.objective.direction)
+        tracking.log_metrics({**summary, "train_time_s": time.perf_counter() - t0})
+        model = self.load_model(trial)  # Keras Tuner's best-epoch checkpoint: what get_best_models returns
+        signals.check()  # the last point where an interrupt still ends the trial KILLED
+        first_epoch = int(hp.values.get(f"{TUNER_BOOKKEEPING_PREFIX}initial_epoch", 0)) + 1
+        training.evaluate_and_log(model, sw.ds, hist, first_epoch)
+        tracking.log_metrics({keys.METRIC_TRIAL_TIME: time.perf_counter() - t0})
+        faults.point("after_trial_logged")
+        self.claim(trial.trial_id)
+        tracking.end_run(keys.FINISHED)  # the commit point (see the module docstring)
+        faults.point("after_run_finished")
+        return histories
+
+    def _end_after(self, trial, e: BaseException) -> BaseException | None:
+        """End the trial's run after ``e``; return what to raise instead of ``e`` (None: ``e`` itself)."""
+        if isinstance(e, Superseded):  # its result is kept as a superseded attempt, never as the trial's
+            _end_quietly(keys.KILLED, f"superseded: {e}", superseded=str(e))
+            return None
+        if isinstance(e, ChiefGone):
+            _end_quietly(keys.KILLED, "the chief stopped answering; the trial runs again")
+            return None
+        if not isinstance(e, Exception):  # Ctrl-C, SIGTERM: the retry on resume is a new child run
+            _end_quietly(keys.KILLED, "interrupted")
+            return None
+        if is_store_unavailable(e):
+            # Not the trial's fault: it stays ongoing in the oracle and runs again on resume; its run,
+            # which cannot be updated now, is marked KILLED then.
+            return as_store_unavailable(e)
+        if is_disk_full(e):  # not the trial's fault either: stop the sweep, the trial runs again on resume
+            _end_quietly(keys.KILLED, "no space left on device")
+            return DiskFullStop(f"no space left on device ({first_line(e)})")
+        self.sweep.trial_failed(f"trial {trial.trial_id}: {type(e).__name__}: {e}")
+        try:
+            tracking.set_tags({keys.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]})
+            tracking.log_text("".join(traceback.format_exception(e)), "error.txt")
+            tracking.end_run(keys.FAILED)
+        except Exception as e2:
+            return as_store_unavailable(e2)
+        return kt.errors.FailedTrialError(f"{type(e).__name__}: {e}")
+
+
+def _end_quietly(status: str, why: str, superseded: str | None = None) -> None:
+    """End the active run if the store still lets us; if not, the next command marks it KILLED."""
+    try:
+        tags = {keys.TAG_ERROR: why[:5000]}
+        if superseded:
+            tags[keys.TAG_SUPERSEDED] = superseded[:5000]
+        tracking.set_tags(tags)
+    except Exception:
+        pass
+    try:  # MLflow pops the run before writing: after this, its exit hook cannot mark it FINISHED
+        tracking.end_run(status)
+    except Exception:
+        pass
+
+
+def adopt_finished_run(sw: SweepContext, trial_id: str) -> dict | None:
+    """The objective of a FINISHED run of this trial, if a killed process left one the oracle never
+    recorded: returned to Keras Tuner as the trial's result, so the trial is not trained twice."""
+    try:
+        done = [r for r in tracking.trial_runs(sw.experiment_id, sw.parent_run_id, trial_id=trial_id)
+                if r.info.status == keys.FINISHED and keys.METRIC_OBJECTIVE in r.data.metrics]
+    except Exception as e:
+        raise as_store_unavailable(e) from e
+    if not done:
+        return None
+    run = min(done, key=lambda r: r.info.start_time)
+    value = run.data.metrics[keys.METRIC_OBJECTIVE]
+    print(f"[sweep {sw.exp.name}] trial {trial_id}: run {run.info.run_id} had finished before the interruption "
+          f"({sw.exp.objective.name}={value:.4f}); recorded, not trained again", flush=True)
+    return {sw.exp.objective.name: value}
+
+
+def make_tuner(sw: SweepContext, hyperparameters, directory: Path, hypermodel=None, verbose: int = 0,
+               mixins: tuple = (), budget=None, on_trial_ended=None, oracle_mixins: tuple = ()):
+    """The sweep's Tuner over a fresh (or reloaded) oracle.
+
+    Args:
+        verbose: the fits' verbosity (terminal.fit_verbose); nonzero also shows Keras Tuner's own messages.
+        mixins: tuner mixins put before ours (a worker's, distributed/worker.py).
+        budget, on_trial_ended, oracle_mixins: for the oracle (oracle.make_oracle).
+    """
+    exp = sw.exp
+    oracle = make_oracle(exp, hyperparameters, budget, on_trial_ended, oracle_mixins)
+    tuner_cls = type(f"Tracked{KINDS[exp.tuner.kind][1].__name__}",
+                     (*mixins, TrackedTunerMixin, KINDS[exp.tuner.kind][1]), {})
+    # Keras Tuner prints "Reloading Tuner from …" on every resume; the sweep's own first line says so already
+    with contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO()):
+        tuner = tuner_cls(sw, oracle, hypermodel=hypermodel or training.hypermodel_for(exp, len(sw.ds.y_train)),
+                          directory=str(directory), project_name=exp.name, overwrite=False,
+                          executions_per_trial=exp.tuner.executions_per_trial)
+    # Keras Tuner's per-trial tables ("Search: Running Trial #…", "Best … So Far"): its oracle's Display. Set here
+    # as well as by search(verbose=…), since a parallel sweep's chief serves the oracle without calling search.
+    oracle.verbose = 1 if verbose else 0
+    return tuner

@@ -1,0 +1,132 @@
+"""A tracking server as the store: answering within seconds before a command starts, bounded retries
+after, and telling an outage from any other error."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from mnist_exp.runtime.errors import StoreError
+
+# MLflow's HTTP client, per request (MLflow 3.17 reads these at each call; urllib3 sleeps
+# factor * 2**(n-1) s before retry n >= 2, plus up to `jitter` s): a server that refuses connections
+# is retried for 2 + 4 + ... + 64 = 126 s (an outage of a minute or two is ridden through); one that
+# never answers fails after at most 8 x 15 s + 126 s (+ 7 s jitter), about 4 min 15 s. MLflow's own
+# defaults (7 retries, factor 2, timeout 120 s) took 248 s on a refused port, and would take up to
+# 8 x 120 s + 244 s = 20 min on a silent one. Values the user set are kept.
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # an int in MLflow 3.17
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
+PREFLIGHT_S = 8.0  # check_server gives up within this long (the contract: one line within 15 s)
+PREFLIGHT_ATTEMPT_S = 4.0  # one request's connect / read timeout
+
+
+
+def set_http_limits() -> None:
+    """Bounded retries and timeouts for MLflow's HTTP client, for the rest of this process (and the
+    workers it starts); a value the user set is kept."""
+    for key, value in HTTP_LIMITS.items():
+        os.environ.setdefault(key, value)
+
+
+def check_server(uri: str, experiment: str = "mnist-exp", deadline_s: float = PREFLIGHT_S) -> None:
+    """StoreError within ``deadline_s`` (+ one request) unless the tracking server at ``uri`` answers
+    MLflow's REST API. Retries with backoff, so a server that is restarting gets a few seconds."""
+    import http.client
+    import socket
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    url = (f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?"
+           f"{urllib.parse.urlencode({'experiment_name': experiment})}")
+    request = urllib.request.Request(url, headers=_auth_headers())
+    context = _ssl_context() if uri.startswith("https://") else None
+    start, delay, tries, waited = time.monotonic(), 0.5, 0, 0.0
+    while True:
+        tries += 1
+        timeout = max(1.0, min(PREFLIGHT_ATTEMPT_S, deadline_s - (time.monotonic() - start)))
+        try:
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+                response.read()
+            return
+        except urllib.error.HTTPError as e:
+            body = e.read(2000)
+            if e.code < 500 and (e.code != 404 or b"error_code" in body):
+                return  # it answers as MLflow does (401/403 are left to MLflow's client to report)
+            if e.code < 500:
+                raise StoreError(f"tracking server {uri} answered HTTP {e.code} to MLflow's REST API: not an MLflow "
+                                 "tracking server? check --tracking-uri / MLFLOW_TRACKING_URI") from None
+            why = f"answered HTTP {e.code}"
+        except (OSError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, (socket.timeout, TimeoutError)) or "timed out" in str(reason):
+                waited = max(waited, timeout)
+                why = f"did not answer within {waited:.0f} s"
+            else:
+                why = f"cannot be reached ({getattr(reason, 'strerror', None) or reason})"
+        elapsed = time.monotonic() - start
+        if elapsed + delay + 1.0 > deadline_s:  # no time left for a try worth making
+            raise StoreError(f"tracking server {uri} {why} ({tries} tries in {elapsed:.0f} s); start it, or check "
+                             "--tracking-uri / MLFLOW_TRACKING_URI") from None
+        time.sleep(delay)
+        delay = min(delay * 2, 4.0)
+
+
+def _auth_headers() -> dict[str, str]:
+    """The credentials MLflow's client would send (basic auth or a bearer token from the environment)."""
+    import base64
+
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return {"Authorization": "Basic " + base64.standard_b64encode(f"{user}:{password}".encode()).decode()}
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _ssl_context():
+    """TLS as MLflow's client would verify it (MLFLOW_TRACKING_INSECURE_TLS, *_CERT_PATH)."""
+    import ssl
+
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        context = ssl._create_unverified_context()
+    else:
+        context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
+    client_cert = os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH")
+    if client_cert:
+        context.load_cert_chain(client_cert)
+    return context
+
+
+# Messages of MLflow 3.17's client when its retries are spent (rest_utils.http_request wraps the requests
+# error in an MlflowException, without `from`, so the cause may only be in the message).
+_UNAVAILABLE_TEXT = re.compile(
+    r"Max retries exceeded|failed with timeout exception|Connection refused|Connection reset|Connection aborted"
+    r"|Read timed out|RemoteDisconnected|Failed to establish a new connection|too many 5\d\d error responses"
+    r"|failed with error code 5\d\d")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True if ``exc`` says the tracking server could not be reached, timed out or answered 5xx after
+    MLflow's retries: a sweep should stop (finished trials kept) rather than fail the trial."""
+    import requests
+    import urllib3
+
+    # Not the builtin ConnectionError / TimeoutError: a BrokenPipeError on a closed stdout is no outage,
+    # and MLflow's client never lets a bare socket error out unwrapped.
+    network = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, requests.exceptions.RetryError,
+               urllib3.exceptions.MaxRetryError, urllib3.exceptions.ProtocolError, urllib3.exceptions.TimeoutError)
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen and len(seen) < 20:
+        seen.add(id(e))
+        if isinstance(e, network):
+            return True
+        if type(e).__module__.startswith("mlflow") and _UNAVAILABLE_TEXT.search(str(e)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
