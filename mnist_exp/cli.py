@@ -1,10 +1,11 @@
-"""``mnist-exp`` command line. Heavy libraries (TensorFlow, Keras, MLflow) load inside commands,
-so ``mnist-exp --help`` answers at once."""
+"""``mnist-exp`` command line: flags in, the API (``api.py``) called, lines and exit codes out.
+
+Every command imports what it needs inside its function (TensorFlow, Keras and MLflow come with the API), so
+``mnist-exp --help`` answers at once: the imports below the module's top are there for that reason alone."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -39,7 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one model (the seed baseline by default) as one MLflow run")
     _run_options(p)
+    _sweep_parser(sub)
+    _worker_parser(sub)
+    _results_parsers(sub)
+    _server_parsers(sub)
+    return ap
 
+
+def _sweep_parser(sub) -> None:
     p = sub.add_parser("sweep", help="run a Keras Tuner search; every trial is a nested MLflow run")
     _run_options(p)
     p.add_argument("--name", help="sweep name (default: the experiment's name)")
@@ -59,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a worker silent this long loses its trial to another worker (default 30)")
     p.add_argument("--overwrite", action="store_true", help="discard an existing sweep of that name and start afresh")
 
+
+def _worker_parser(sub) -> None:
     p = sub.add_parser("worker", help="train a sweep's trials for its chief (mnist-exp sweep --serve), on any machine")
     p.add_argument("--tracking-uri", help="the sweep's tracking server (default: $MLFLOW_TRACKING_URI, else the one the "
                                           "chief uses when that is a server)")
@@ -70,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="Keras's own line per epoch as well")
     p.add_argument("--chief-pid", type=int, help=argparse.SUPPRESS)  # local workers: stop when the chief is gone
 
+
+def _results_parsers(sub) -> None:
     p = sub.add_parser("compare", help="leaderboard of sweep trials read from MLflow")
     p.add_argument("sweeps", nargs="*", help="sweep names (default: every sweep)")
     p.add_argument("--metric", help="sort by this metric (default: each sweep's objective)")
@@ -94,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per line")
     _common(p)
 
+
+def _server_parsers(sub) -> None:
     p = sub.add_parser("ui", help="start the MLflow UI on the store")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
@@ -106,7 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface, for other machines)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--workers", type=int, default=2, help="MLflow server worker processes (default 2)")
-    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _overrides(args) -> list[str]:
-    from mnist_exp.spec.experiment import Override  # an error about one of these names the flag the user typed
+    """The flags that set experiment keys, as overrides whose errors name the flag the user typed."""
+    from mnist_exp.spec.experiment import Override
 
     out = []
     if getattr(args, "data", None):
@@ -154,66 +168,13 @@ def _overrides(args) -> list[str]:
         out.append(Override("tuner.refit=true", "--refit"))
     if getattr(args, "parallel", None) is not None:
         out.append(Override(f"tuner.parallel_trials={args.parallel}", f"--parallel {args.parallel}"))
-    if getattr(args, "name", None) is not None:  # a string as given, even "2024" (checked by names.check)
-        out.append(Override(f"name={json.dumps(args.name)}", "--name"))
     return out + list(args.overrides)
 
 
-def _load(args):
-    """Experiment, search space and data, all validated before anything is written."""
-    from mnist_exp.spec import names
-    from mnist_exp.spec.experiment import load_experiment
-    from mnist_exp.spec.space import load_space
-
-    if getattr(args, "name", None) is not None:
-        names.check(args.name, "--name", key=None)
-    exp = load_experiment(args.experiment, _overrides(args))  # hp: values included
-    space = load_space(exp.search_space)
-    from mnist_exp.model.data import load_data
-
-    ds = load_data(exp.data, exp.seed)
-    return exp, space, ds
-
-
-def _store(args, write: bool, experiment: str = "mnist-exp") -> str:
-    """The command's tracking URI, checked (a server answers; a local store is created atomically, or is usable
-    and writable when ``write``) before any MLflow client opens it."""
-    from mnist_exp.tracking import store
-
-    uri = store.resolve_tracking_uri(args.tracking_uri)
-    store.prepare(uri, write=write, experiment=experiment)
-    return uri
-
-
-def _reap(uri: str, command: str) -> None:
-    """Runs left RUNNING by a process that is gone end KILLED, with why (liveness.py). A store this cannot
-    read or write is the command's own checks' business: a warning here, not a failure."""
-    from mnist_exp.tracking import liveness
-
-    try:
-        liveness.reap(uri, f"mnist-exp {command}")
-    except MnistExpError:
-        raise
-    except Exception as e:
-        print(f"mnist-exp {command}: warning: runs of dead processes not checked: {type(e).__name__}: {e}"[:400],
-              file=sys.stderr)
-
-
 def cmd_train(args) -> int:
-    exp, space, ds = _load(args)
-    from mnist_exp.runtime import terminal
-    from mnist_exp.tracking import store
+    from mnist_exp import api  # here, not at the top: --help stays instant
 
-    terminal.import_tensorflow()  # without its C++ start-up notices
-    from mnist_exp.model.tracked_run import run_train
-
-    uri = _store(args, write=True, experiment=exp.mlflow_experiment)
-    _reap(uri, "train")
-    print(f"train {exp.name}: {ds.sizes['train']} train / {ds.sizes['val']} val / {ds.sizes['test']} test digits "
-          f"from {ds.source}; {exp.training.epochs} epoch(s); store {uri}", flush=True)
-    res = run_train(exp, space, ds, uri, verbose=args.verbose)
-    print(f"run {res.run_id}: test accuracy {res.test_accuracy:.4f}, test loss {res.test_loss:.4f}, "
-          f"{res.wall_s:.0f} s. See it: {store.ui_command(uri)}")
+    api.train(args.experiment, _overrides(args), args.tracking_uri, verbose=args.verbose)
     return 0
 
 
@@ -226,18 +187,11 @@ def cmd_sweep(args) -> int:
         wire.token_from_env("--serve")
     if not 1 <= args.lease_timeout <= 86400:
         raise ConfigError(f"--lease-timeout: must be 1-86400 seconds (got {args.lease_timeout})")
-    exp, space, ds = _load(args)
-    from mnist_exp.runtime import terminal
-    from mnist_exp.tracking import sweep_lock
+    from mnist_exp import api  # here, not at the top: --help stays instant
 
-    terminal.import_tensorflow()  # without its C++ start-up notices
-    from mnist_exp.search.sweep import run_sweep
-
-    uri = _store(args, write=True, experiment=exp.mlflow_experiment)  # the store only: created once, atomically
-    with sweep_lock.acquire(uri, exp.name):  # one sweep of a name at a time; nothing of the sweep is written before
-        _reap(uri, "sweep")
-        result = run_sweep(exp, space, ds, uri, overwrite=args.overwrite, verbose=args.verbose, serve=args.serve,
-                           local_workers=local_workers, lease_s=args.lease_timeout)
+    result = api.sweep(args.experiment, _overrides(args), name=args.name, tracking_uri=args.tracking_uri,
+                       overwrite=args.overwrite, verbose=args.verbose, serve=args.serve,
+                       local_workers=local_workers, lease_s=args.lease_timeout)
     return 0 if result.completed else 1
 
 
@@ -262,40 +216,48 @@ def cmd_worker(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    from mnist_exp import api  # here, not at the top: --help stays instant
     from mnist_exp.results import compare
 
     compare.check_args(args)  # before the store is opened (or its folder created)
-    uri = _store(args, write=False, experiment=args.experiment_name)
-    _reap(uri, "compare")
+    uri = api.open_store(args.tracking_uri, write=False, experiment=args.experiment_name, command="compare")
     return compare.main(uri, args)
 
 
 def cmd_promote(args) -> int:
-    from mnist_exp.results import promote
+    from mnist_exp import api  # here, not at the top: --help stays instant
+    from mnist_exp.results.promote import PromotionRefused
 
-    promote.check_args(args)
-    uri = _store(args, write=not args.dry_run, experiment=args.experiment_name)
-    if not args.dry_run:  # --dry-run changes nothing
-        _reap(uri, "promote")
-    return promote.main(uri, args)
+    try:
+        p = api.promote(args.sweep, args.model_name, args.alias, force=args.force, dry_run=args.dry_run,
+                        tracking_uri=args.tracking_uri, experiment=args.experiment_name)
+    except PromotionRefused as e:
+        print(f"mnist-exp promote: refused: {e}", file=sys.stderr)
+        return 1
+    what = f"trial {p.trial_id}'s refit on all training digits" if p.refit else f"trial {p.trial_id}"
+    print(f"{p.sweep} {what} (run {p.run_id}): {p.objective}={p.objective_value:.4f}, "
+          f"test accuracy {p.test_accuracy:.4f}")
+    print(p.version if args.dry_run else f"{p.model_uri} -> version {p.version}")
+    return 0
 
 
 def cmd_predict(args) -> int:
+    from mnist_exp import api  # here, not at the top: --help stays instant
     from mnist_exp.model import predict
 
     images = predict.load_all(args.images)  # every file read and checked before the store is touched
     needs_model = any(reason is None for *_, reason in images)  # images without a digit are not classified
-    uri = _store(args, write=False) if needs_model else ""
+    uri = api.open_store(args.tracking_uri, write=False) if needs_model else ""
     return predict.main(uri, args, images)
 
 
 def _ui_on_server(args, uri: str) -> int:
     """A tracking server serves its own UI: write the saved view there and print its addresses; start nothing
     (``mlflow ui`` cannot take an http store: it exited with a traceback after printing an address never served)."""
+    from mnist_exp import api  # here, not at the top: --help stays instant
     from mnist_exp.tracking import ui_view
 
-    _store(args, write=False)
-    _reap(uri, "ui")
+    api.open_store(args.tracking_uri, write=False, command="ui")
     runs, charts = ui_view.for_ui(uri, uri.rstrip("/"))
     print(f"MLflow UI of the tracking server {uri} (it serves its own; nothing started here)", flush=True)
     print(f"  sweeps, trials, objective and hyperparameters: {runs}", flush=True)
@@ -313,15 +275,14 @@ def cmd_ui(args) -> int:
 
     if store.is_remote(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""):
         return _ui_on_server(args, args.tracking_uri or os.environ["MLFLOW_TRACKING_URI"])
-    from mnist_exp.runtime.ports import check_port_free  # the command's own import: --help stays instant
+    from mnist_exp.runtime.ports import check_port_free
 
     check_port_free(args.host, args.port)
     if args.workers < 1:
-        from mnist_exp.runtime.errors import ConfigError
-
         raise ConfigError(f"--workers {args.workers}: must be at least 1")
-    uri = _store(args, write=False)
-    _reap(uri, "ui")
+    from mnist_exp import api
+
+    uri = api.open_store(args.tracking_uri, write=False, command="ui")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port),
            "--workers", str(args.workers)]
     if store.artifact_root(uri):

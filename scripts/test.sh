@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sets up .venv with the test extras and the Debian packages the tests need (below), then runs pytest.
-# Usage: bash scripts/test.sh [pytest args]
+# Sets up .venv with the test extras and the Debian packages the tests need (below), checks the code (ruff, the
+# import layering), then runs pytest. Usage: bash scripts/test.sh [pytest args]; the fast tier: -m "not slow".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
@@ -19,4 +19,6 @@ if [ ${#APT[@]} -gt 0 ]; then
   $SUDO apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${APT[@]}" >/dev/null
 fi
+.venv/bin/ruff check --quiet mnist_exp tests scripts benchmarks
+.venv/bin/lint-imports --no-cache >/dev/null || .venv/bin/lint-imports --no-cache  # quiet unless a contract breaks
 exec .venv/bin/python -m pytest "$@"

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from conftest import TINY_SWEEP, VENV_BIN, cli, write_yaml
+from helpers import TINY_SWEEP, VENV_BIN, cli, write_yaml
 
 
 @pytest.fixture(scope="module")

@@ -160,29 +160,38 @@ def _load_npz(p: Path) -> list[tuple[str, np.ndarray, str | None]]:
     return [(f"{p}[{i}]", *mnist_form(img)) for i, img in enumerate(x)]
 
 
+def classify(uri: str, model_uri: str, images: list[tuple[str, np.ndarray, str | None]]) -> list[dict]:
+    """One answer per image (``load_all``'s order): file, digit_found, reason, label, probability,
+    probabilities. Images without a digit are not classified."""
+    digits = [img for _, img, reason in images if reason is None]
+    probs = iter(_classify(uri, model_uri, digits) if digits else ())
+    out = []
+    for name, _, reason in images:
+        if reason:
+            out.append({"file": name, "digit_found": False, "reason": reason, "label": None, "probability": None,
+                        "probabilities": None})
+            continue
+        p = next(probs)
+        label = int(p.argmax())
+        out.append({"file": name, "digit_found": True, "label": label, "probability": round(float(p[label]), 6),
+                    "probabilities": [round(float(v), 6) for v in p]})
+    return out
+
+
 def main(uri: str, args, images=None) -> int:
     """Classify; exit 0, or 1 when some image had no digit (module docstring)."""
     if images is None:
         images = load_all(args.images)  # all read before the model loads
-    digits = [img for _, img, reason in images if reason is None]
-    probs = iter(_classify(uri, args.model, digits) if digits else ())
-    for name, _, reason in images:
-        if reason:
-            if args.json:
-                print(json.dumps({"file": name, "digit_found": False, "reason": reason, "label": None,
-                                  "probability": None, "probabilities": None}))
-            else:
-                print(f"{name}: no digit found ({reason})")
-            continue
-        p = next(probs)
-        label = int(p.argmax())
+    answers = classify(uri, args.model, images)
+    for answer in answers:
         if args.json:
-            print(json.dumps({"file": name, "digit_found": True, "label": label, "probability": round(float(p[label]), 6),
-                              "probabilities": [round(float(v), 6) for v in p]}))
+            print(json.dumps(answer))
+        elif answer["digit_found"]:
+            print(f"{answer['file']}: {answer['label']} ({answer['probability']:.3f})")
         else:
-            print(f"{name}: {label} ({p[label]:.3f})")
+            print(f"{answer['file']}: no digit found ({answer['reason']})")
     sys.stdout.flush()
-    return 0 if len(digits) == len(images) else 1
+    return 0 if all(a["digit_found"] for a in answers) else 1
 
 
 def _classify(uri: str, model_uri: str, digits: list[np.ndarray]) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import os
 import sys
 from pathlib import Path
@@ -148,23 +150,40 @@ def out_file(flag: str, value: str) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Trials:
+    """The trials of a store's sweeps, as ``load_trials`` found them."""
+
+    df: pd.DataFrame  # one row per trial run (trials_table), every sweep asked for
+    parents: dict  # sweep name -> its latest parent run
+    objectives: dict  # sweep name -> (objective metric, maximize)
+    missing: list  # sweeps asked for that the store does not have
+
+
+def load_trials(uri: str, experiment_name: str = "mnist-exp", sweeps: list[str] | None = None) -> Trials:
+    """Every trial run of ``sweeps`` (default: every sweep) in the store at ``uri``, read without MLflow for a
+    local store."""
+    reader = readers.run_reader(uri)
+    experiment_id = reader.experiment_id(experiment_name)
+    parents = latest_parents(reader, experiment_id, sweeps or None) if experiment_id else {}
+    frames = [trials_table(tracking.trial_runs(experiment_id, p.info.run_id, reader)) for p in parents.values()]
+    frames = [f for f in frames if not f.empty]
+    return Trials(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(), parents,
+                  sweep_objectives(parents.values()), [s for s in sweeps or [] if s not in parents])
+
+
 def main(uri: str, args) -> int:
+    """``mnist-exp compare``: each sweep's leaderboard on the terminal, with --csv and --plot files."""
     check_args(args)
-    reader = readers.run_reader(uri)  # a local store is read without importing MLflow (README "Performance")
-    experiment_id = reader.experiment_id(args.experiment_name)
-    parents = latest_parents(reader, experiment_id, args.sweeps or None) if experiment_id else {}
-    missing = [s for s in args.sweeps if s not in parents]
-    if missing:
-        shown = ", ".join(names.shorten(m) for m in missing)  # any text may be asked for; the answer stays one line
+    found = load_trials(uri, args.experiment_name, args.sweeps)
+    df, parents, objectives = found.df, found.parents, found.objectives
+    if found.missing:
+        shown = ", ".join(names.shorten(m) for m in found.missing)  # any text may be asked for; one line
         print(f"mnist-exp compare: no sweep named {shown} in {uri}", file=sys.stderr)
-        return 2 if len(missing) == len(args.sweeps) else 0
+        return 2 if len(found.missing) == len(args.sweeps) else 0
     if not parents:
         print(f"no sweeps in {uri} (experiment {args.experiment_name}); run one: mnist-exp sweep experiments/quick.yaml")
         return 0
-    objectives = sweep_objectives(parents.values())
-    frames = [trials_table(tracking.trial_runs(experiment_id, p.info.run_id, reader)) for p in parents.values()]
-    frames = [f for f in frames if not f.empty]
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if df.empty:
         print(f"sweeps {', '.join(parents)} have no trial runs yet")
         return 0

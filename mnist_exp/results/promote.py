@@ -241,25 +241,35 @@ def _move_alias(client, model_name: str, alias: str, champion, version, lock: Re
                             "(a writer that does not take the promotion lock); run again to judge against it")
 
 
-def check_args(args) -> None:
+def check_names(model_name: str, alias: str) -> None:
     """--model-name and --alias, checked before MLflow loads: they end up in the registry and its queries."""
-    names.check(args.model_name, "--model-name", key=None)
-    if args.model_name.endswith(LOCK_SUFFIX):
-        raise ConfigError(f"--model-name: {args.model_name!r} ends with {LOCK_SUFFIX!r}, which names promotion locks")
-    names.check(args.alias, "--alias", key=None, kind="alias")
+    names.check(model_name, "--model-name", key=None)
+    if model_name.endswith(LOCK_SUFFIX):
+        raise ConfigError(f"--model-name: {model_name!r} ends with {LOCK_SUFFIX!r}, which names promotion locks")
+    names.check(alias, "--alias", key=None, kind="alias")
+
+
+def check_args(args) -> None:
+    check_names(args.model_name, args.alias)
+
+
+def experiment_id(uri: str, experiment: str) -> str:
+    """The id of the store's experiment holding the sweeps, or ConfigError."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ConfigError(f"no experiment {experiment} in {uri}; run mnist-exp sweep first")
+    return exp.experiment_id
 
 
 def main(uri: str, args) -> int:
-    import mlflow
-
+    """``mnist-exp promote``: one line for the candidate, one for where the alias points (or the verdict)."""
     check_args(args)
-
-    mlflow.set_tracking_uri(uri)
-    exp = mlflow.get_experiment_by_name(args.experiment_name)
-    if exp is None:
-        raise ConfigError(f"no experiment {args.experiment_name} in {uri}; run mnist-exp sweep first")
+    exp_id = experiment_id(uri, args.experiment_name)
     try:
-        cand, version = promote(uri, exp.experiment_id, args.sweep, args.model_name, args.alias,
+        cand, version = promote(uri, exp_id, args.sweep, args.model_name, args.alias,
                                 dry_run=args.dry_run, force=args.force)
     except PromotionRefused as e:
         print(f"mnist-exp promote: refused: {e}", file=sys.stderr)

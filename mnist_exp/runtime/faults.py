@@ -1,4 +1,4 @@
-"""Named fault points, for the reliability tests (tests/test_faults.py).
+"""Named fault points, for the reliability tests (tests/search/test_faults.py).
 
 ``point("after_run_finished")`` does nothing unless ``MNIST_EXP_FAULT`` names that point; then the
 process kills itself with SIGKILL right there, as a power cut or ``kill -9`` would: no ``finally``,

@@ -10,7 +10,7 @@ Exactly once: a trial's MLflow run turning FINISHED is the commit point. A proce
 before Keras Tuner recorded the trial leaves the oracle with the trial ongoing; when the trial comes back
 (resume, or another worker), ``run_trial`` finds the FINISHED run and hands its recorded objective to the
 oracle instead of training again. A run killed before FINISHED is marked KILLED on resume and its trial
-runs again. The ``faults.point`` calls name each boundary; tests/test_faults.py kills the process at each.
+runs again. The ``faults.point`` calls name each boundary; tests/search/test_faults.py kills the process at each.
 """
 
 from __future__ import annotations

@@ -123,31 +123,39 @@ def _param(path: Path, name: str, spec) -> Param:
     for k in spec:
         if k not in KEYS[kind]:
             bad(f"unknown key for type {kind} (known: {', '.join(sorted(KEYS[kind]))})", k)
-    py_type = HP_DEFAULTS[name][0]
     if kind == "fixed":
         if "value" not in spec:
             bad("a fixed hyperparameter needs a value", "value")
         _check_value(path, f"{key}.value", name, spec["value"])
         return Param(name, "fixed", default=spec["value"])
     if kind == "boolean":
-        if py_type is not bool:
-            bad(f"{name} is {py_type.__name__}, not boolean", "type")
+        if HP_DEFAULTS[name][0] is not bool:
+            bad(f"{name} is {HP_DEFAULTS[name][0].__name__}, not boolean", "type")
         default = spec.get("default", HP_DEFAULTS[name][1])
         _check_value(path, f"{key}.default", name, default)
         return Param(name, "boolean", default=default)
     if kind == "choice":
-        values = spec.get("values")
-        if not isinstance(values, list) or not values:
-            bad("must be a non-empty list", "values")
-        if len(set(map(repr, values))) != len(values):
-            bad("has duplicates", "values")
-        for v in values:
-            _check_value(path, f"{key}.values", name, v)
-        default = spec.get("default", values[0])
-        if default not in values:
-            bad(f"{default!r} is not one of the values {values}", "default")
-        return Param(name, "choice", values=tuple(values), default=default)
-    # int / float ranges
+        return _choice(path, key, name, spec, bad)
+    return _range(path, key, name, kind, spec, bad)
+
+
+def _choice(path: Path, key: str, name: str, spec: dict, bad) -> Param:
+    values = spec.get("values")
+    if not isinstance(values, list) or not values:
+        bad("must be a non-empty list", "values")
+    if len(set(map(repr, values))) != len(values):
+        bad("has duplicates", "values")
+    for v in values:
+        _check_value(path, f"{key}.values", name, v)
+    default = spec.get("default", values[0])
+    if default not in values:
+        bad(f"{default!r} is not one of the values {values}", "default")
+    return Param(name, "choice", values=tuple(values), default=default)
+
+
+def _range(path: Path, key: str, name: str, kind: str, spec: dict, bad) -> Param:
+    """An int or float range: bounds, sampling, step and default checked against the lever."""
+    py_type = HP_DEFAULTS[name][0]
     if name in DISCRETE:
         bad(f"{name} takes only {DISCRETE[name]}: declare it as a choice", "type")
     if (kind == "int") != (py_type is int) or py_type not in (int, float):

@@ -1,6 +1,6 @@
 """Reading runs for leaderboards, liveness and promotion: ``SqliteRuns`` straight from a local sqlite store
 (read-only, without importing MLflow), ``MLflowRuns`` through MLflow for any other store; ``run_reader``
-picks one. Both give the same ``StoredRun`` records (tests/test_compare.py checks it)."""
+picks one. Both give the same ``StoredRun`` records (tests/results/test_compare.py checks it)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mnist_exp.tracking import mlflow_io, store
 
-# MLflow schema revisions whose tables SqliteRuns reads directly. tests/test_compare.py checks that the
+# MLflow schema revisions whose tables SqliteRuns reads directly. tests/results/test_compare.py checks that the
 # installed MLflow writes one of these and that both readers give the same leaderboard; a store
 # migrated by another MLflow falls back to MLflowRuns.
 KNOWN_SCHEMA_REVISIONS = {"dc11669786a5"}  # MLflow 3.17

@@ -181,24 +181,7 @@ def check_store(path: Path, write: bool) -> str:
 
     path = Path(path).absolute()
     uri = f"sqlite:///{path}"
-    if path.is_dir():
-        raise StoreError(f"{path} is a folder, not an MLflow sqlite store; point --tracking-uri at the store's file")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
-    except OSError as e:
-        raise StoreError(f"{path}: cannot read the store ({e.strerror}); check its permissions") from None
-    if not head:
-        raise StoreError(f"{path} is an empty (0-byte) file, not an MLflow store (nothing was changed); "
-                         "restore it from a backup, or move it away to start a new store there")
-    if head != SQLITE_MAGIC:
-        raise StoreError(f"{path} is not an SQLite database (corrupted?; nothing was changed); "
-                         "restore it from a backup, or move it away to start a new store there")
-    writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
-    if write and not writable:
-        what = "file" if not os.access(path, os.W_OK) else "folder"
-        raise StoreError(f"{path}: the store's {what} is read-only and this command writes to it; "
-                         "make it writable (compare can still read it)")
+    writable = _check_file(path, write)
     # A writable store is opened read-write (never created: mode=rw) so that SQLite rolls back a
     # journal left by a writer that was killed mid-transaction, as MLflow's own open would.
     mode = "rw" if writable else "ro"
@@ -238,6 +221,30 @@ def check_store(path: Path, write: bool) -> str:
                          f"needs ({', '.join(heads)}); back the file up, then run: mlflow db upgrade {uri}")
     raise StoreError(f"{path}: schema revision {revision} is unknown to the installed MLflow {_mlflow_version()} "
                      "(written by a newer MLflow?); upgrade mnist-exp and MLflow, or use the MLflow that wrote it")
+
+
+def _check_file(path: Path, write: bool) -> bool:
+    """The file checks before SQLite opens it: a readable SQLite file, writable when ``write``. Returns whether
+    it is writable."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a folder, not an MLflow sqlite store; point --tracking-uri at the store's file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as e:
+        raise StoreError(f"{path}: cannot read the store ({e.strerror}); check its permissions") from None
+    if not head:
+        raise StoreError(f"{path} is an empty (0-byte) file, not an MLflow store (nothing was changed); "
+                         "restore it from a backup, or move it away to start a new store there")
+    if head != SQLITE_MAGIC:
+        raise StoreError(f"{path} is not an SQLite database (corrupted?; nothing was changed); "
+                         "restore it from a backup, or move it away to start a new store there")
+    writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
+    if write and not writable:
+        what = "file" if not os.access(path, os.W_OK) else "folder"
+        raise StoreError(f"{path}: the store's {what} is read-only and this command writes to it; "
+                         "make it writable (compare can still read it)")
+    return writable
 
 
 def _migrations_dir() -> Path:

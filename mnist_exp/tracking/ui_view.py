@@ -1,6 +1,6 @@
 """The MLflow UI's view of the sweeps: the address ``mnist-exp ui`` prints, and the saved view it opens.
 
-What MLflow 3.17's UI reads (from its own bundle, checked in headless Chromium by tests/test_ui.py):
+What MLflow 3.17's UI reads (from its own bundle, checked in headless Chromium by tests/tracking/test_ui_view.py):
 
 - ``?workflowType=machine_learning`` opens an experiment in model-training mode (runs table, charts);
   without it the UI uses the browser's last choice, GenAI ("Overview", traces) at first. The experiment

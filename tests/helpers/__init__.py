@@ -1,0 +1,13 @@
+"""Helpers the tests import by name (``from helpers import cli, runs``); fixtures stay in conftest.py.
+
+``commands``: the CLI in a subprocess and small experiment files; ``stores``: reading a test's MLflow store;
+``servers``: ports, addresses that answer, output of started processes; ``hosts``: machines of their own
+(network namespaces), for the multi-machine tests.
+"""
+
+from helpers.commands import ROOT, SWEEP_YAML, TINY, TINY_SWEEP, VENV_BIN, cli, write_yaml
+from helpers.servers import Output, free_port, wait_http
+from helpers.stores import runs, wait_for_store
+
+__all__ = ["ROOT", "SWEEP_YAML", "TINY", "TINY_SWEEP", "VENV_BIN", "Output", "cli", "free_port", "runs", "wait_for_store",
+           "wait_http", "write_yaml"]

@@ -1,0 +1,66 @@
+"""Processes that serve: free ports, waiting for an address to answer, collecting a process's output."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc, timeout: float = 120) -> None:
+    """Poll url until it answers; fail with the server's output if it exits or the time runs out."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                out = proc.stdout.read()[-3000:] if proc.stdout else ""
+                raise AssertionError(f"server at {url} did not start:\n{out}") from None
+            time.sleep(0.5)
+
+
+class Output:
+    """A started process (its own session, stdout piped, text) whose output a thread collects, so it never blocks
+    on a full pipe; ``name`` labels the failure messages."""
+
+    def __init__(self, popen: subprocess.Popen, name: str = ""):
+        self.p, self.name, self.lines = popen, name or " ".join(map(str, popen.args[:3])), []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.lines.append(line)
+
+    @property
+    def out(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            m = re.search(pattern, self.out)
+            if m:
+                return m
+            time.sleep(0.2)
+        raise AssertionError(f"{self.name}: no {pattern!r} within {timeout} s:\n{self.out[-4000:]}")
+
+    def wait(self, timeout: float) -> int:
+        """The exit code; past ``timeout`` the process group is killed and the test fails with its output."""
+        try:
+            return self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.p.pid, signal.SIGKILL)
+            raise AssertionError(f"{self.name} still running after {timeout} s:\n{self.out[-4000:]}") from None

@@ -1,0 +1,160 @@
+"""One sweep across "machines": a chief and two workers, each in its own network namespace (own address, own
+loopback), own folder and HOME, sharing no files, with a real MLflow tracking server on PostgreSQL (proxied
+artifacts) in the root namespace. Faults: a worker killed mid-trial, a worker cut off from the network and
+back, the chief killed and resumed. Every trial ends with exactly one FINISHED run."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT, VENV_BIN, Output
+
+TOKEN = "multi-host-token-0123456789abcdef"
+LEASE = 6
+PORT = 8470  # the chief's: each namespace has its own ports
+
+SWEEP = """# mnist-exp sweep mh.yaml --serve CHIEF:8470 --parallel 0
+name: mh
+search_space: SPACE
+data: {source: DATA, train_size: 200, test_size: 100, validation_split: 0.2}
+training: {epochs: 12}
+tuner: {kind: random, max_trials: 10}
+"""
+
+
+STARTED: list = []  # every Proc of the test, whose output is printed at the end (shown when the test fails)
+
+
+def Proc(hosts, name, argv, env) -> Output:
+    """``mnist-exp argv`` on host ``name``."""
+    proc = Output(hosts.popen(name, [str(VENV_BIN / "mnist-exp"), *map(str, argv)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True), name)
+    STARTED.append(proc)
+    return proc
+
+
+def trial_runs(client, experiment_id):
+    return client.search_runs([experiment_id], "tags.`mnist_exp.kind` = 'trial' and tags.`mnist_exp.sweep` = 'mh'",
+                              max_results=1000)
+
+
+def running_trial(client, experiment_id, worker, timeout=240):
+    """The trial id ``worker`` (None: any worker) is training (its run has logged an epoch)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for r in trial_runs(client, experiment_id):
+            if (r.info.status == "RUNNING" and r.data.tags.get("mnist_exp.tuner_id") == (worker or
+                    r.data.tags.get("mnist_exp.tuner_id")) and "loss" in r.data.metrics):
+                return r.data.tags["mnist_exp.trial_id"], r.info.run_id
+        time.sleep(0.5)
+    raise AssertionError(f"{worker} did not start a trial within {timeout} s")
+
+
+@pytest.fixture
+def lan(tmp_path):
+    from helpers import hosts
+
+    hosts.require()
+    with hosts.Hosts(["chief", "w1", "w2"], base=tmp_path / "hosts") as h:
+        yield h
+
+
+def test_a_sweep_across_three_machines_survives_worker_and_chief_faults(lan, tmp_path):
+    from mlflow import MlflowClient
+
+    from mnist_exp import server
+    from mnist_exp.model.data import EMBEDDED_PATH
+
+    h = lan
+    folder = Path(tempfile.mkdtemp(prefix="mx-tracking-"))  # PostgreSQL's own user must reach it: not pytest's 0700 tree
+    folder.chmod(0o755)
+    with server.start(folder, host=h.gateway, port=random.randint(20000, 40000)) as srv:
+        env = {"MLFLOW_TRACKING_URI": srv.uri, "MNIST_EXP_TOKEN": TOKEN, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        for name in h.names:  # each machine its own copy of the digits: nothing shared
+            shutil.copy(EMBEDDED_PATH, h.home(name) / "digits.npz")
+        exp = h.home("chief") / "mh.yaml"
+        exp.write_text(SWEEP.replace("SPACE", str(ROOT / "search_spaces" / "small.yaml"))
+                       .replace("DATA", str(h.home("chief") / "digits.npz")))
+        chief_addr = f"{h.addr('chief')}:{PORT}"
+        sweep_cmd = ["sweep", exp, "--serve", chief_addr, "--parallel", "0", "--lease-timeout", LEASE]
+
+        def worker(name):  # no --tracking-uri (nor the variable): the chief's Describe says where the runs go
+            w_env = {**env, "MLFLOW_TRACKING_URI": ""}
+            return Proc(h, name, ["worker", "--chief", chief_addr, "--data", h.home(name) / "digits.npz",
+                                  "--id", name, "--threads", "1"], w_env)
+
+        chief = Proc(h, "chief", sweep_cmd, env)
+        chief.wait_for(r"chief serving the oracle on " + re.escape(chief_addr), 120)
+        intruder = Proc(h, "w2", ["worker", "--chief", chief_addr, "--id", "intruder"],
+                        {"MNIST_EXP_TOKEN": "not-the-sweeps-token-0123456789"})
+        assert intruder.p.wait(60) == 2, intruder.out
+        assert re.fullmatch(rf"mnist-exp worker: error: --chief {re.escape(chief_addr)}: refused: wrong or missing "
+                            r"token: set MNIST_EXP_TOKEN to the chief's\n", intruder.out), intruder.out
+        w1 = worker("w1")
+        os.environ["MLFLOW_TRACKING_URI"] = srv.uri  # this process reads the server too
+        try:
+            client = MlflowClient(srv.uri)
+            experiment_id = client.get_experiment_by_name("mnist-exp").experiment_id
+
+            # 1. a worker killed mid-trial (the machine loses power): its trial goes to the other worker
+            killed_trial, killed_run = running_trial(client, experiment_id, "w1")
+            w2 = worker("w2")
+            h.kill_all("w1")
+            chief.wait_for(rf"worker w1 silent for more than {LEASE} s: trial {killed_trial} goes back", 60)
+            w1 = worker("w1")  # joins late (same id, its lease gone): gets trials
+
+            # 2. w2 cut off from the network past its lease, then back: its attempt is superseded
+            cut_trial, cut_run = running_trial(client, experiment_id, "w2")
+            h.partition("w2")
+            t_cut = time.time()
+            chief.wait_for(rf"worker w2 silent for more than {LEASE} s: trial {cut_trial} goes back", 60)
+            time.sleep(max(0.0, t_cut + 1.5 * LEASE - time.time()))  # within the worker's own 2 x lease
+            h.heal("w2")
+            w2.wait_for(rf"trial {cut_trial} was given to another worker", 120)
+
+            # 3. the chief killed outright: both workers stop within a bound, then everything resumes
+            running_trial(client, experiment_id, None)
+            h.kill_all("chief")
+            t_kill = time.time()
+            for w in (w1, w2):
+                w.wait(timeout=2 * LEASE + 30)
+            stop_s = time.time() - t_kill
+            chief = Proc(h, "chief", sweep_cmd, env)
+            chief.wait_for(r"resuming, \d+ trial\(s\) done", 120)
+            w1, w2 = worker("w1"), worker("w2")
+            assert chief.wait(400) == 0, chief.out[-4000:]
+            assert w1.wait(60) == 0 and w2.wait(60) == 0, w1.out[-2000:] + w2.out[-2000:]
+        finally:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+            for name in h.names:
+                h.kill_all(name)
+            for p in STARTED:
+                print(f"--- {p.name} {' '.join(map(str, p.p.args[-12:]))[:200]}\n{p.out[-3000:]}")
+            STARTED.clear()
+
+        runs = trial_runs(client, experiment_id)
+        finished = [r for r in runs if r.info.status == "FINISHED"]
+        ids = sorted(r.data.tags["mnist_exp.trial_id"] for r in finished)
+        assert ids == [f"{i:02d}" for i in range(10)], (ids, chief.out[-3000:])  # every trial once
+        assert {r.data.tags["mnist_exp.tuner_id"] for r in finished} == {"w1", "w2"}
+        assert not [r for r in runs if r.info.status == "RUNNING"]
+        assert client.get_run(killed_run).info.status == "KILLED"
+        cut = client.get_run(cut_run)
+        assert cut.info.status == "KILLED" and "mnist_exp.superseded" in cut.data.tags, cut.data.tags
+        # artifacts went to the server's store, through its proxy: none on any machine's disk
+        assert all(client.list_artifacts(r.info.run_id) for r in finished)
+        for name in h.names:
+            local = [p for p in Path(h.home(name)).rglob("*") if p.name == "artifacts" or
+                     (p.parent.name == "mlruns" and p.name.isdigit())]
+            assert not local, local
+        print(f"workers stopped {stop_s:.1f} s after the chief was killed (lease {LEASE} s)")
+        assert stop_s < 2 * LEASE + 30

@@ -1,0 +1,47 @@
+"""The oracle as mnist-exp builds it (mnist_exp/search/oracle.py): the same seed proposes the same trials. The real
+Keras Tuner oracle of experiments/best.yaml is driven trial by trial (scores reported as a worker would), no
+training: what is checked is which configurations it hands out, in which order, with which Hyperband epochs."""
+
+import pytest
+
+from helpers import ROOT
+
+BEST = ROOT / "experiments" / "best.yaml"
+
+
+def proposals(tmp_path, overrides, n):
+    from mnist_exp.search import tracked_tuner
+    from mnist_exp.spec.experiment import load_experiment
+    from mnist_exp.model.data import load_data
+    from mnist_exp.spec.space import load_space
+
+    exp = load_experiment(BEST, ["data.source=embedded", "data.train_size=200", "data.test_size=100", *overrides])
+    space = load_space(exp.search_space)
+    sw = tracked_tuner.SweepContext(exp, load_data(exp.data, exp.seed), "0", "parent")
+    oracle = tracked_tuner.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), tmp_path).oracle
+    seen = []
+    for _ in range(n):
+        trial = oracle.create_trial("chief")
+        assert trial.status == "RUNNING"
+        values = dict(trial.hyperparameters.values)
+        seen.append(values)
+        # a score that depends only on the configuration, so promotions between rungs are reproducible too
+        score = (values["learning_rate"] * 1e4 + values["label_smoothing"]) % 1
+        oracle.update_trial(trial.trial_id, {"val_accuracy": score}, step=0)
+        trial.status = "COMPLETED"
+        oracle.end_trial(trial)
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["hyperband", "random"])
+def test_the_same_seed_proposes_the_same_trials_and_another_seed_others(tmp_path, kind):
+    n = 40  # best.yaml's Hyperband: 27 one-epoch trials, then the 9 best continued to 3 epochs, ...
+    first = proposals(tmp_path / "a", [f"tuner.kind={kind}", "tuner.max_trials=40"], n)
+    again = proposals(tmp_path / "b", [f"tuner.kind={kind}", "tuner.max_trials=40"], n)
+    other = proposals(tmp_path / "c", [f"tuner.kind={kind}", "tuner.max_trials=40", "seed=43"], n)
+    assert first == again
+    assert first != other
+    searched = [k for k in first[0] if not k.startswith("tuner/")]
+    assert len({tuple(sorted((k, v[k]) for k in searched)) for v in first}) > 10  # the space is really sampled
+    if kind == "hyperband":
+        assert {v["tuner/epochs"] for v in first} >= {1, 3}  # trials were continued on a longer rung
