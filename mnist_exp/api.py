@@ -101,10 +101,10 @@ def train(experiment: str | Path | None = None, overrides: Sequence[str] = (), t
           verbose: bool = False) -> TrainResult:
     """Train one model (the seed baseline by default) as one MLflow run; returns its run id and test metrics."""
     exp, space, ds = load(experiment, overrides)
-    terminal.import_tensorflow()  # without its C++ start-up notices
+    uri = open_store(tracking_uri, write=True, experiment=exp.mlflow_experiment, command="train")
+    terminal.import_tensorflow()  # without its C++ start-up notices; after the store answered (seconds saved)
     from mnist_exp.model.tracked_run import run_train
 
-    uri = open_store(tracking_uri, write=True, experiment=exp.mlflow_experiment, command="train")
     print(f"train {exp.name}: {ds.sizes['train']} train / {ds.sizes['val']} val / {ds.sizes['test']} test digits "
           f"from {ds.source}; {exp.training.epochs} epoch(s); store {uri}", flush=True)
     res = run_train(exp, space, ds, uri, verbose=verbose)
@@ -131,10 +131,10 @@ def sweep(experiment: str | Path | None = None, overrides: Sequence[str] = (), n
     if name is not None:  # a string as given, even "2024" (checked by names.check)
         overrides = [*overrides, Override(f"name={json.dumps(name)}", "--name")]
     exp, space, ds = load(experiment, overrides, name)
-    terminal.import_tensorflow()  # without its C++ start-up notices
+    uri = open_store(tracking_uri, write=True, experiment=exp.mlflow_experiment)  # created once, atomically
+    terminal.import_tensorflow()  # without its C++ start-up notices; after the store answered (seconds saved)
     from mnist_exp.search.sweep import run_sweep
 
-    uri = open_store(tracking_uri, write=True, experiment=exp.mlflow_experiment)  # created once, atomically
     with sweep_lock.acquire(uri, exp.name):  # one sweep of a name at a time; nothing of it is written before
         _reap(uri, "sweep")
         return run_sweep(exp, space, ds, uri, overwrite=overwrite, verbose=verbose, serve=serve,

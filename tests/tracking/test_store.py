@@ -1,6 +1,6 @@
 """The tracking store: created once and atomically by racing commands; unusable stores and unreachable
 tracking servers are one line and exit 2 with nothing changed; MLflow client errors that mean "server
-unavailable" are recognised (storelib.is_unavailable)."""
+unavailable" are recognised (server_store.is_unavailable)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from mnist_exp.tracking import server_store
 from mnist_exp.tracking import store as storelib
 from mnist_exp.cli import main
 
@@ -386,14 +387,14 @@ def test_preflight_accepts_mlflow_answers_and_refuses_others():
     html = _Server(_reply(404, "<html>Not Found</html>"))
     down = _Server(_reply(503, "<html>Service Unavailable</html>"))
     try:
-        storelib.check_server(ok.uri, deadline_s=2)
-        storelib.check_server(found.uri, deadline_s=2)
+        server_store.check_server(ok.uri, deadline_s=2)
+        server_store.check_server(found.uri, deadline_s=2)
         with pytest.raises(storelib.StoreError, match=rf"tracking server {html.uri} answered HTTP 404 to MLflow's REST API: "
                                                    "not an MLflow tracking server"):
-            storelib.check_server(html.uri, deadline_s=2)
+            server_store.check_server(html.uri, deadline_s=2)
         t = time.monotonic()
         with pytest.raises(storelib.StoreError, match=rf"tracking server {down.uri} answered HTTP 503 \(3 tries in \d s\)"):
-            storelib.check_server(down.uri, deadline_s=3)  # retried after 0.5 s and 1 s; a third wait would pass 3 s
+            server_store.check_server(down.uri, deadline_s=3)  # retried after 0.5 s and 1 s; a third wait would pass 3 s
         assert 1.4 < time.monotonic() - t < 3
     finally:
         for s in (ok, found, html, down):
@@ -403,7 +404,7 @@ def test_preflight_accepts_mlflow_answers_and_refuses_others():
 def test_http_limits_are_set_for_mlflow_and_keep_the_users(monkeypatch):
     from mlflow import environment_variables as ev
 
-    for key in storelib.HTTP_LIMITS:
+    for key in server_store.HTTP_LIMITS:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
     ok = _Server(_reply(200, {"experiment": {}}))
@@ -435,16 +436,16 @@ def test_is_unavailable_on_real_client_errors(monkeypatch, silent_server, tmp_pa
     bad_request = _Server(_reply(400, {"error_code": "INVALID_PARAMETER_VALUE", "message": "bad name"}))
     try:
         refused = error(f"http://127.0.0.1:{free_port()}")
-        assert storelib.is_unavailable(refused)
-        assert storelib.is_unavailable(MlflowException(str(refused)))  # by its message alone (no exception chain)
-        assert storelib.is_unavailable(error(silent_server.uri))  # read timeout
-        assert storelib.is_unavailable(error(failing.uri))  # 5xx after the retries
-        assert not storelib.is_unavailable(error(bad_request.uri))  # the server answered: a real error
+        assert server_store.is_unavailable(refused)
+        assert server_store.is_unavailable(MlflowException(str(refused)))  # by its message alone (no exception chain)
+        assert server_store.is_unavailable(error(silent_server.uri))  # read timeout
+        assert server_store.is_unavailable(error(failing.uri))  # 5xx after the retries
+        assert not server_store.is_unavailable(error(bad_request.uri))  # the server answered: a real error
     finally:
         failing.close()
         bad_request.close()
     db = tmp_path / "mlflow.db"
     shutil.copy(good_db, db)
-    assert not storelib.is_unavailable(error(f"sqlite:///{db}", lambda c: c.get_run("0" * 32)))  # no such run
-    assert not storelib.is_unavailable(BrokenPipeError("stdout closed"))
-    assert not storelib.is_unavailable(ValueError("x"))
+    assert not server_store.is_unavailable(error(f"sqlite:///{db}", lambda c: c.get_run("0" * 32)))  # no such run
+    assert not server_store.is_unavailable(BrokenPipeError("stdout closed"))
+    assert not server_store.is_unavailable(ValueError("x"))

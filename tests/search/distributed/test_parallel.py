@@ -133,9 +133,9 @@ def test_a_worker_stops_itself_when_its_chief_is_killed_outright(tmp_path):
     import sys
 
     # inside a trial (deferred) and blocked where no safe point comes, as on a call to the gone oracle
-    child = ("import sys, time\nfrom mnist_exp.runtime import signals\nfrom mnist_exp.search.distributed import worker\n"
+    child = ("import sys, time\nfrom mnist_exp.runtime import signals\nfrom mnist_exp.search.distributed import worker_lease\n"
              "with signals.handled():\n"
-             "    worker.watch_parent(int(sys.argv[1]), poll_s=0.1, grace_s=1.0)\n"
+             "    worker_lease.watch_parent(int(sys.argv[1]), poll_s=0.1, grace_s=1.0)\n"
              "    try:\n        with signals.deferred():\n            time.sleep(60)\n"
              "    except KeyboardInterrupt:\n"
              "        open(sys.argv[2], 'w').write('stopped')\n        raise SystemExit(130)\n")
