@@ -220,6 +220,7 @@ def test_compare_arguments_are_checked_before_the_store_is_read(bare, capsys, ar
     assert_nothing_written(bare)
 
 
+@pytest.mark.slow
 def test_compare_takes_any_text_as_a_sweep_name(swept_store, capsys):
     """Sweep arguments are only looked up: odd ones are "no such sweep", one line, exit 2."""
     assert main(["compare", "a\nb", "../x", "", "é" * 300]) == 2

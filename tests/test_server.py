@@ -56,6 +56,7 @@ def sweep_runs(client):
     return exp, parents, trials
 
 
+@pytest.mark.slow
 def test_sweep_compare_promote_predict_land_in_the_server(tracking_server, project, client, tmp_path):
     import mlflow
 
@@ -87,6 +88,7 @@ def test_sweep_compare_promote_predict_land_in_the_server(tracking_server, proje
     assert not [p for p in local if p.endswith(".db") or "artifacts" in p or "MLmodel" in p], local
 
 
+@pytest.mark.slow
 def test_ui_on_a_tracking_server_prints_its_own_addresses_and_starts_nothing(tracking_server, project, client):
     proc = cli("ui", "--no-browser", check=0, timeout=120)
     exp = client.get_experiment_by_name("mnist-exp")
@@ -95,6 +97,7 @@ def test_ui_on_a_tracking_server_prints_its_own_addresses_and_starts_nothing(tra
     assert "mlflow.sharedViewState.mnist-exp-sweeps" in exp.tags  # the saved view, written to the server
 
 
+@pytest.mark.slow
 def test_restart_through_the_cli_keeps_runs_models_and_artifacts(tracking_server, project, client, tmp_path):
     """Last in this module: it stops the shared server and starts `mnist-exp server` on the same folder."""
     import mlflow

@@ -91,6 +91,7 @@ def finished_by_trial(children) -> dict[str, list[str]]:
     return out
 
 
+@pytest.mark.slow
 def test_a_store_of_an_earlier_release_resumes_compares_promotes_and_predicts(old_store, embedded, capsys):
     from mlflow import MlflowClient
 

@@ -15,6 +15,9 @@ import pytest
 from helpers import hosts as hosts_mod
 from helpers.hosts import Hosts
 
+# Network namespaces need root; one worker runs them all (each claims a private subnet of the root namespace).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("netns")]
+
 PY = sys.executable
 
 # An echo server; prints "<port> <pid>" once it listens (the test's synchronisation point).
@@ -34,6 +37,7 @@ srv.serve_forever()
 # Connects, sends "ping", prints the echo, or the error's class name.
 CLIENT = """
 import socket, sys
+
 try:
     with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])) as s:
         s.sendall(b"ping")

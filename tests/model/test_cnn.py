@@ -57,6 +57,7 @@ def test_every_hyperparameter_defaults_to_the_baseline_and_can_be_changed():
     assert model.layers[-2].get_config()["activation"] == "gelu"
 
 
+@pytest.mark.slow
 def test_mixed_precision_computes_in_low_precision_and_keeps_a_float32_softmax(embedded):
     import numpy as np
 
@@ -178,6 +179,7 @@ def test_each_lever_changes_the_model_as_intended(values, check):
     assert model.output_shape == (None, 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("conv_blocks", ["seed", "deep"])
 def test_every_kernel_size_and_pooling_builds_and_predicts_ten_classes(conv_blocks, embedded):
     from mnist_exp.model.data import to_model_inputs
@@ -270,6 +272,7 @@ def test_hypermodel_schedule_spans_the_trials_own_steps(bookkeeping, epochs_trai
     assert cfg["warmup_target"] == pytest.approx(1e-3) and cfg["initial_learning_rate"] == pytest.approx(1e-3 / 25)
 
 
+@pytest.mark.slow
 def test_tiny_fits_with_one_cycle_and_plateau(embedded):
     """Real fits through the hypermodel: one-cycle ends an epoch at peak/1e4; plateau (a rate too small to move
     the validation loss) halves the rate after two epochs without progress."""
@@ -298,6 +301,7 @@ def test_tiny_fits_with_one_cycle_and_plateau(embedded):
     assert _current_lr(model) == pytest.approx(0.5e-9, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_train_logs_the_learning_rate_of_each_epoch(store):
     """A real `mnist-exp train` with one_cycle: 180 training digits at batch 32 are 6 steps an epoch, 12 in all;
     epoch 1 ends past the warm-up, epoch 2 at the schedule's end (peak/1e4)."""

@@ -129,6 +129,7 @@ def test_cli_bad_data_exits_2_with_one_line_and_no_run(store, embedded):
     assert runs() == []
 
 
+@pytest.mark.slow
 def test_keras_mnist_offline_says_how_to_point_at_a_local_copy(store, tmp_path):
     # No cached copy, and a proxy on a closed local port makes any machine offline for the download.
     offline = {"KERAS_HOME": str(tmp_path / "keras_home"), "HTTPS_PROXY": "http://127.0.0.1:9",

@@ -38,6 +38,7 @@ def test_both_polarities_and_any_size_reach_the_same_mnist_form(embedded, side, 
     assert min(scores) > 0.6 and np.mean(scores) > 0.8  # resampling blurs; a wrong centring or polarity gives < 0.3
 
 
+@pytest.mark.slow
 def test_predict_cli_on_png_jpeg_and_npz_with_the_champion(swept_store, embedded, capsys):
     assert main(["promote", "a"]) == 0
     import mlflow
@@ -77,6 +78,7 @@ def test_predict_cli_on_png_jpeg_and_npz_with_the_champion(swept_store, embedded
                      "label": None, "probability": None, "probabilities": None}
 
 
+@pytest.mark.slow
 def test_unreadable_image_is_one_line_exit_2(swept_store):
     bad = swept_store / "notes.png"
     bad.write_text("not an image")

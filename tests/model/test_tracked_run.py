@@ -7,8 +7,10 @@ from mnist_exp._version import __version__
 from mnist_exp.cli import main
 
 from helpers import runs
+import pytest
 
 
+@pytest.mark.slow
 def test_train_logs_params_curves_test_metrics_plots_and_a_loadable_model(store, capsys):
     rc = main(["train", "--set", "data.train_size=300", "--set", "data.test_size=100", "--epochs", "2",
                "--set", "hp.filters_1=32"])

@@ -8,8 +8,10 @@ from mnist_exp.cli import main
 
 from helpers import VENV_BIN, cli, free_port, wait_http
 from mnist_exp.tracking import keys
+import pytest
 
 
+@pytest.mark.slow
 def test_leaderboard_sorted_by_objective_with_failed_trials_apart(swept_store, capsys):
     assert main(["compare", "a", "c", "--csv", "board.csv", "--plot", "board.png", "--top", "5"]) == 0
     out = capsys.readouterr().out
@@ -38,6 +40,7 @@ def test_empty_store_is_a_one_line_message_and_exit_0(store, capsys):
     assert "no sweeps in" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_compare_all_sweeps(swept_store, capsys):
     assert main(["compare", "--metric", "test_accuracy", "--top", "1"]) == 0
     out = capsys.readouterr().out
@@ -47,6 +50,7 @@ def test_compare_all_sweeps(swept_store, capsys):
     assert main(["compare", "nosuch"]) == 2
 
 
+@pytest.mark.slow
 def test_compare_against_a_tracking_server(swept_store):
     port = free_port()
     db = f"sqlite:///{swept_store / 'mlruns' / 'mlflow.db'}"
@@ -75,6 +79,7 @@ def _normalised(runs):
                    clean(r.data.metrics), clean(r.data.tags)) for r in runs)
 
 
+@pytest.mark.slow
 def test_the_sqlite_reader_reads_what_mlflow_reads(swept_store):
     """compare reads a local store without MLflow (README "Performance"); it must see the same runs."""
     from mlflow import MlflowClient
@@ -117,6 +122,7 @@ def test_other_stores_are_read_through_mlflow(tmp_path):
     assert readers.SqliteRuns.open(f"sqlite:///{db}") is None
 
 
+@pytest.mark.slow
 def test_a_store_at_a_schema_revision_the_fast_reader_does_not_know_is_read_through_mlflow(swept_store, capsys):
     """An MLflow upgrade migrates the store to a revision KNOWN_SCHEMA_REVISIONS may not list yet: compare
     falls back to MLflow's client and says so once. store.py lets only the installed MLflow's head through

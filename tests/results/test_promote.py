@@ -29,6 +29,7 @@ def versions():
     return MlflowClient().search_model_versions("name='mnist-cnn'")
 
 
+@pytest.mark.slow
 def test_first_promotion_registers_the_best_trial_with_its_tags(swept_store, capsys):
     run_id = set_test_accuracy("a", 0.90)
     assert main(["promote", "a"]) == 0
@@ -54,6 +55,7 @@ def test_first_promotion_registers_the_best_trial_with_its_tags(swept_store, cap
     assert all(r.data.metrics["objective"] <= best.data.metrics["objective"] for r in others)
 
 
+@pytest.mark.slow
 def test_better_promotes_worse_refuses_equal_promotes_repeat_reuses(swept_store, capsys):
     set_test_accuracy("a", 0.80)
     assert main(["promote", "a"]) == 0
@@ -79,6 +81,7 @@ def test_better_promotes_worse_refuses_equal_promotes_repeat_reuses(swept_store,
     assert [m.name for m in MlflowClient().search_registered_models()] == ["mnist-cnn"]
 
 
+@pytest.mark.slow
 def test_champion_tested_on_other_data_is_not_compared(swept_store, capsys):
     set_test_accuracy("a", 0.50)
     assert main(["promote", "a"]) == 0

@@ -129,6 +129,7 @@ def lock_tags(**over) -> dict:
     return {**tags, **over}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("round_", range(2))
 def test_racing_promotions_end_with_the_better_model(race, round_, tmp_path):
     """Two racers promote the worse sweep and two the better one, started together; whatever order they reach
@@ -159,6 +160,7 @@ def test_racing_promotions_end_with_the_better_model(race, round_, tmp_path):
     assert not client.search_registered_models(f"name = '{LOCK}'")  # the lock is always released
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("race", ["sqlite"], indirect=True)  # the lock's logic; http: the race rounds above
 @pytest.mark.parametrize("holder", ["elsewhere", "here"])
 def test_a_dead_holders_lock_is_broken_with_one_line(race, holder):
@@ -190,6 +192,7 @@ def test_a_dead_holders_lock_is_broken_with_one_line(race, holder):
     assert not client.search_registered_models(f"name = '{LOCK}'")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("race", ["sqlite"], indirect=True)  # the lock's logic; http: the race rounds above
 @pytest.mark.parametrize("holder", ["elsewhere", "here"])
 def test_a_live_holders_lock_makes_promote_wait_then_fail_with_one_line(race, holder):
@@ -217,6 +220,7 @@ def test_a_live_holders_lock_makes_promote_wait_then_fail_with_one_line(race, ho
     client.delete_registered_model(LOCK)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("race", ["sqlite"], indirect=True)  # the lock's logic; http: the race rounds above
 def test_a_model_named_like_a_lock_is_neither_taken_nor_broken(race):
     """A registered model that merely has the lock's name (no lock token) stops promote with exit 2, untouched;

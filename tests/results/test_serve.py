@@ -11,8 +11,10 @@ from mnist_exp.cli import main
 from mnist_exp.model.data import to_model_inputs
 
 from helpers import VENV_BIN, free_port, wait_http
+import pytest
 
 
+@pytest.mark.slow
 def test_champion_serves_real_digits(swept_store, embedded):
     assert main(["promote", "a"]) == 0
     import mlflow

@@ -62,6 +62,7 @@ def test_fit_stops_at_the_batch_end_after_the_signal(embedded):
     assert seen == [0, 1, 2]  # batch 2 ran to its end; no later batch started
 
 
+@pytest.mark.slow
 def test_train_interrupted_mid_fit_ends_its_run_killed(store):
     proc = subprocess.Popen([str(VENV_BIN / "mnist-exp"), "train", "--set", "data.train_size=400",
                              "--set", "data.test_size=100", "--epochs", "30"],

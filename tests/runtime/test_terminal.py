@@ -10,6 +10,7 @@ import numpy as np
 from mnist_exp.runtime import terminal
 
 from helpers import ROOT, cli, runs, write_yaml
+import pytest
 
 COUNT = re.compile(r"(\d+)/(\d+)")
 EPOCH = re.compile(r"^\[sweep tiny\] trial (\S+) epoch (\d+)/(\d+): loss (\S+) accuracy (\S+) val_loss (\S+) "
@@ -21,6 +22,7 @@ def counts(text: str) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in COUNT.findall(re.sub(r"\x1b\[[0-9;]*m", "", text))]
 
 
+@pytest.mark.slow
 def test_default_sweep_output_in_a_pipe_is_one_line_per_epoch_and_per_trial(store):
     exp = write_yaml(store / "tiny.yaml", f"""# mnist-exp sweep tiny.yaml
 name: tiny

@@ -198,6 +198,7 @@ def seconds(h, m, s) -> int:
     return int(h) * 3600 + int(m) * 60 + int(s)
 
 
+@pytest.mark.slow
 def test_a_budget_stops_the_sweep_between_trials_and_a_larger_one_finishes_it(store):
     # (a) 8 s: the first trial always starts (nothing is known yet); the sweep stops before five.
     proc = cli("sweep", *SWEEP, "--budget", "8s", check=0)

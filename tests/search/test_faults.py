@@ -54,6 +54,7 @@ def assert_exactly_once(store, n_trials: int = 2):
     return parent, children
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point, retrained", [
     ("trial_started", True),           # the run exists, RUNNING, nothing trained
     ("after_trial_logged", True),      # model, figures and test metrics logged; the run still RUNNING
@@ -80,6 +81,7 @@ def test_kill_at_a_fault_point_then_resume_runs_each_trial_once(store, capsys, p
         assert ("had finished before the interruption" in out) == (point != "after_trial_recorded")
 
 
+@pytest.mark.slow
 def test_kill_during_sweep_start_up_leaves_no_running_parent(store, capsys):
     exp_file = write_yaml(store / "tiny.yaml", TINY)
     crash_at(exp_file, "after_parent_created")
@@ -107,6 +109,7 @@ def _fill(path):
         os.close(fd)
 
 
+@pytest.mark.slow
 def test_disk_full_mid_trial_stops_the_sweep_cleanly_and_resume_finishes_it(store, capsys):
     """The store on a real 64 MiB tmpfs (root, as in CI), filled while the first trial trains."""
     import time
@@ -201,6 +204,7 @@ def _wait_for_epoch(uri, proc, n_finished, timeout=240):
     raise AssertionError("the sweep did not reach a trial's first epoch in time")
 
 
+@pytest.mark.slow
 def test_tracking_server_outages_short_ridden_through_long_stops_and_resumes(tmp_path, monkeypatch):
     """A real tracking server killed and restarted mid-trial: 5 s away, the sweep carries on (MLflow's
     retries); away for good, the sweep stops with one line, and the same command resumes it later."""

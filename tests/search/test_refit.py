@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 from mnist_exp.spec.levers import HP_DEFAULTS
 
 from helpers import ROOT, VENV_BIN, cli, runs
+import pytest
 
 QUICK = ROOT / "experiments" / "quick.yaml"
 SWEEP = [QUICK, "--set", "data.train_size=300", "--set", "data.test_size=100", "--epochs", "1", "--max-trials", "2",
@@ -26,6 +27,7 @@ def best_trial(trials):
     return max(finished, key=lambda r: (r.data.metrics["objective"], -r.info.start_time))
 
 
+@pytest.mark.slow
 def test_refit_trains_the_best_trial_on_all_training_digits_once_and_promote_registers_it(store):
     proc = cli("sweep", *SWEEP, check=0)
     [parent] = of_kind("sweep")
@@ -72,6 +74,7 @@ def test_refit_without_a_validation_split_is_a_config_error(store):
     assert not runs()
 
 
+@pytest.mark.slow
 def test_a_refit_killed_then_failing_keeps_the_sweep_and_the_next_run_refits(store):
     """kill -9 mid-refit, then a refit that raises, then a clean one: one sweep, three invocations."""
     sweep = [QUICK, "--set", "data.train_size=300", "--set", "data.test_size=100", "--epochs", "2",

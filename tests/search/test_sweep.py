@@ -41,6 +41,7 @@ def kt_trials(store, name="tiny"):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["random", "bayesian", "grid", "hyperband"])
 def test_each_tuner_kind_logs_one_parent_and_a_child_per_trial(store, kind, capsys):
     exp_file = write_yaml(store / "tiny.yaml", TINY)
@@ -170,6 +171,7 @@ def _tiny_sweep(store, text):
     return exp, load_space(exp.search_space), load_data(exp.data, exp.seed)
 
 
+@pytest.mark.slow
 def test_nan_and_raising_trials_fail_in_both_tuner_and_mlflow_and_the_sweep_goes_on(store):
     space = write_yaml(store / "space.yaml", "hyperparameters:\n  activation: {type: choice, values: [relu, gelu]}\n"
                                              "  filters_1: {type: choice, values: [32, 64]}\n"
@@ -202,6 +204,7 @@ class AlwaysFails(CNNHyperModel):
         raise ValueError("broken input pipeline")
 
 
+@pytest.mark.slow
 def test_sweep_where_every_trial_fails_raises_with_the_first_error(store):
     exp, sp, ds = _tiny_sweep(store, TINY)
     with pytest.raises(SweepError, match="every trial failed.*first error: trial 0: ValueError: broken input pipeline"):
@@ -230,6 +233,7 @@ def _wait_mid_trial(proc, min_finished, timeout=240):
     raise AssertionError("sweep did not reach the middle of a trial in time")
 
 
+@pytest.mark.slow
 def test_resume_after_sigterm_and_sigkill_loses_nothing_and_duplicates_nothing(store):
     text = TINY.replace("name: tiny", "name: resumable").replace("max_trials: 2", "max_trials: 3").replace(
         "epochs: 1", "epochs: 20").replace("train_size: 200", "train_size: 400")
@@ -279,6 +283,7 @@ def test_resume_after_sigterm_and_sigkill_loses_nothing_and_duplicates_nothing(s
                                         if c.info.status == "FINISHED") == ["0", "1", "2", "3"]
 
 
+@pytest.mark.slow
 def test_overwrite_starts_afresh_and_keeps_the_old_parent_as_history(store):
     exp_file = write_yaml(store / "tiny.yaml", TINY.replace("max_trials: 2", "max_trials: 1"))
     assert main(["sweep", str(exp_file)]) == 0

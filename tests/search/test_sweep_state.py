@@ -13,6 +13,7 @@ from mnist_exp.spec.experiment import TrainingConfig, load_experiment
 from mnist_exp.spec.space import Param, load_space
 
 from helpers import TINY_SWEEP, runs, write_yaml
+import pytest
 
 TINY = TINY_SWEEP.replace("max_trials: 2", "max_trials: 1")
 
@@ -78,6 +79,7 @@ def test_a_field_added_with_its_default_changes_no_identity_and_a_real_change_is
         sweep_state.identity(dataclasses.replace(exp, hp={"dropout": 0}), space)
 
 
+@pytest.mark.slow
 def test_a_format1_state_refuses_a_real_change_then_resumes_and_is_migrated(store, capsys):
     exp_file = write_yaml(store / "tiny.yaml", TINY)
     assert main(["sweep", str(exp_file)]) == 0

@@ -19,6 +19,7 @@ from mnist_exp.cli import main
 
 from helpers import ROOT, VENV_BIN, runs, wait_for_store
 from mnist_exp.tracking import keys
+import pytest
 
 
 def _uri() -> str:
@@ -38,6 +39,7 @@ def _wait_for_epoch(proc, kind: str, timeout=240) -> str:
     raise AssertionError(f"no {kind} run reached its first epoch within {timeout} s")
 
 
+@pytest.mark.slow
 def test_train_killed_outright_is_shown_killed_by_the_next_command(store, capsys):
     proc = subprocess.Popen([str(VENV_BIN / "mnist-exp"), "train", "--set", "data.train_size=400",
                              "--set", "data.test_size=100", "--epochs", "30"],
@@ -158,6 +160,7 @@ def test_the_heartbeat_beats_while_held_and_never_after_release(store):
     assert subprocess.run([sys.executable, "-c", code, b, uri], timeout=60).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_terminal_closes_ends_killed_with_exit_129(store):
     """A real hang-up: the sweep runs on a pseudo-terminal as its controlling terminal; closing the terminal
     makes the kernel send SIGHUP. The trial and the parent end KILLED, the exit code is 128 + SIGHUP."""

@@ -96,6 +96,7 @@ print(json.dumps(codes))
 """
 
 
+@pytest.mark.slow
 def test_four_commands_on_a_new_store_leave_it_fully_migrated(tmp_path):
     """Four commands that each open the store (compare reads it; promote opens it through MLflow's client)
     started together on a new store, ROUNDS times. Before store.ensure_store, this harness had commands killed
@@ -247,6 +248,7 @@ def _one_sweep(db: Path) -> None:
     c.set_terminated(parent, "FINISHED")
 
 
+@pytest.mark.slow
 def test_read_only_store(tmp_path, good_db):
     """Read-only file or folder: sweep, train and promote exit 2 naming the store, nothing changed;
     compare still prints the leaderboard. A missing store in a read-only folder is one line too."""
@@ -358,6 +360,7 @@ def silent_server():
     s.close()
 
 
+@pytest.mark.slow
 def test_unreachable_or_silent_server_is_one_line_within_15_s(tmp_path, silent_server):
     """A closed port and a server that accepts and never answers: sweep, compare and promote each say so in one
     line naming the URI, exit 2, within 15 s (whole process), before any training, writing nothing."""

@@ -48,6 +48,7 @@ def _sweep_runs(name):
     return parents, trials
 
 
+@pytest.mark.slow
 def test_a_held_sweep_is_refused_naming_its_holder_and_taken_over_once_the_holder_is_killed(store, capsys):
     uri = _existing_store()
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, uri, "held"], stdout=subprocess.PIPE, text=True)
@@ -112,6 +113,7 @@ def test_processes_racing_for_one_lease_exactly_one_wins_each_round(tmp_path):
                 assert r["error"].startswith(f"sweep race is already running: pid {winners[0]['pid']} on host "), r
 
 
+@pytest.mark.slow
 def test_two_sweeps_of_one_name_started_together_one_runs_the_other_exits_2(store):
     _existing_store()
     for name in ("dup", "dup2"):  # two rounds, each a new sweep on the existing store
@@ -163,6 +165,7 @@ def test_a_record_left_by_a_dead_holder_is_not_reported_as_live(tmp_path):
     assert sweep_lock.FileSweepLock._read_live(path, wait_s=0.2) == me
 
 
+@pytest.mark.slow
 def test_a_tracking_servers_lease_lives_in_its_registry_for_every_machine(tracking_server, tmp_path, capsys):
     """Against a server the lease is a registered model there (reglock.py), so a second machine's sweep of the
     name is refused too: a live holder here is refused by name, a killed one taken over at once; a holder on

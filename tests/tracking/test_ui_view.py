@@ -72,6 +72,7 @@ def searched_runs(response) -> dict[str, dict]:
     return found
 
 
+@pytest.mark.slow
 def test_ui_from_home_and_from_the_printed_address(ui, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 

@@ -10,6 +10,7 @@ import subprocess
 import time
 
 from helpers import ROOT, VENV_BIN, free_port, runs, wait_for_store, write_yaml
+import pytest
 
 TOKEN = "t0k3n-for-tests-0123456789abcdef"
 
@@ -72,6 +73,7 @@ def once_each(n):
     return done
 
 
+@pytest.mark.slow
 def test_serve_needs_a_token_and_a_valid_address(store):
     from helpers import cli
 
@@ -88,6 +90,7 @@ def test_serve_needs_a_token_and_a_valid_address(store):
     assert not (store / "mlruns" / "tuner" / "cl").exists()
 
 
+@pytest.mark.slow
 def test_a_worker_restarted_with_its_id_gets_its_own_trial_back(store):
     """Within the lease the chief keeps the trial for its worker: the restarted worker (same --id) runs it
     again; the killed attempt's run is marked KILLED by the new process (same machine, pid gone)."""

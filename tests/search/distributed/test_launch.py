@@ -18,6 +18,9 @@ import pytest
 
 from helpers import ROOT, VENV_BIN, Output, free_port, runs, wait_for_store, write_yaml
 
+# Network namespaces need root; one worker runs them all (each claims a private subnet of the root namespace).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("netns")]
+
 LAUNCH = ROOT / "scripts" / "launch-workers.sh"
 DOCS = ROOT / "docs" / "launch"
 TOKEN = "launch-token-0123456789abcdef"

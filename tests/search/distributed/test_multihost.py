@@ -18,6 +18,9 @@ import pytest
 
 from helpers import ROOT, VENV_BIN, Output
 
+# Network namespaces need root; one worker runs them all (each claims a private subnet of the root namespace).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("netns")]
+
 TOKEN = "multi-host-token-0123456789abcdef"
 LEASE = 6
 PORT = 8470  # the chief's: each namespace has its own ports

@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 from mnist_exp.spec.experiment import experiment_from_dict, load_experiment
 
 from helpers import ROOT, VENV_BIN, wait_for_store, write_yaml
+import pytest
 
 PAR = f"""# mnist-exp sweep par.yaml --parallel 2
 name: par
@@ -42,6 +43,7 @@ def test_state_file_experiment_round_trips(tmp_path):
     assert experiment_from_dict(json.loads(json.dumps(dataclasses.asdict(exp))), "state") == exp
 
 
+@pytest.mark.slow
 def test_two_workers_run_trials_side_by_side(store):
     exp_file = write_yaml(store / "par.yaml", PAR)
     proc = subprocess.run([str(VENV_BIN / "mnist-exp"), "sweep", str(exp_file)], capture_output=True, text=True,
@@ -73,6 +75,7 @@ def test_two_workers_run_trials_side_by_side(store):
     assert parent.data.metrics["trials_completed"] == 4
 
 
+@pytest.mark.slow
 def test_interrupted_parallel_sweep_resumes_with_one_worker(store):
     """SIGTERM to the chief stops its workers (their trials end KILLED); a resume with fewer workers
     still runs the trials the missing worker held (Keras Tuner's retry queue), each exactly once."""
@@ -127,6 +130,7 @@ def test_an_injected_hypermodel_is_refused_before_anything_is_written(store):
     assert not trial_runs() and not (store / "mlruns" / "tuner" / "par").exists()
 
 
+@pytest.mark.slow
 def test_a_worker_stops_itself_when_its_chief_is_killed_outright(tmp_path):
     """SIGKILL leaves the chief no chance to stop its workers; each notices its parent is gone and
     stops, also when the first signal waits for a safe point that never comes."""
