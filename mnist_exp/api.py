@@ -103,7 +103,7 @@ def train(experiment: str | Path | None = None, overrides: Sequence[str] = (), t
     exp, space, ds = load(experiment, overrides)
     uri = open_store(tracking_uri, write=True, experiment=exp.mlflow_experiment, command="train")
     terminal.import_tensorflow()  # without its C++ start-up notices; after the store answered (seconds saved)
-    from mnist_exp.model.tracked_run import run_train
+    from mnist_exp.model.tracked_run import run_train  # Keras, after the quiet import above
 
     print(f"train {exp.name}: {ds.sizes['train']} train / {ds.sizes['val']} val / {ds.sizes['test']} test digits "
           f"from {ds.source}; {exp.training.epochs} epoch(s); store {uri}", flush=True)
@@ -133,7 +133,7 @@ def sweep(experiment: str | Path | None = None, overrides: Sequence[str] = (), n
     exp, space, ds = load(experiment, overrides, name)
     uri = open_store(tracking_uri, write=True, experiment=exp.mlflow_experiment)  # created once, atomically
     terminal.import_tensorflow()  # without its C++ start-up notices; after the store answered (seconds saved)
-    from mnist_exp.search.sweep import run_sweep
+    from mnist_exp.search.sweep import run_sweep  # Keras Tuner and Keras, after the quiet import above
 
     with sweep_lock.acquire(uri, exp.name):  # one sweep of a name at a time; nothing of it is written before
         _reap(uri, "sweep")

@@ -73,7 +73,7 @@ def mistakes(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, confide
 def _mosaic(images, labels, colors, side: int, figsize, fontsize: int):
     """Digits tiled into one image on one axes, each with its label above it.
 
-    One axes instead of one per digit: a 25-panel figure took 0.9 s to draw, most of it in layout.
+    One axes instead of one per digit: a figure of many panels spends most of its drawing time in layout.
     """
     h, w = (images.shape[1:3] if len(images) else (28, 28))
     cell_h, cell_w = h + 12, w + 4  # room for the label above each digit

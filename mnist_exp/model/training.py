@@ -65,10 +65,9 @@ EVAL_BATCH = 256  # evaluation only: no effect on the optimisation, ~2x fewer ca
 def input_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool = True):
     """Batches of (x, y) reshuffled every epoch, as ``fit(x, y, batch_size=…)`` gives, but faster here.
 
-    Keras's own array pipeline (tf.data, autotuned) sometimes stalled on the 2-core development
-    machine: a 4,000-digit epoch whose steps summed to 8.2 s took 10.3 s. With autotuning off no run
-    stalled (README "Performance"). This one gathers index batches from in-memory tensors with a
-    fixed prefetch and autotuning off.
+    Keras's own array pipeline (tf.data, autotuned) sometimes stalls on two cores (README "Performance");
+    with autotuning off none did. This one gathers index batches from in-memory tensors with a fixed
+    prefetch and autotuning off.
     Same batch size, same per-epoch uniform shuffle, partial last batch kept: the optimisation is unchanged.
     """
     import tensorflow as tf

@@ -74,7 +74,7 @@ def hp_columns(df: pd.DataFrame) -> list[str]:
 
 def log_sweep_summary(df: pd.DataFrame, exp, parent_run_id: str) -> None:
     """Leaderboard CSV and the two sweep figures, on the parent run."""
-    from mnist_exp.model import plots
+    from mnist_exp.model import plots  # matplotlib: a sweep needs it, `mnist-exp compare` only with --plot
 
     if df.empty:
         return

@@ -188,7 +188,7 @@ def log_keras_model(model, x_example, y_example=None) -> str:
     # Model.log is what mlflow.keras.log_model calls; _KerasFlavor only works around its save_model
     # writing input_example.json before creating the model folder (MLflow 3.17).
     # Explicit requirements skip MLflow's requirement inference, which reloads the model in a subprocess.
-    # validate_serving_input=False skips reloading the model to predict the example (1.3 s a trial);
+    # validate_serving_input=False skips reloading the model to predict the example (seconds a trial);
     # tests/results/test_serve.py checks a logged model against a real `mlflow models serve` instead.
     info = mlflow.models.Model.log(
         artifact_path=None, name="model", flavor=_KerasFlavor, flavor_name="mlflow.keras", model=model,

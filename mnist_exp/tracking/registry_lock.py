@@ -2,8 +2,8 @@
 
 A lock is a registered model with a reserved name. Creating a registered model is an atomic test-and-set on
 every backend: the name is the registry table's primary key, so of several concurrent creates exactly one
-succeeds and the others get RESOURCE_ALREADY_EXISTS (measured: 30 rounds of 6 processes, on sqlite and on
-a server over PostgreSQL, one winner each). Its tags, written in the same request, name the holder (pid,
+succeeds and the others get RESOURCE_ALREADY_EXISTS (tests/results/test_promote_race.py races them on sqlite
+and on a server over PostgreSQL). Its tags, written in the same request, name the holder (pid,
 host, process start, time, a random token); it is released by deleting it, only while it still carries our
 token. A holder on this machine (same host and boot) is judged by the kernel (pid gone or reused: broken at
 once); one elsewhere by age: since it was taken, or, for a lock that refreshes a heartbeat tag while held

@@ -13,7 +13,7 @@ from mnist_exp.runtime.errors import StoreError
 # factor * 2**(n-1) s before retry n >= 2, plus up to `jitter` s): a server that refuses connections
 # is retried for 2 + 4 + ... + 64 = 126 s (an outage of a minute or two is ridden through); one that
 # never answers fails after at most 8 x 15 s + 126 s (+ 7 s jitter), about 4 min 15 s. MLflow's own
-# defaults (7 retries, factor 2, timeout 120 s) took 248 s on a refused port, and would take up to
+# defaults (7 retries, factor 2, timeout 120 s) would wait about 4 min on a refused port and up to
 # 8 x 120 s + 244 s = 20 min on a silent one. Values the user set are kept.
 HTTP_LIMITS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7",

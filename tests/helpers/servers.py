@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
@@ -13,9 +14,20 @@ import urllib.request
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port on 127.0.0.1 that no other test process will pick: each pytest-xdist worker draws from its own
+    range below the kernel's ephemeral ports (which bind(0) and outgoing connections use), so two workers never
+    race for one port between choosing it and a server binding it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    low = 20000 + 1000 * (index % 12)
+    for port in random.sample(range(low, low + 1000), 1000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{low + 999}")
 
 
 def wait_http(url: str, proc, timeout: float = 120) -> None:
