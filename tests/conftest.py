@@ -7,7 +7,6 @@ not fixtures live in the ``helpers`` package, imported by name.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -108,18 +107,8 @@ def tracking_server(tmp_path_factory):
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _group(item) -> str:
-    mark = item.get_closest_marker("xdist_group")
-    return mark.args[0] if mark and mark.args else mark.kwargs.get("name") if mark else item.nodeid.split("::")[0]
-
 
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (CI: ``-n 3 --dist loadgroup``) each test file runs on one worker, so a module's fixtures
-    (a tracking server, a swept project) are built once; the network-namespace files form one group. Files with
-    the most slow tests are handed out first, so that the run does not end waiting on one long file. The order
-    inside a file is kept."""
-    for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-    weight = Counter(_group(item) for item in items if item.get_closest_marker("slow"))
-    items.sort(key=lambda item: -weight[_group(item)])
+    """Slow tests first: under pytest-xdist (CI: ``-n 2 --dist loadgroup``) the long ones start early and the run
+    does not end waiting on one of them while the other worker is idle. The order is otherwise kept."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -15,7 +15,7 @@ import pytest
 from helpers import hosts as hosts_mod
 from helpers.hosts import Hosts
 
-# Network namespaces need root; one worker runs them all (each claims a private subnet of the root namespace).
+# Network namespaces need root; one xdist worker runs them all (each claims a private subnet of the root namespace).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("netns")]
 
 PY = sys.executable

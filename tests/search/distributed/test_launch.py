@@ -18,7 +18,7 @@ import pytest
 
 from helpers import ROOT, VENV_BIN, Output, free_port, runs, wait_for_store, write_yaml
 
-# Network namespaces need root; one worker runs them all (each claims a private subnet of the root namespace).
+# Network namespaces need root; one xdist worker runs them all (each claims a private subnet of the root namespace).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("netns")]
 
 LAUNCH = ROOT / "scripts" / "launch-workers.sh"

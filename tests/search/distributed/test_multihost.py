@@ -18,7 +18,7 @@ import pytest
 
 from helpers import ROOT, VENV_BIN, Output
 
-# Network namespaces need root; one worker runs them all (each claims a private subnet of the root namespace).
+# Network namespaces need root; one xdist worker runs them all (each claims a private subnet of the root namespace).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("netns")]
 
 TOKEN = "multi-host-token-0123456789abcdef"
