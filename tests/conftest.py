@@ -107,7 +107,6 @@ def tracking_server(tmp_path_factory):
             shutil.rmtree(folder, ignore_errors=True)
 
 
-
 def pytest_collection_modifyitems(config, items):
     """Slow tests first: under pytest-xdist (CI: ``-n 2 --dist loadgroup``) the long ones start early and the run
     does not end waiting on one of them while the other worker is idle. The order is otherwise kept."""

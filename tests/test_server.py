@@ -45,7 +45,9 @@ def client(tracking_server, project, monkeypatch):
 
     monkeypatch.chdir(project.root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
-    return MlflowClient(tracking_server.uri)
+    # The registry too: MLflow's default registry is the process's tracking URI, which an earlier in-process test may
+    # have pointed at its own store.
+    return MlflowClient(tracking_server.uri, registry_uri=tracking_server.uri)
 
 
 def sweep_runs(client):
@@ -131,7 +133,7 @@ def test_restart_through_the_cli_keeps_runs_models_and_artifacts(tracking_server
             except urllib.error.HTTPError as e:
                 assert e.code == status, host
         print(f"restart through the CLI: {time.monotonic() - t:.1f} s")
-        again = MlflowClient(tracking_server.uri)
+        again = MlflowClient(tracking_server.uri, registry_uri=tracking_server.uri)
         _, [parent2], trials2 = sweep_runs(again)
         assert {r.info.run_id: r.info.status for r in [parent2, *trials2]} == before
         assert again.get_model_version_by_alias("mnist-cnn", "champion").run_id in before
