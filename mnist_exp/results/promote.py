@@ -249,10 +249,6 @@ def check_names(model_name: str, alias: str) -> None:
     names.check(alias, "--alias", key=None, kind="alias")
 
 
-def check_args(args) -> None:
-    check_names(args.model_name, args.alias)
-
-
 def experiment_id(uri: str, experiment: str) -> str:
     """The id of the store's experiment holding the sweeps, or ConfigError."""
     import mlflow
@@ -262,24 +258,3 @@ def experiment_id(uri: str, experiment: str) -> str:
     if exp is None:
         raise ConfigError(f"no experiment {experiment} in {uri}; run mnist-exp sweep first")
     return exp.experiment_id
-
-
-def main(uri: str, args) -> int:
-    """``mnist-exp promote``: one line for the candidate, one for where the alias points (or the verdict)."""
-    check_args(args)
-    exp_id = experiment_id(uri, args.experiment_name)
-    try:
-        cand, version = promote(uri, exp_id, args.sweep, args.model_name, args.alias,
-                                dry_run=args.dry_run, force=args.force)
-    except PromotionRefused as e:
-        print(f"mnist-exp promote: refused: {e}", file=sys.stderr)
-        return 1
-    refit = cand.tags.get(keys.TAG_REFIT_OF)
-    what = f"trial {cand.trial_id}'s refit on all training digits" if refit else f"trial {cand.trial_id}"
-    line = (f"{cand.sweep} {what} (run {cand.run_id}): {cand.objective}={cand.objective_value:.4f}, "
-            f"test accuracy {cand.test_accuracy:.4f}")
-    if args.dry_run:
-        print(f"{line}\n{version}")
-    else:
-        print(f"{line}\nmodels:/{args.model_name}@{args.alias} -> version {version}")
-    return 0
