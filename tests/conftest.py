@@ -15,6 +15,19 @@ import pytest
 from helpers import ROOT, SWEEP_YAML, free_port, write_yaml
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_tracking_uri():
+    """Each test starts with MLflow's process-wide tracking URI unset. In-process commands (and the ``store``
+    fixtures) call ``mlflow.set_tracking_uri``, a module global that outlives the test and outranks
+    MLFLOW_TRACKING_URI: left behind, a later test's ``models:/`` lookups would read an earlier test's store."""
+    yield
+    import sys
+
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None:
+        utils._tracking_uri = None
+
+
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     """A fresh project folder with mlruns/; cwd and MLFLOW_TRACKING_URI point at it."""

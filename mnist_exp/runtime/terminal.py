@@ -13,6 +13,8 @@ import re
 import sys
 import tempfile
 
+from mnist_exp.runtime import heap
+
 # TensorFlow's C++ notices at import: absl's "before InitializeLog" warning and INFO lines ("I0000 … port.cc:153]
 # oneDNN custom operations are on …"), which absl writes whatever TF_CPP_MIN_LOG_LEVEL says (see import_tensorflow).
 _CHATTER = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\) is called|I\d{4} [\d:.]+ +\d+ \S+:\d+\] )")
@@ -50,7 +52,8 @@ def import_tensorflow() -> None:
     with tempfile.TemporaryFile() as tmp:
         os.dup2(tmp.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401
+            with heap.collector_paused():  # its half a million objects, walked again and again (heap.py)
+                import tensorflow  # noqa: F401
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)

@@ -27,7 +27,7 @@ import keras_tuner as kt
 from mnist_exp import tracking
 from mnist_exp.model import fidelity, training
 from mnist_exp.model.data import Dataset
-from mnist_exp.runtime import faults, signals
+from mnist_exp.runtime import faults, heap, signals
 from mnist_exp.search.oracle import KINDS, make_oracle
 from mnist_exp.search.sweep_state import atomic_write_json
 from mnist_exp.search.trial_failures import (
@@ -72,6 +72,10 @@ class TrackedTunerMixin:
         # Called on kt.Tuner directly: the concrete tuners' __init__ only build their oracle,
         # which we build ourselves (atomic saves). Their run_trial etc. still apply by MRO.
         kt.Tuner.__init__(self, oracle=oracle, **kwargs)
+
+    def search(self, *args, **kwargs):
+        heap.freeze()  # before the trials: Keras Tuner collects garbage twice per trial (runtime/heap.py)
+        return super().search(*args, **kwargs)
 
     def save(self):
         if not self._is_worker():
