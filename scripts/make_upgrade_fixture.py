@@ -68,11 +68,16 @@ def git(*args: str, **kw) -> subprocess.CompletedProcess:
 def release_code(ref: str) -> tuple[str, str]:
     """(full commit, __version__) of the release."""
     commit = git("rev-parse", "--verify", f"{ref}^{{commit}}", text=True).stdout.strip()
-    init = git("show", f"{commit}:mnist_exp/__init__.py", text=True).stdout
-    version = next((ln.split("=", 1)[1].strip().strip("\"'") for ln in init.splitlines()
-                    if ln.startswith("__version__")), None)
+    version = None
+    for path in ("mnist_exp/_version.py", "mnist_exp/__init__.py"):  # 0.5.0 on: _version.py; before: __init__.py
+        try:
+            text = git("show", f"{commit}:{path}", text=True).stdout
+        except SystemExit:  # no such file in that release
+            continue
+        version = version or next((ln.split("=", 1)[1].strip().strip("\"'") for ln in text.splitlines()
+                                   if ln.startswith("__version__")), None)
     if not version:
-        raise SystemExit(f"{ref}: mnist_exp/__init__.py has no __version__")
+        raise SystemExit(f"{ref}: neither mnist_exp/_version.py nor mnist_exp/__init__.py has a __version__")
     return commit, version
 
 

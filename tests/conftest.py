@@ -28,10 +28,39 @@ def _no_leftover_tracking_uri():
         utils._tracking_uri = None
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory):
+    """An empty store as mnist-exp creates one (tracking/store.py: MLflow's tables migrated to their head), made
+    once per session: migrating a new one takes seconds, in every test that opens a store."""
+    from mnist_exp.tracking import store as storelib
+
+    db = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    storelib.ensure_store(db, write=True)
+    return db
+
+
+def copy_empty_store(template: Path, db: Path) -> None:
+    """``template`` copied to ``db``, its Default experiment's artifact location moved along."""
+    import shutil
+    import sqlite3
+
+    shutil.copy(template, db)
+    con = sqlite3.connect(db)
+    try:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                    ((db.parent / "artifacts").as_uri(),))
+        con.commit()
+    finally:
+        con.close()
+
+
 @pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A fresh project folder with mlruns/; cwd and MLFLOW_TRACKING_URI point at it."""
+def store(tmp_path, monkeypatch, request, empty_store):
+    """A project folder with mlruns/ holding an empty store (none under the ``fresh_store`` mark: the first
+    command creates it); cwd and MLFLOW_TRACKING_URI point at it."""
     (tmp_path / "mlruns").mkdir()
+    if request.node.get_closest_marker("fresh_store") is None:
+        copy_empty_store(empty_store, tmp_path / "mlruns" / "mlflow.db")
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -122,16 +151,20 @@ def tracking_server(tmp_path_factory):
 
 # Fixtures that take tens of seconds to build, and the xdist group of the tests using them: under pytest-xdist
 # (``--dist loadgroup``) those tests run on one worker, so each fixture is built once, not once per worker.
-SHARED_FIXTURE_GROUPS = {"swept_template": "swept", "race": "promote-race"}
+# The first fixture an item uses decides (a module-scoped server keeps its module's tests together).
+SHARED_FIXTURE_GROUPS = {"swept_template": "swept", "race": "promote-race", "tracking_server": "server"}
+
+
+def pytest_itemcollected(item):
+    """Tests of a costly shared fixture get its xdist group (SHARED_FIXTURE_GROUPS) unless they name one: marked
+    as each is collected, before pytest-xdist reads the marks to name its work units."""
+    names = set(getattr(item, "fixturenames", ()))
+    group = next((g for f, g in SHARED_FIXTURE_GROUPS.items() if f in names), None)
+    if group and item.get_closest_marker("xdist_group") is None:
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_collection_modifyitems(config, items):
     """Slow tests first: under pytest-xdist (CI: ``-n 2 --dist loadgroup``) the long ones start early and the run
-    does not end waiting on one of them while the other worker is idle. The order is otherwise kept. Tests of a
-    costly shared fixture get its group (SHARED_FIXTURE_GROUPS) unless they name one themselves."""
-    for item in items:
-        names = set(getattr(item, "fixturenames", ()))
-        group = next((g for f, g in SHARED_FIXTURE_GROUPS.items() if f in names), None)
-        if group and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group))
+    does not end waiting on one of them while the other worker is idle. The order is otherwise kept."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

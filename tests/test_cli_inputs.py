@@ -19,6 +19,8 @@ from mnist_exp.spec.space import load_space
 
 from helpers import ROOT, write_yaml
 
+pytestmark = pytest.mark.fresh_store  # "nothing written" includes the store itself
+
 QUICK = str(ROOT / "experiments" / "quick.yaml")
 RULE = "must be a non-empty name of at most 100 ASCII letters, digits, '.', '_' or '-', starting with a letter or a digit"
 

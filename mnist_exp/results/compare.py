@@ -44,12 +44,14 @@ def trials_table(runs) -> pd.DataFrame:
         row["duration_s"] = (end - r.info.start_time) / 1000 if r.info.start_time else None
         row["start_time"] = r.info.start_time
         row["error"] = t.get(keys.TAG_ERROR)
+        row["pruned"] = int(t[keys.TAG_PRUNED]) if keys.TAG_PRUNED in t else None  # the epoch it stopped after
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
         return df
     for k in SUMMARY_METRICS:
         df[k] = pd.to_numeric(df[k], errors="coerce")
+    df["pruned"] = df["pruned"].astype("Int64")  # an epoch, or <NA> for a trial that ran its course
     return df.sort_values("start_time", kind="stable").reset_index(drop=True)
 
 
@@ -63,8 +65,10 @@ def _parse(v: str):
 
 
 def ranked(df: pd.DataFrame, metric: str = "objective", maximize: bool = True) -> pd.DataFrame:
+    """Finished trials, best first; pruned trials after those that ran their course."""
     done = df[df["status"] == keys.FINISHED]
-    return done.sort_values(metric, ascending=not maximize, kind="stable", na_position="last")
+    done = done.sort_values(metric, ascending=not maximize, kind="stable", na_position="last")
+    return done.sort_values("pruned", key=lambda c: c.notna(), kind="stable") if "pruned" in done else done
 
 
 def hp_columns(df: pd.DataFrame) -> list[str]:
@@ -93,7 +97,8 @@ def log_sweep_summary(df: pd.DataFrame, exp, parent_run_id: str) -> None:
 def summary_text(df: pd.DataFrame, exp, parent_run_id: str, top: int = 5) -> str:
     maximize = exp.objective.direction == "max"
     best = ranked(df, maximize=maximize).head(top)
-    cols = ["trial_id", "objective", "test_accuracy", "epochs_run", "duration_s", *hp_columns(df)]
+    cols = ["trial_id", "objective", "test_accuracy", "epochs_run",
+            *(["pruned"] if df["pruned"].notna().any() else []), "duration_s", *hp_columns(df)]
     failed = df[df["status"] != keys.FINISHED]
     lines = [f"\nsweep {exp.name}: {len(df) - len(failed)} finished, {len(failed)} failed/killed trial run(s); "
              f"top {len(best)} by {exp.objective.name} ({exp.objective.direction}):",
@@ -197,7 +202,8 @@ def main(uri: str, args) -> int:
         top = ranked(group, metric, maximize if metric == "objective" or "acc" in metric else False)
         board.append(top)
         cols = ["trial_id", "objective", "best_val_accuracy", "final_val_accuracy", "test_accuracy", "test_loss",
-                "epochs_run", "duration_s", *hp_columns(group), *[c for c in group if c.startswith("tuner/")]]
+                "epochs_run", *(["pruned"] if group["pruned"].notna().any() else []), "duration_s",
+                *hp_columns(group), *[c for c in group if c.startswith("tuner/")]]
         print(f"\n== sweep {name}: {len(top)} finished trial(s), sorted by {metric if metric != 'objective' else obj} "
               f"({'max' if maximize else 'min'}); parent run {parents[name].info.run_id}")
         print(_format(top.head(args.top)[cols].rename(columns={"objective": obj})))

@@ -63,7 +63,9 @@ def best_candidate(experiment_id: str, sweep: str | None) -> Candidate:
     if not finished:
         raise ConfigError(f"sweep {name} has no finished trial with a logged model")
     sign = 1 if maximize else -1
-    best = max(finished, key=lambda r: (sign * r.data.metrics["objective"], -r.info.start_time))
+    # A pruned trial's objective is its best epoch before it was stopped: it wins only if nothing ran its course.
+    best = max(finished, key=lambda r: (keys.TAG_PRUNED not in r.data.tags, sign * r.data.metrics["objective"],
+                                        -r.info.start_time))
     # The sweep's own refit (refit.py) when there is one: chosen on validation by the sweep's oracle (which breaks
     # ties and averages executions its own way), then trained on every training digit: that model is the candidate.
     refit_id = parent.data.tags.get(keys.TAG_REFIT_RUN_ID)

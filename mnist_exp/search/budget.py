@@ -77,10 +77,11 @@ class Budget:
         self.running[trial_id] = (self.clock(), epochs)
         return True
 
-    def trial_ended(self, trial_id: str) -> None:
+    def trial_ended(self, trial_id: str, epochs_run: int | None = None) -> None:
+        """A trial ended; ``epochs_run``: fewer epochs than admitted (a pruned trial), for the estimate."""
         if trial_id in self.running:
             start, epochs = self.running.pop(trial_id)
-            self.ended.append((epochs, self.clock() - start))
+            self.ended.append((epochs_run or epochs, self.clock() - start))
 
     def trial_lost(self, trial_id: str) -> None:
         """A trial taken back from a silent worker: its time says nothing about trial length."""

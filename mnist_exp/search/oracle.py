@@ -2,42 +2,109 @@
 
 ``make_oracle`` builds the oracle of the experiment's tuner kind (``KINDS``) with ``SweepOracleMixin`` in
 front: oracle and trial files are written by rename (a process killed at any instant leaves a loadable
-project), ``create_trial`` starts only the trials the budget (``budget.py``) admits, and every trial's end
-reaches ``on_trial_ended`` (the progress line), whichever process ran it.
+project), ``create_trial`` starts only the trials the budget (``budget.py``) admits, every trial's end
+reaches ``on_trial_ended`` (the progress line), whichever process ran it, and the objective a trial reports
+after each epoch (``update_trial``, local or over Keras Tuner's gRPC protocol) may be answered STOPPED by the
+sweep's pruner (``pruners.py``): the trial then ends after that epoch, COMPLETED with its best epoch so far.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import keras_tuner as kt
+from keras_tuner.src.tuners.gridsearch import LinkedList
+from keras_tuner.src.engine.metrics_tracking import MetricsTracker  # not exported by keras_tuner 1.4.8
 
 from mnist_exp.model import fidelity
 from mnist_exp.runtime import faults
+from mnist_exp.search import pruners
 from mnist_exp.search.sweep_state import atomic_write_json
+from mnist_exp.search.tpe_oracle import TPEOracle
 from mnist_exp.spec.experiment import TUNER_KINDS, Experiment
+
+class ResumableGridSearchOracle(kt.oracles.GridSearchOracle):
+    """Keras Tuner 1.4.8's grid oracle, able to continue after a reload.
+
+    The grid keeps the order of its combinations (``_ordered_ids``) and the trials whose next combination is
+    still to be made (``_populate_next``) in memory only; reloaded, it fails on its next trial (KeyError) or
+    ends early. Both are rebuilt from the trials: the combinations in the grid's own order, every trial queued
+    (those whose next combination was made already are skipped by the grid itself)."""
+
+    def reload(self):
+        super().reload()
+        order = sorted(self.trials, key=functools.cmp_to_key(
+            lambda a, b: self._compare(self.trials[a].hyperparameters.values, self.trials[b].hyperparameters.values)))
+        self._ordered_ids = LinkedList()
+        for trial_id in order:
+            self._ordered_ids.insert(trial_id)
+        self._populate_next = [t for t in self.start_order if t in self.trials]
+
 
 # A tuner kind: its oracle and Keras Tuner's tuner class; its name is also listed in spec.experiment.TUNER_KINDS.
 KINDS = {
     "random": (kt.oracles.RandomSearchOracle, kt.Tuner),
     "bayesian": (kt.oracles.BayesianOptimizationOracle, kt.Tuner),
-    "grid": (kt.oracles.GridSearchOracle, kt.Tuner),
+    "grid": (ResumableGridSearchOracle, kt.Tuner),
     "hyperband": (kt.oracles.HyperbandOracle, kt.Hyperband),
+    "tpe": (TPEOracle, kt.Tuner),  # Optuna's TPE sampler (tpe_oracle.py)
 }
 assert set(KINDS) == set(TUNER_KINDS), "a tuner kind is one entry here and its name in spec.experiment.TUNER_KINDS"
 
 _STOPPED, _RUNNING = kt.engine.trial.TrialStatus.STOPPED, kt.engine.trial.TrialStatus.RUNNING
+_COMPLETED = kt.engine.trial.TrialStatus.COMPLETED
+
+
+def _history(trial, objective: str) -> dict[int, float]:
+    """The trial's reported objective by epoch (0-based), executions averaged."""
+    if not trial.metrics.exists(objective):
+        return {}
+    return {int(o.step): float(sum(o.value) / len(o.value)) for o in trial.metrics.get_history(objective)}
 
 
 class SweepOracleMixin:
     """Oracle state and trial files written by rename: never half-written. With a ``budget`` it starts only
     trials that should finish in time; ``on_trial_ended(oracle, trial)`` hears every trial's end."""
 
-    def __init__(self, *args, budget=None, configured_epochs: int = 10, on_trial_ended=None, **kwargs):
+    def __init__(self, *args, budget=None, configured_epochs: int = 10, on_trial_ended=None,
+                 pruner: pruners.Pruner | None = None, **kwargs):
         self.budget = budget  # budget.Budget, or None
         self.configured_epochs = configured_epochs  # training.epochs: trials whose length Hyperband does not set
         self._on_trial_ended = on_trial_ended
+        self.pruner = pruner
+        self.pruned: dict[str, int] = {}  # trial id -> the epoch (1-based) after which the pruner stopped it
         super().__init__(*args, **kwargs)
+
+    def get_state(self):
+        return {**super().get_state(), "pruned": self.pruned}
+
+    def set_state(self, state):
+        super().set_state(state)
+        self.pruned = dict(state.get("pruned", {}))  # absent in the state of a sweep from before pruning
+
+    @kt.synchronized
+    def update_trial(self, trial_id, metrics, step=0):
+        """Record the trial's objective after epoch ``step`` (0-based); answer STOPPED if the pruner stops it."""
+        trial = super().update_trial(trial_id, metrics, step)
+        if self.pruner is None or trial.status != _RUNNING:
+            return trial
+        if trial_id not in self.pruned:
+            others = [_history(t, self.objective.name) for tid, t in self.trials.items()
+                      if tid != trial_id and t.status in (_RUNNING, _COMPLETED)]
+            if not pruners.should_prune(self.pruner, _history(trial, self.objective.name), others, step):
+                return trial
+            self.pruned[trial_id] = step + 1
+            self.save()
+            faults.point("after_prune_decided")
+        elif step + 1 < self.pruned[trial_id]:  # a later execution of the trial, not yet where it was stopped
+            return trial
+        return kt.engine.trial.Trial(trial.hyperparameters, trial_id=trial_id, status=_STOPPED)
+
+    def get_best_trials(self, num_trials=1):
+        """Keras Tuner's ranking, with pruned trials after every trial that ran its course."""
+        ranked = super().get_best_trials(len(self.trials))
+        return sorted(ranked, key=lambda t: t.trial_id in self.pruned)[:num_trials]
 
     @kt.synchronized
     def create_trial(self, tuner_id):
@@ -47,6 +114,12 @@ class SweepOracleMixin:
             self.tuner_ids.discard(tuner_id)
             return kt.engine.trial.Trial(self.hyperparameters.copy(), status=_STOPPED)
         trial = super().create_trial(tuner_id)
+        if trial.status == _RUNNING and (trial.metrics.exists(self.objective.name) or trial.trial_id in self.pruned):
+            # A trial run again (after a kill, a lost store or a silent worker): its epochs start afresh.
+            trial.metrics = MetricsTracker()
+            self.pruned.pop(trial.trial_id, None)
+            self._save_trial(trial)
+            self.save()
         if self.budget is None or trial.status != _RUNNING:
             return trial
         first, last = fidelity.trial_epochs(trial.hyperparameters.values, self.configured_epochs)
@@ -71,7 +144,7 @@ class SweepOracleMixin:
         super().end_trial(trial)
         if self.budget is not None:
             if trial.status == "COMPLETED":
-                self.budget.trial_ended(trial.trial_id)
+                self.budget.trial_ended(trial.trial_id, self.pruned.get(trial.trial_id))
             else:  # a failed trial's length says nothing about the next one's
                 self.budget.trial_lost(trial.trial_id)
         if self._on_trial_ended is not None:
@@ -95,7 +168,11 @@ def make_oracle(exp: Experiment, hyperparameters, budget=None, on_trial_ended=No
     else:
         kwargs["max_trials"] = exp.tuner.max_trials
     cls = type(f"Sweep{oracle_cls.__name__}", (*mixins, SweepOracleMixin, oracle_cls), {})
-    return cls(budget=budget, configured_epochs=exp.training.epochs, on_trial_ended=on_trial_ended, **kwargs)
+    tu = exp.tuner
+    pruner = None if tu.pruner == "none" else pruners.Pruner(
+        tu.pruner, exp.objective.direction, tu.pruner_warmup_epochs, tu.pruner_min_trials, tu.pruner_reduction_factor)
+    return cls(budget=budget, configured_epochs=exp.training.epochs, on_trial_ended=on_trial_ended, pruner=pruner,
+               **kwargs)
 
 
 def requeue_orphans(oracle, ids: list[str]) -> list[str]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras_tuner as kt
+from keras_tuner.src.engine import tuner_utils
 
 from mnist_exp import tracking
 from mnist_exp.model import fidelity, training
@@ -69,6 +70,8 @@ class SweepContext:
 class TrackedTunerMixin:
     def __init__(self, sweep: SweepContext, oracle, **kwargs):
         self.sweep = sweep
+        self._reported: set[str] = set()  # trials that reported an epoch to the oracle in this attempt
+        self._pruned: dict[str, int] = {}  # trial id -> epoch (1-based) after which the oracle stopped it
         # Called on kt.Tuner directly: the concrete tuners' __init__ only build their oracle,
         # which we build ourselves (atomic saves). Their run_trial etc. still apply by MRO.
         kt.Tuner.__init__(self, oracle=oracle, **kwargs)
@@ -94,6 +97,34 @@ class TrackedTunerMixin:
         faults.point("after_trial_recorded")
         signals.defer(False)
         signals.check()
+
+    def on_epoch_end(self, trial, model, epoch, logs=None):
+        """Report the epoch's objective to the oracle (Keras Tuner 1.4.8 never does); if it answers STOPPED
+        (the sweep's pruner), the fit ends after this epoch."""
+        name = self.oracle.objective.name
+        if not logs or name not in logs:
+            return
+        answer = self.oracle.update_trial(trial.trial_id, {name: float(logs[name])}, step=epoch)
+        self._reported.add(trial.trial_id)
+        if answer is not None and answer.status == kt.engine.trial.TrialStatus.STOPPED:
+            model.stop_training = True
+            self._pruned[trial.trial_id] = epoch + 1
+
+    def _run_and_update_trial(self, trial, *fit_args, **fit_kwargs):
+        """Keras Tuner's, without its final report when every epoch was reported already (its history is the
+        trial's; a final report would be added to the best epoch's observations)."""
+        self._reported.discard(trial.trial_id)
+        try:
+            results = self.run_trial(trial, *fit_args, **fit_kwargs)
+            if trial.trial_id in self._reported:
+                return
+            objective = self.oracle.objective
+            tuner_utils.validate_trial_results(results, objective, "Tuner.run_trial()")
+            self.oracle.update_trial(trial.trial_id, tuner_utils.convert_to_metrics_dict(results, objective),
+                                     step=tuner_utils.get_best_step(results, objective))
+        finally:
+            self._reported.discard(trial.trial_id)
+            self._pruned.pop(trial.trial_id, None)
 
     def claim(self, trial_id: str) -> None:
         """Raise Superseded if this process may no longer commit the trial (a worker asks its chief)."""
@@ -147,6 +178,8 @@ class TrackedTunerMixin:
         first_epoch = int(hp.values.get(f"{TUNER_BOOKKEEPING_PREFIX}initial_epoch", 0)) + 1
         training.evaluate_and_log(model, sw.ds, hist, first_epoch)
         tracking.log_metrics({keys.METRIC_TRIAL_TIME: time.perf_counter() - t0})
+        if trial.trial_id in self._pruned:
+            tracking.set_tags({keys.TAG_PRUNED: str(self._pruned[trial.trial_id])})
         faults.point("after_trial_logged")
         self.claim(trial.trial_id)
         tracking.end_run(keys.FINISHED)  # the commit point (see the module docstring)

@@ -13,6 +13,8 @@ def progress_line(oracle, trial, sw) -> str:
     total = max(planned_trials(oracle), len(ended))
     name = sw.exp.objective.name
     result = f"{name}={trial.score:.4f}" if trial.status == "COMPLETED" and trial.score is not None else trial.status
+    if trial.trial_id in getattr(oracle, "pruned", {}):
+        result += f" (pruned after epoch {oracle.pruned[trial.trial_id]})"
     best = [t for t in oracle.get_best_trials(1) if t.score is not None]
     best_txt = f"best {best[0].score:.4f} (trial {best[0].trial_id})" if best else "best -"
     elapsed = time.time() - sw.started

@@ -23,7 +23,8 @@ from mnist_exp.spec import limits, names, yaml_file
 from mnist_exp.spec.durations import parse_duration
 from mnist_exp.spec.space import validate_fixed
 
-TUNER_KINDS = ("random", "bayesian", "hyperband", "grid")
+TUNER_KINDS = ("random", "bayesian", "hyperband", "grid", "tpe")
+PRUNER_KINDS = ("none", "median", "asha")  # search/pruners.py
 MIN_SPLIT = 10  # digits in each of train, validation and test: at least one per class on average
 
 
@@ -76,6 +77,13 @@ class TunerConfig:
     # After the search, train the best trial's configuration again on every training digit (train and
     # validation) as its own run, tagged as the trial's refit; promote then registers the refit.
     refit: bool = False
+    # Stop trials that are clearly behind (search/pruners.py): none, median or asha; not with hyperband, which
+    # stops trials itself. No decision before warm-up epochs, nor while fewer than min_trials others reached
+    # the epoch; asha keeps the top 1/reduction_factor at each rung.
+    pruner: str = "none"
+    pruner_warmup_epochs: int = 1
+    pruner_min_trials: int = 3
+    pruner_reduction_factor: int = 3
 
 
 @dataclass(frozen=True)
@@ -257,6 +265,28 @@ def _check_type(value, hint, where: str, key: str):
     raise ConfigError(f"{_at(where, key)}: {key}: must be {kinds} (got {names.show(value)})")
 
 
+def _validate_tuner(tu: TunerConfig, d: DataConfig, bad) -> None:
+    """The tuner section's choices (its counts are checked with the others')."""
+    if tu.kind not in TUNER_KINDS:
+        bad("tuner.kind", f"must be one of {', '.join(TUNER_KINDS)} (got {tu.kind!r})")
+    if tu.pruner not in PRUNER_KINDS:
+        bad("tuner.pruner", f"must be one of {', '.join(PRUNER_KINDS)} (got {tu.pruner!r})")
+    if tu.pruner != "none" and tu.kind == "hyperband":
+        bad("tuner.pruner", "hyperband stops trials itself: use none, or another tuner.kind")
+    if tu.pruner_reduction_factor < 2:
+        bad("tuner.pruner_reduction_factor", f"must be at least 2 (got {tu.pruner_reduction_factor})")
+    if tu.budget is not None:
+        try:
+            parse_duration(tu.budget)
+        except ValueError as e:
+            bad("tuner.budget", str(e))
+    if tu.refit and d.validation_split == 0:
+        bad("tuner.refit", "refits on training + validation digits: needs data.validation_split > 0 (the search "
+                           "selects on the validation split)")
+    if tu.factor < 2:
+        bad("tuner.factor", f"must be at least 2 (got {tu.factor})")
+
+
 def _validate(exp: Experiment, where: str) -> None:
     def bad(key, msg):
         raise ConfigError(f"{_at(where, key)}: {key}: {msg}")
@@ -283,6 +313,8 @@ def _validate(exp: Experiment, where: str) -> None:
         ("tuner.hyperband_iterations", tu.hyperband_iterations),
         ("tuner.max_consecutive_failed_trials", tu.max_consecutive_failed_trials),
         ("tuner.parallel_trials", tu.parallel_trials),
+        ("tuner.pruner_warmup_epochs", tu.pruner_warmup_epochs),
+        ("tuner.pruner_min_trials", tu.pruner_min_trials),
     ):
         if v < 1:
             bad(key, f"must be at least 1 (got {v})")
@@ -299,18 +331,7 @@ def _validate(exp: Experiment, where: str) -> None:
         bad("training.threads", "must be at least 1, or null for all cores")
     if t.mixed_precision not in (None, "mixed_float16", "mixed_bfloat16"):
         bad("training.mixed_precision", f"must be mixed_float16, mixed_bfloat16 or null (got {t.mixed_precision!r})")
-    if tu.kind not in TUNER_KINDS:
-        bad("tuner.kind", f"must be one of {', '.join(TUNER_KINDS)} (got {tu.kind!r})")
-    if tu.budget is not None:
-        try:
-            parse_duration(tu.budget)
-        except ValueError as e:
-            bad("tuner.budget", str(e))
-    if tu.refit and d.validation_split == 0:
-        bad("tuner.refit", "refits on training + validation digits: needs data.validation_split > 0 (the search "
-                           "selects on the validation split)")
-    if tu.factor < 2:
-        bad("tuner.factor", f"must be at least 2 (got {tu.factor})")
+    _validate_tuner(tu, d, bad)
     if o.direction not in ("max", "min"):
         bad("objective.direction", f"must be max or min (got {o.direction!r})")
     valid = ("accuracy", "loss", "val_accuracy", "val_loss")

@@ -36,6 +36,7 @@ TAG_HEARTBEAT = "mnist_exp.heartbeat"  # epoch seconds, refreshed while the run'
 # --- sweeps: parent, trial and refit runs ----------------------------------------------------------------
 TAG_SWEEP = "mnist_exp.sweep"
 TAG_TRIAL = "mnist_exp.trial_id"
+TAG_PRUNED = "mnist_exp.pruned"  # trial: the epoch (1-based) after which the sweep's pruner stopped it
 TAG_TUNER_ID = "mnist_exp.tuner_id"  # which Keras Tuner worker ran the trial (tuner0 when not parallel)
 TAG_TUNER = "mnist_exp.tuner"  # parent: the tuner kind
 TAG_OBJECTIVE = "mnist_exp.objective"  # parent and version: "<max|min>:<metric>"

@@ -46,7 +46,7 @@ def col(kind: str, name: str) -> str:
 
 def view_state(hyperparameters: list[str]) -> dict:
     """The runs page state: the table's columns and the chart view's charts."""
-    columns = [col("metrics", m) for m in COLUMN_METRICS] + [col("attributes", "Duration")]
+    columns = [col("metrics", m) for m in COLUMN_METRICS] + [col("tags", keys.TAG_PRUNED), col("attributes", "Duration")]
     columns += [col("params", p) for p in hyperparameters]
 
     def chart(uuid: str, kind: str, title: str, **config) -> dict:

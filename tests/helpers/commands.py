@@ -44,3 +44,25 @@ data: {{source: embedded, train_size: 600, test_size: 200, validation_split: 0.2
 training: {{epochs: 2}}
 tuner: {{kind: random, max_trials: 2}}
 """
+
+
+PRUNED_SWEEP = """# mnist-exp sweep pruned.yaml: a grid whose last learning rate learns nothing
+name: pruned
+search_space: {space}
+seed: 42
+data: {{source: embedded, train_size: 600, test_size: 100, validation_split: 0.2}}
+training: {{epochs: {epochs}}}
+tuner: {{kind: grid, max_trials: 5, pruner: median, pruner_min_trials: 1, parallel_trials: {parallel}}}
+"""
+PRUNED_SPACE = """hyperparameters:
+  learning_rate: {type: choice, values: [3.0e-3, 2.0e-3, 1.0e-7]}
+  filters_1: {type: fixed, value: 32}
+  batch_size: {type: fixed, value: 32}
+"""
+
+
+def pruned_sweep(folder: Path, parallel: int = 1, epochs: int = 3) -> Path:
+    """pruned.yaml in ``folder``: a grid of three learning rates, the last (1e-7) pruned after its first epoch
+    once another trial has reached it (median pruner, one trial enough)."""
+    space = write_yaml(folder / "space.yaml", PRUNED_SPACE)
+    return write_yaml(folder / "pruned.yaml", PRUNED_SWEEP.format(space=space, epochs=epochs, parallel=parallel))

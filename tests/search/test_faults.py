@@ -10,7 +10,7 @@ import pytest
 
 from mnist_exp.cli import main
 
-from helpers import TINY_SWEEP, VENV_BIN, runs, write_yaml
+from helpers import TINY_SWEEP, VENV_BIN, pruned_sweep, runs, write_yaml
 
 TINY = TINY_SWEEP
 
@@ -29,7 +29,7 @@ def oracle_trials(store, name="tiny") -> dict:
             for f in (store / "mlruns" / "tuner" / name).glob("trial_*/trial.json")}
 
 
-def assert_exactly_once(store, n_trials: int = 2):
+def assert_exactly_once(store, n_trials: int = 2, name: str = "tiny"):
     """Every trial COMPLETED once in the oracle, exactly one FINISHED run per trial with the oracle's score,
     nothing RUNNING, the parent FINISHED and naming a best trial that has a FINISHED run."""
     current = [p for p in runs(filter_string="tags.`mnist_exp.kind` = 'sweep'")
@@ -44,7 +44,7 @@ def assert_exactly_once(store, n_trials: int = 2):
             tid = r.data.tags["mnist_exp.trial_id"]
             assert tid not in finished, f"trial {tid} has two FINISHED runs"
             finished[tid] = r
-    trials = oracle_trials(store)
+    trials = oracle_trials(store, name)
     assert len(trials) == n_trials and {t["status"] for t in trials.values()} == {"COMPLETED"}
     assert set(finished) == set(trials)
     for tid, t in trials.items():
@@ -79,6 +79,22 @@ def test_kill_at_a_fault_point_then_resume_runs_each_trial_once(store, capsys, p
     else:  # the finished run was adopted, not trained again
         assert status[first] == "FINISHED" and len(children) == 2
         assert ("had finished before the interruption" in out) == (point != "after_trial_recorded")
+
+
+@pytest.mark.slow
+def test_kill_inside_a_pruning_decision_then_resume_runs_each_trial_once(store, capsys):
+    exp_file = pruned_sweep(store)
+    crash_at(exp_file, "after_prune_decided")  # the decision saved in oracle.json, the trial not told yet
+    [killed] = [r for r in runs(filter_string="tags.`mnist_exp.kind` = 'trial'") if r.info.status == "RUNNING"]
+
+    assert main(["sweep", str(exp_file)]) == 0
+    assert "resuming, " in capsys.readouterr().out
+    parent, children = assert_exactly_once(store, n_trials=3, name="pruned")
+    status = {r.info.run_id: r.info.status for r in children}
+    assert status[killed.info.run_id] == "KILLED" and len(children) == 4  # that trial ran again, from epoch 1
+    pruned = json.loads((store / "mlruns" / "tuner" / "pruned" / "oracle.json").read_text())["pruned"]
+    assert pruned == {r.data.tags["mnist_exp.trial_id"]: int(r.data.tags["mnist_exp.pruned"])
+                      for r in children if r.info.status == "FINISHED" and "mnist_exp.pruned" in r.data.tags}
 
 
 @pytest.mark.slow

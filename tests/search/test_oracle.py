@@ -45,3 +45,37 @@ def test_the_same_seed_proposes_the_same_trials_and_another_seed_others(tmp_path
     assert len({tuple(sorted((k, v[k]) for k in searched)) for v in first}) > 10  # the space is really sampled
     if kind == "hyperband":
         assert {v["tuner/epochs"] for v in first} >= {1, 3}  # trials were continued on a longer rung
+
+
+def test_a_reloaded_grid_goes_on_through_the_combinations_it_has_not_tried(tmp_path):
+    """Keras Tuner 1.4.8's grid keeps its order in memory only: reloaded, it ended at once (or failed on a KeyError)."""
+    from mnist_exp.search import tracked_tuner
+    from mnist_exp.spec.experiment import load_experiment
+    from mnist_exp.model.data import load_data
+    from mnist_exp.spec.space import load_space
+
+    exp = load_experiment(ROOT / "experiments" / "quick.yaml", [
+        "data.train_size=200", "data.test_size=100", "tuner.kind=grid", "tuner.max_trials=20",
+        f"search_space={ROOT / 'search_spaces' / 'small.yaml'}"])
+    sw = tracked_tuner.SweepContext(exp, load_data(exp.data, exp.seed), "0", "parent")
+
+    def tuner():
+        return tracked_tuner.make_tuner(sw, load_space(exp.search_space).to_hyperparameters(fixed=exp.hp), tmp_path)
+
+    def run(oracle, n):
+        seen = []
+        for _ in range(n):
+            trial = oracle.create_trial("tuner0")
+            if trial.status != "RUNNING":
+                break
+            seen.append(tuple(sorted(trial.hyperparameters.values.items())))
+            oracle.update_trial(trial.trial_id, {"val_accuracy": 0.5}, step=0)
+            trial.status = "COMPLETED"
+            oracle.end_trial(trial)
+        return seen
+
+    first = tuner()
+    before = run(first.oracle, 3)
+    first.save()
+    after = run(tuner().oracle, 20)  # a new process resuming the sweep
+    assert len(before) == 3 and len(before + after) == 8 == len(set(before + after))  # small.yaml: 2 x 2 x 2

@@ -24,7 +24,7 @@ def test_defaults_and_overrides():
     "text, message",
     [
         ("tunr: {kind: random}", "tunr: unknown key"),
-        ("tuner: {kind: evolution}", "tuner.kind: must be one of random, bayesian, hyperband, grid (got 'evolution')"),
+        ("tuner: {kind: evolution}", "tuner.kind: must be one of random, bayesian, hyperband, grid, tpe (got 'evolution')"),
         ("tuner: {max_trials: many}", "tuner.max_trials: must be int (got 'many')"),
         ("tuner: {max_trials: 0}", "tuner.max_trials: must be at least 1"),
         ("training: {epochs: 2.5}", "training.epochs: must be int (got 2.5)"),

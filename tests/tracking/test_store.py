@@ -23,6 +23,8 @@ from mnist_exp.cli import main
 
 from helpers import TINY, VENV_BIN, free_port
 
+pytestmark = pytest.mark.fresh_store  # these tests are about the store's creation and its files
+
 ROUNDS = 20  # of four commands started together on a new store (~1 s a round on 2 idle cores)
 
 

@@ -22,7 +22,9 @@ WORKER_KEY = "x-mnist-exp-worker"
 SERVICE = "mnist_exp.Sweep"
 METHODS = ("Describe", "Renew", "Claim")
 MIN_TOKEN = 16
-PROTOCOL = 2  # bumped when a method is renamed or a method's meaning changes; chief and worker must agree
+# Bumped when a method is renamed or a method's meaning changes; chief and worker must agree.
+# 3: UpdateTrial after every epoch, answered STOPPED when the sweep's pruner stops the trial.
+PROTOCOL = 3
 
 
 def parse_address(text: str, flag: str) -> tuple[str, int]:
