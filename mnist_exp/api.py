@@ -71,7 +71,9 @@ def load(experiment: str | Path | None = None, overrides: Sequence[str] = (),
     from mnist_exp.model.data import load_data  # numpy
 
     exp = load_experiment(experiment, list(overrides))
-    return exp, load_space(exp.search_space), load_data(exp.data, exp.seed)
+    space = load_space(exp.search_space)
+    space.check_conditions(exp.hp)
+    return exp, space, load_data(exp.data, exp.seed)
 
 
 def open_store(tracking_uri: str | None = None, write: bool = False, experiment: str = "mnist-exp",

@@ -88,6 +88,8 @@ def _results_parsers(sub) -> None:
     p.add_argument("--top", type=int, default=10, help="rows per sweep (default 10)")
     p.add_argument("--csv", help="write the full leaderboard to this CSV file")
     p.add_argument("--plot", help="write a comparison figure (PNG) to this file")
+    p.add_argument("--importance", action="store_true",
+                   help="which hyperparameters mattered for each sweep's objective (fANOVA; 8 trials or more)")
     p.add_argument("--experiment-name", default="mnist-exp", help="MLflow experiment (default mnist-exp)")
     _common(p)
 

@@ -136,3 +136,14 @@ def objective_vs_hyperparameters(table, hp_names: list[str], objective_col: str,
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def importance(found: dict[str, float]):
+    """Hyperparameter importance (normalised), the largest at the top."""
+    names, values = list(found)[::-1], list(found.values())[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+    ax.barh(names, values)
+    ax.set_xlabel("importance for the objective (fANOVA, sums to 1)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig

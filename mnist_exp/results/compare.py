@@ -211,6 +211,8 @@ def main(uri: str, args) -> int:
         if not bad.empty:
             print(f"-- {len(bad)} failed / killed / running trial run(s):")
             print(_format(bad[["trial_id", "status", "duration_s", "error"]]))
+    if getattr(args, "importance", False):
+        _print_importance(df, parents, objectives)
     if args.csv:
         df.to_csv(args.csv, index=False)
         print(f"\nwrote {args.csv} ({len(df)} rows)")
@@ -218,6 +220,21 @@ def main(uri: str, args) -> int:
         _plot(uri, df, board, objectives, args)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _print_importance(df: pd.DataFrame, parents: dict, objectives: dict) -> None:
+    """Each sweep's hyperparameter importance (results/importance.py), or why there is none."""
+    from mnist_exp.results import importance
+
+    for name, group in df.groupby("sweep", sort=False):
+        _, maximize = objectives.get(name, ("val_accuracy", True))
+        searched = [h for h in parents[name].data.tags.get(keys.TAG_SEARCHED, "").split(",") if h] or hp_columns(group)
+        found = importance.importances(group, searched, maximize, int(parents[name].data.params.get("seed", 0)))
+        print(f"\n== sweep {name}: hyperparameter importance")
+        if found is None:
+            print(importance.too_few(len(importance.usable(group))))
+        else:
+            print("\n".join(f"{k:<20} {v:.3f}" for k, v in found.items()) or "(no hyperparameter varied)")
 
 
 def _plot(uri, df, board, objectives, args) -> None:

@@ -18,7 +18,7 @@ from mnist_exp import tracking
 from mnist_exp.model import training
 from mnist_exp.model.data import Dataset
 from mnist_exp.model.fidelity import decided_by_tuner, trial_epochs
-from mnist_exp.results import compare, describe
+from mnist_exp.results import compare, describe, importance
 from mnist_exp.runtime import faults, signals, terminal
 from mnist_exp.runtime.errors import ConfigError, DiskFull, SweepError, TrackingUnavailable
 from mnist_exp.runtime.terminal import hms
@@ -353,8 +353,11 @@ def _finish(tuner, sw, crashed: str | None) -> SweepResult:
         tracking.set_tags({keys.TAG_BEST_TRIAL: best[0].trial_id}, run_id=parent)
         tracking.log_metrics({f"best_{exp.objective.name}": best[0].score, "trials_completed": len(completed),
                               "trials_failed": len(failed)}, run_id=parent)
-    tracking.set_tags({keys.TAG_NOTE: describe.sweep_note(exp, sw.ds, sw.experiment_id, trials=table.to_dict("records"),
-                                                          best_trial_id=best[0].trial_id if best else None)}, run_id=parent)
+    note = describe.sweep_note(exp, sw.ds, sw.experiment_id, trials=table.to_dict("records"),
+                               best_trial_id=best[0].trial_id if best else None)
+    tracking.set_tags({keys.TAG_NOTE: note + importance.after_sweep(
+        table, exp, parent, ui_view.searched_from(tuner.oracle.hyperparameters))},
+                      run_id=parent)
     if not completed:
         first = sw.first_error or _first_message(failed) or _first_run_error(table) or crashed or "no trial ran"
         tracking.set_tags({keys.TAG_ERROR: first[:5000]}, run_id=parent)

@@ -70,8 +70,9 @@ class SweepContext:
 class TrackedTunerMixin:
     def __init__(self, sweep: SweepContext, oracle, **kwargs):
         self.sweep = sweep
-        self._reported: set[str] = set()  # trials that reported an epoch to the oracle in this attempt
+        self._reported: set[str] = set()  # trials that reported every epoch so far to the oracle (this attempt)
         self._pruned: dict[str, int] = {}  # trial id -> epoch (1-based) after which the oracle stopped it
+        self._gaps: set[str] = set()  # trials with an epoch the oracle did not hear of
         # Called on kt.Tuner directly: the concrete tuners' __init__ only build their oracle,
         # which we build ourselves (atomic saves). Their run_trial etc. still apply by MRO.
         kt.Tuner.__init__(self, oracle=oracle, **kwargs)
@@ -99,21 +100,29 @@ class TrackedTunerMixin:
         signals.check()
 
     def on_epoch_end(self, trial, model, epoch, logs=None):
-        """Report the epoch's objective to the oracle (Keras Tuner 1.4.8 never does); if it answers STOPPED
-        (the sweep's pruner), the fit ends after this epoch."""
+        """With a pruner, report the epoch's objective to the oracle (Keras Tuner 1.4.8 never does); if it answers
+        STOPPED, the fit ends after this epoch. Without one nothing would read the reports: none is made."""
         name = self.oracle.objective.name
-        if not logs or name not in logs:
+        if self.sweep.exp.tuner.pruner == "none" or not logs or name not in logs:
             return
-        answer = self.oracle.update_trial(trial.trial_id, {name: float(logs[name])}, step=epoch)
-        self._reported.add(trial.trial_id)
+        try:
+            answer = self.oracle.update_trial(trial.trial_id, {name: float(logs[name])}, step=epoch)
+        except ChiefGone:  # a worker cut off from its chief trains on: its lease decides whether the trial is
+            self._reported.discard(trial.trial_id)  # still its own; the trial's result is then reported whole
+            self._gaps.add(trial.trial_id)
+            return
+        if trial.trial_id not in self._gaps:
+            self._reported.add(trial.trial_id)
         if answer is not None and answer.status == kt.engine.trial.TrialStatus.STOPPED:
             model.stop_training = True
             self._pruned[trial.trial_id] = epoch + 1
 
     def _run_and_update_trial(self, trial, *fit_args, **fit_kwargs):
         """Keras Tuner's, without its final report when every epoch was reported already (its history is the
-        trial's; a final report would be added to the best epoch's observations)."""
+        trial's; a final report would be added to the best epoch's observations). With a gap (a report the chief
+        did not answer) the final report is made: the best epoch may be the one it missed."""
         self._reported.discard(trial.trial_id)
+        self._gaps.discard(trial.trial_id)
         try:
             results = self.run_trial(trial, *fit_args, **fit_kwargs)
             if trial.trial_id in self._reported:
@@ -124,6 +133,7 @@ class TrackedTunerMixin:
                                      step=tuner_utils.get_best_step(results, objective))
         finally:
             self._reported.discard(trial.trial_id)
+            self._gaps.discard(trial.trial_id)
             self._pruned.pop(trial.trial_id, None)
 
     def claim(self, trial_id: str) -> None:

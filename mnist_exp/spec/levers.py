@@ -61,6 +61,8 @@ def hp_value(hp, name: str):
     """Register ``name`` on ``hp`` with its baseline default (unless the space defines it) and return it."""
     if name in hp.values:
         return hp.get(name)
+    if any(declared.name == name for declared in hp.space):  # conditional, its condition unmet: not registered
+        return HP_DEFAULTS[name][1]                           # again (it would become an unconditional Fixed)
     return hp.Fixed(name, HP_DEFAULTS[name][1])
 
 

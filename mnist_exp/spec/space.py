@@ -8,12 +8,19 @@ Format::
       activation:    {type: choice, values: [relu, elu], default: relu}
       batch_norm:    {type: boolean, default: false}
       batch_size:    {type: fixed, value: 16}
+      warmup_fraction: {type: float, min: 0.0, max: 0.2, step: 0.05, default: 0.0, when: {lr_schedule: [cosine]}}
+
+``when`` makes a hyperparameter conditional (Keras Tuner's conditional scopes): it is sampled, logged and used
+only while each named parent (declared above it, pinned by the experiment's ``hp:``, or at the seed's value)
+takes one of the listed values; otherwise the model uses the seed's value.
 
 Validation needs no TensorFlow: a bad file fails before anything heavy loads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +30,10 @@ from mnist_exp.spec import limits, yaml_file
 from mnist_exp.spec.levers import HP_DEFAULTS, KERNEL_SIZES, value_fault
 
 KEYS = {
-    "int": {"type", "min", "max", "step", "sampling", "default"},
-    "float": {"type", "min", "max", "step", "sampling", "default"},
-    "choice": {"type", "values", "default"},
-    "boolean": {"type", "default"},
+    "int": {"type", "min", "max", "step", "sampling", "default", "when"},
+    "float": {"type", "min", "max", "step", "sampling", "default", "when"},
+    "choice": {"type", "values", "default", "when"},
+    "boolean": {"type", "default", "when"},
     "fixed": {"type", "value"},
 }
 SAMPLINGS = ("linear", "log", "reverse_log")
@@ -43,6 +50,19 @@ class Param:
     sampling: str = "linear"
     values: tuple = ()
     default: object = None
+    when: tuple = ()  # ((parent, (value, ...)), ...): active only while every parent takes one of its values
+
+    def can_take(self, v) -> bool:
+        """Whether this hyperparameter can ever take ``v``."""
+        if self.type == "fixed":
+            return v == self.default
+        if self.type == "boolean":
+            return isinstance(v, bool)
+        if self.type == "choice":
+            return v in self.values
+        if not self.min <= v <= self.max:
+            return False
+        return self.step is None or math.isclose((v - self.min) / self.step, round((v - self.min) / self.step))
 
 
 @dataclass(frozen=True)
@@ -54,6 +74,26 @@ class SearchSpace:
     def names(self) -> list[str]:
         return [p.name for p in self.params]
 
+    def check_conditions(self, fixed: dict) -> None:
+        """Raise ConfigError for a ``when`` no trial can meet: a parent value that the parent never takes (as the
+        space declares it, as the experiment's ``hp:`` pins it, or at the seed's value)."""
+        declared = {p.name: p for p in self.params}
+        for p in self.params:
+            if p.name in fixed:  # pinned: its condition does not apply
+                continue
+            for parent, values in p.when:
+                if parent in fixed:
+                    takes, how = Param(parent, "fixed", default=fixed[parent]), "pinned by hp: to"
+                elif parent in declared:
+                    takes, how = declared[parent], "declared as"
+                else:
+                    takes, how = Param(parent, "fixed", default=HP_DEFAULTS[parent][1]), "not searched: the seed's"
+                never = [v for v in values if not takes.can_take(v)]
+                if never:
+                    shown = takes.default if takes.type == "fixed" else takes.values or takes.type
+                    raise ConfigError(f"{self.path}: hyperparameters.{p.name}.when.{parent}: {parent} never takes "
+                                      f"{', '.join(map(repr, never))} ({how} {shown!r})")
+
     def to_hyperparameters(self, fixed: dict | None = None):
         """Keras Tuner HyperParameters; ``fixed`` pins names (from the experiment's hp: section)."""
         import keras_tuner as kt
@@ -62,19 +102,16 @@ class SearchSpace:
         fixed = fixed or {}
         for name, value in fixed.items():
             hp.Fixed(name, value)
+        parents = {parent for p in self.params for parent, _ in p.when} - set(fixed) - set(self.names)
+        for name in sorted(parents):  # a parent nobody searches or pins: the seed's value
+            hp.Fixed(name, HP_DEFAULTS[name][1])
         for p in self.params:
             if p.name in fixed:
                 continue
-            if p.type == "int":
-                hp.Int(p.name, p.min, p.max, step=p.step, sampling=p.sampling, default=p.default)
-            elif p.type == "float":
-                hp.Float(p.name, p.min, p.max, step=p.step, sampling=p.sampling, default=p.default)
-            elif p.type == "choice":
-                hp.Choice(p.name, list(p.values), default=p.default)
-            elif p.type == "boolean":
-                hp.Boolean(p.name, default=p.default)
-            else:
-                hp.Fixed(p.name, p.default)
+            with contextlib.ExitStack() as scopes:
+                for parent, values in p.when:
+                    scopes.enter_context(hp.conditional_scope(parent, list(values)))
+                _register(hp, p)
         return hp
 
     def defaults(self) -> dict:
@@ -95,7 +132,48 @@ def load_space(path: str | Path | None) -> SearchSpace:
     entries = raw.get("hyperparameters") or {}
     if not isinstance(entries, dict) or not entries:
         raise ConfigError(f"{path}: hyperparameters: must be a non-empty mapping of name -> spec")
-    return SearchSpace(str(path), tuple(_param(path, name, spec) for name, spec in entries.items()))
+    params: list[Param] = []
+    for name, spec in entries.items():
+        param = _param(path, name, spec)
+        if isinstance(spec, dict) and "when" in spec:
+            param = dataclasses.replace(param, when=_when(path, name, spec["when"], [p.name for p in params],
+                                                          list(entries)))
+        params.append(param)
+    return SearchSpace(str(path), tuple(params))
+
+
+def _when(path: Path, name: str, when, above: list[str], declared: list[str]) -> tuple:
+    """``when: {parent: value or [values], ...}`` checked: known parents, declared above the child if at all."""
+    key = f"hyperparameters.{name}.when"
+    if not isinstance(when, dict) or not when:
+        raise ConfigError(f"{path}: {key}: must be a mapping of parent hyperparameter -> value or list of values")
+    out = []
+    for parent, values in when.items():
+        if parent not in HP_DEFAULTS or parent == name:
+            raise ConfigError(f"{path}: {key}.{parent}: not a hyperparameter {name} can depend on "
+                              f"(known: {', '.join(n for n in HP_DEFAULTS if n != name)})")
+        if parent in declared and parent not in above:
+            raise ConfigError(f"{path}: {key}.{parent}: declare {parent} above {name}")
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise ConfigError(f"{path}: {key}.{parent}: must name at least one value")
+        for v in values:
+            _check_value(path, f"{key}.{parent}", parent, v)
+        out.append((parent, tuple(values)))
+    return tuple(out)
+
+
+def _register(hp, p: Param) -> None:
+    if p.type == "int":
+        hp.Int(p.name, p.min, p.max, step=p.step, sampling=p.sampling, default=p.default)
+    elif p.type == "float":
+        hp.Float(p.name, p.min, p.max, step=p.step, sampling=p.sampling, default=p.default)
+    elif p.type == "choice":
+        hp.Choice(p.name, list(p.values), default=p.default)
+    elif p.type == "boolean":
+        hp.Boolean(p.name, default=p.default)
+    else:
+        hp.Fixed(p.name, p.default)
 
 
 def validate_fixed(values: dict, where: str) -> None:

@@ -24,7 +24,7 @@ def identity_0_1_0(exp, space) -> dict:
              "pruner_reduction_factor")  # not in 0.1.0's tuner section
     tuner = {k: v for k, v in dataclasses.asdict(exp.tuner).items() if k not in later}
     sections = {
-        "search space": [dataclasses.asdict(p) for p in space.params],
+        "search space": [{k: v for k, v in dataclasses.asdict(p).items() if k != "when"} for p in space.params],
         "tuner": tuner,
         "objective": dataclasses.asdict(exp.objective),
         "fixed hyperparameters (hp)": exp.hp,

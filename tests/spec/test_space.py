@@ -157,3 +157,73 @@ def test_bad_lever_on_the_command_line_exits_2_naming_it_and_writes_no_run(store
     assert len(lines) == 1 and f"--set {setting}: {message}" in lines[0], proc.stderr
     assert proc.stdout == ""
     assert runs() == []
+
+
+# --- conditional hyperparameters ------------------------------------------------------------------------------
+
+CONDITIONAL = """hyperparameters:
+  lr_schedule: {type: choice, values: [constant, cosine], default: constant}
+  warmup_fraction: {type: float, min: 0.0, max: 0.2, step: 0.05, default: 0.0, when: {lr_schedule: cosine}}
+  conv_blocks: {type: choice, values: [seed, deep], default: seed}
+  batch_norm: {type: boolean, default: false, when: {conv_blocks: [seed]}}
+"""
+
+
+def test_a_conditional_hyperparameter_is_sampled_only_while_its_parent_allows(tmp_path):
+    import keras_tuner as kt
+
+    from mnist_exp.spec.levers import hp_value
+
+    space = load_space(write_yaml(tmp_path / "cond.yaml", CONDITIONAL))
+    assert dict(space.params[1].when) == {"lr_schedule": ("cosine",)}
+    oracle = kt.oracles.RandomSearchOracle(objective=kt.Objective("val_accuracy", "max"), max_trials=40, seed=1,
+                                           hyperparameters=space.to_hyperparameters())
+    oracle._set_project_dir(str(tmp_path), "p")
+    seen = []
+    for _ in range(12):
+        trial = oracle.create_trial("t")
+        values = dict(trial.hyperparameters.values)
+        seen.append(values)
+        assert ("warmup_fraction" in values) == (values["lr_schedule"] == "cosine"), values
+        assert ("batch_norm" in values) == (values["conv_blocks"] == "seed"), values
+        if "warmup_fraction" not in values:  # the model reads the seed's value; nothing registered on the trial
+            assert hp_value(trial.hyperparameters, "warmup_fraction") == 0.0
+            assert "warmup_fraction" not in trial.hyperparameters.values
+        trial.status = "COMPLETED"
+        oracle.update_trial(trial.trial_id, {"val_accuracy": 0.5})
+        oracle.end_trial(trial)
+    assert {v["lr_schedule"] for v in seen} == {"constant", "cosine"}
+
+
+@pytest.mark.parametrize("when, fixed, message", [
+    ("{colour: red}", {}, "when.colour: not a hyperparameter warmup_fraction can depend on"),
+    ("{lr_schedule: [cosine, step]}", {}, "when.lr_schedule: unknown lr_schedule 'step'"),
+    ("{lr_schedule: one_cycle}", {}, "when.lr_schedule: lr_schedule never takes 'one_cycle' (declared as"),
+    ("{lr_schedule: cosine}", {"lr_schedule": "constant"},
+     "when.lr_schedule: lr_schedule never takes 'cosine' (pinned by hp: to 'constant')"),
+    ("{optimizer: sgd}", {}, "when.optimizer: optimizer never takes 'sgd' (not searched: the seed's 'adam')"),
+    ("{label_smoothing: 0.1}", {}, "when.label_smoothing: declare label_smoothing above warmup_fraction"),
+    ("[lr_schedule]", {}, "when: must be a mapping"),
+])
+def test_a_condition_no_trial_can_meet_is_one_line_naming_the_key(tmp_path, when, fixed, message):
+    text = f"""hyperparameters:
+  lr_schedule: {{type: choice, values: [constant, cosine]}}
+  warmup_fraction: {{type: float, min: 0.0, max: 0.2, default: 0.0, when: {when}}}
+  label_smoothing: {{type: float, min: 0.0, max: 0.2, default: 0.0}}
+"""
+    path = write_yaml(tmp_path / "bad.yaml", text)
+    with pytest.raises(ConfigError) as e:
+        load_space(path).check_conditions(fixed)
+    assert str(e.value).startswith(f"{path}: hyperparameters.warmup_fraction.") and message in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_bad_condition_stops_the_sweep_command_before_anything_is_written(store):
+    space = write_yaml(store / "bad.yaml", CONDITIONAL.replace("when: {lr_schedule: cosine}",
+                                                              "when: {lr_schedule: cyclic}"))
+    exp = write_yaml(store / "e.yaml", f"name: e\nsearch_space: {space}\n")
+    proc = cli("sweep", exp, check=2)
+    assert proc.stderr.strip().splitlines() == [
+        f"mnist-exp sweep: error: {space}: hyperparameters.warmup_fraction.when.lr_schedule: unknown lr_schedule "
+        "'cyclic' (known: constant, cosine, one_cycle, plateau)"]
+    assert not runs()
