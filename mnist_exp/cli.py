@@ -6,6 +6,7 @@ Every command imports what it needs inside its function (TensorFlow, Keras and M
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -57,6 +58,8 @@ def _sweep_parser(sub) -> None:
                    help="tuner.budget: wall-clock limit such as 2h, 90m, 1h30m; no trial starts that would not end in it")
     p.add_argument("--refit", action="store_true", default=None,
                    help="tuner.refit: retrain the best configuration on train + validation digits as its own run")
+    p.add_argument("--warm-start", metavar="SWEEP[,SWEEP]",
+                   help="tuner.warm_start: begin with the best configurations of these earlier sweeps")
     p.add_argument("--parallel", type=int, metavar="N",
                    help="tuner.parallel_trials: N trials at once, each in a worker process with a share of the cores "
                         "(with --serve: N local workers, 0 allowed)")
@@ -168,6 +171,8 @@ def _overrides(args) -> list[str]:
         out.append(Override(f"tuner.budget={args.budget}", f"--budget {args.budget}"))
     if getattr(args, "refit", None):
         out.append(Override("tuner.refit=true", "--refit"))
+    if getattr(args, "warm_start", None):
+        out.append(Override(f"tuner.warm_start={json.dumps(args.warm_start)}", f"--warm-start {args.warm_start}"))
     if getattr(args, "parallel", None) is not None:
         out.append(Override(f"tuner.parallel_trials={args.parallel}", f"--parallel {args.parallel}"))
     return out + list(args.overrides)

@@ -68,13 +68,28 @@ class SweepOracleMixin:
     trials that should finish in time; ``on_trial_ended(oracle, trial)`` hears every trial's end."""
 
     def __init__(self, *args, budget=None, configured_epochs: int = 10, on_trial_ended=None,
-                 pruner: pruners.Pruner | None = None, **kwargs):
+                 pruner: pruners.Pruner | None = None, warm_start=(), **kwargs):
         self.budget = budget  # budget.Budget, or None
         self.configured_epochs = configured_epochs  # training.epochs: trials whose length Hyperband does not set
         self._on_trial_ended = on_trial_ended
         self.pruner = pruner
         self.pruned: dict[str, int] = {}  # trial id -> the epoch (1-based) after which the pruner stopped it
+        self.warm_start = [dict(c) for c in warm_start]  # the first trials' configurations (warm_start.py)
         super().__init__(*args, **kwargs)
+
+    def populate_space(self, trial_id):
+        """The n-th trial of a warm-started sweep is its n-th earlier configuration (the space's defaults for what
+        it does not set); later ones are the oracle's own."""
+        n = len(self.trials)  # the trials before this one
+        if n >= len(self.warm_start):
+            return super().populate_space(trial_id)
+        hps = self.hyperparameters.copy()
+        values = {}
+        for hp in hps.space:
+            if hps.is_active(hp):
+                hps.values[hp.name] = values[hp.name] = self.warm_start[n].get(hp.name, hp.default)
+        self._tried_so_far.add(self._compute_values_hash(values))
+        return {"status": _RUNNING, "values": values}
 
     def get_state(self):
         return {**super().get_state(), "pruned": self.pruned}
@@ -151,7 +166,8 @@ class SweepOracleMixin:
             self._on_trial_ended(self, self.trials[trial.trial_id])
 
 
-def make_oracle(exp: Experiment, hyperparameters, budget=None, on_trial_ended=None, mixins: tuple = ()):
+def make_oracle(exp: Experiment, hyperparameters, budget=None, on_trial_ended=None, mixins: tuple = (),
+                warm_start=()):
     """The oracle of ``exp.tuner.kind``. ``mixins``: put before ours (a chief's trial leases)."""
     oracle_cls, _ = KINDS[exp.tuner.kind]
     kwargs = dict(
@@ -172,7 +188,7 @@ def make_oracle(exp: Experiment, hyperparameters, budget=None, on_trial_ended=No
     pruner = None if tu.pruner == "none" else pruners.Pruner(
         tu.pruner, exp.objective.direction, tu.pruner_warmup_epochs, tu.pruner_min_trials, tu.pruner_reduction_factor)
     return cls(budget=budget, configured_epochs=exp.training.epochs, on_trial_ended=on_trial_ended, pruner=pruner,
-               **kwargs)
+               warm_start=warm_start, **kwargs)
 
 
 def requeue_orphans(oracle, ids: list[str]) -> list[str]:

@@ -21,18 +21,18 @@ from mnist_exp.model.fidelity import decided_by_tuner, trial_epochs
 from mnist_exp.results import compare, describe, importance
 from mnist_exp.runtime import faults, signals, terminal
 from mnist_exp.runtime.errors import ConfigError, DiskFull, SweepError, TrackingUnavailable
-from mnist_exp.runtime.terminal import hms
 from mnist_exp.search import sweep_state
 from mnist_exp.search.budget import Budget
 from mnist_exp.search.distributed import oracle_chief, wire, worker_processes
 from mnist_exp.search.distributed.trial_leases import TrialLeaseOracleMixin
 from mnist_exp.search.distributed.worker_processes import ChiefEnvironment
-from mnist_exp.search.oracle import planned_trials, requeue_orphans
+from mnist_exp.search.oracle import requeue_orphans
 from mnist_exp.search.refit import refit_best
 from mnist_exp.search.sweep_state import STATE_FILE, identity, tuner_dir
 from mnist_exp.search.tracked_tuner import SweepContext, make_tuner
 from mnist_exp.search.trial_failures import DiskFullStop, StoreUnavailable, first_line, is_disk_full, is_store_unavailable
-from mnist_exp.search.trial_progress import progress_printer
+from mnist_exp.search import warm_start
+from mnist_exp.search.trial_progress import progress_printer, start_line
 from mnist_exp.spec.durations import parse_duration
 from mnist_exp.spec.experiment import Experiment
 from mnist_exp.spec.space import SearchSpace
@@ -68,7 +68,9 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     ident = identity(exp, space)
     if overwrite and project.exists():
         _retire(project, uri, experiment_id, exp.name)
-    parent_run_id, resumed = _open_parent(exp, space, ds, experiment_id, project, ident, prior)
+    warm = (prior or {}).get("warm_start") or (warm_start.choose(exp, space, uri) if prior is None and
+                                                  warm_start.sweep_names(exp) else [])
+    parent_run_id, resumed = _open_parent(exp, space, ds, experiment_id, project, ident, prior, warm)
 
     fit_verbose = terminal.fit_verbose(verbose)
     training.set_seed_and_threads(exp)
@@ -79,26 +81,14 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     with ChiefEnvironment("127.0.0.1", 0) if parallel else contextlib.nullcontext():
         tuner = make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), project.parent, hypermodel,
                            verbose=fit_verbose, budget=budget, on_trial_ended=progress_printer(sw),
-                           oracle_mixins=(TrialLeaseOracleMixin,) if parallel else ())
-    _print_start(exp, ds, tuner.oracle, parent_run_id, resumed)
+                           oracle_mixins=(TrialLeaseOracleMixin,) if parallel else (), warm_start=warm)
+    print(start_line(exp, ds, tuner.oracle, parent_run_id, resumed), flush=True)
     if parallel:
         return _finishing(exp, parent_run_id, lambda: _run_parallel(tuner, sw, uri, fit_verbose, project, serve,
                                                                     local_workers, lease_s))
     requeue_orphans(tuner.oracle, [tuner.tuner_id])
     crashed = _search_here(tuner, sw, fit_verbose)
     return _finishing(exp, parent_run_id, lambda: _finish(tuner, sw, crashed))
-
-
-def _print_start(exp, ds, oracle, parent_run_id: str, resumed: bool) -> None:
-    done = sum(t.status == "COMPLETED" for t in oracle.trials.values())
-    at_once = f", {exp.tuner.parallel_trials} at once" if exp.tuner.parallel_trials > 1 else ""
-    if oracle.budget is not None:
-        at_once += f", budget {hms(oracle.budget.seconds)}{' and a refit' if exp.tuner.refit else ''}"
-    print(f"sweep {exp.name} ({exp.tuner.kind}, {planned_trials(oracle)} trials planned{at_once}, objective "
-          f"{exp.objective.direction} {exp.objective.name}): "
-          f"{'resuming, ' + str(done) + ' trial(s) done' if resumed else 'new'}; "
-          f"parent run {parent_run_id}; {ds.sizes['train']} train / {ds.sizes['val']} val / "
-          f"{ds.sizes['test']} test digits", flush=True)
 
 
 def _search_here(tuner, sw, fit_verbose: int) -> str | None:
@@ -256,8 +246,10 @@ def _description(sw, uri: str, project: Path) -> dict:
             "tracking_uri": uri if store.is_remote(uri) else None, "store": uri}
 
 
-def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict, prior: dict | None) -> tuple[str, bool]:
-    """``prior``: the sweep's state as sweep_state.read found it (None: a new sweep)."""
+def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict, prior: dict | None,
+                 warm: list) -> tuple[str, bool]:
+    """``prior``: the sweep's state as sweep_state.read found it (None: a new sweep); ``warm``: its first
+    configurations (warm_start.py)."""
     state_path = project / STATE_FILE
     if prior is not None:
         changed = sweep_state.changed_sections(prior, exp, space)
@@ -278,14 +270,15 @@ def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict, prio
             print(f"marked {len(killed)} interrupted trial run(s) KILLED; their trials are retried", flush=True)
         tracking.set_status(parent, keys.RUNNING)
         # A format-1 state is migrated here, by rename: from now on only this release (or a later one) reads it.
-        sweep_state.write(state_path, exp, ds, parent, experiment_id, ident, prior.get("created"))
+        sweep_state.write(state_path, exp, ds, parent, experiment_id, ident, prior.get("created"), warm)
         return parent, True
     if project.exists() and any(project.iterdir()):  # Keras Tuner files without our state: not ours to reuse
         raise ConfigError(f"{project}: exists but holds no {STATE_FILE}; use --overwrite or a new --name")
     # An empty folder is what a kill -9 between its creation and the state file leaves: start afresh.
     _supersede_parents(experiment_id, exp.name, "a new sweep of this name started")
     tags = {keys.TAG_KIND: "sweep", keys.TAG_SWEEP: exp.name, keys.TAG_TUNER: exp.tuner.kind,
-            keys.TAG_OBJECTIVE: f"{exp.objective.direction}:{exp.objective.name}", **tracking.environment_tags()}
+            keys.TAG_OBJECTIVE: f"{exp.objective.direction}:{exp.objective.name}", **tracking.environment_tags(),
+            **({keys.TAG_WARM_START: ",".join(warm_start.sweep_names(exp))} if warm else {})}
     parent = tracking.create_run(experiment_id, exp.name, tags)
     faults.point("after_parent_created")
     try:
@@ -299,7 +292,7 @@ def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict, prio
             if f:
                 tracking.log_artifact(f, "config", run_id=parent)
         project.mkdir(parents=True, exist_ok=True)
-        sweep_state.write(state_path, exp, ds, parent, experiment_id, ident, time.time())
+        sweep_state.write(state_path, exp, ds, parent, experiment_id, ident, time.time(), warm)
     except BaseException:
         tracking.set_status(parent, keys.FAILED)
         raise

@@ -33,7 +33,7 @@ FORMAT = 2
 STATE_FILE = "mnist_exp_sweep.json"
 
 # Left out of the identity: raising max_trials extends a sweep, and any number of workers may resume it.
-NOT_IDENTITY = {"tuner": ("max_trials", "parallel_trials", "budget", "refit")}
+NOT_IDENTITY = {"tuner": ("max_trials", "parallel_trials", "budget", "refit", "warm_start")}
 
 # The fields each section had when format 1 was current (mnist-exp 0.1.0): data, never to be edited.
 FORMAT1_FIELDS = {
@@ -205,10 +205,11 @@ def read(path: Path) -> dict | None:
     return {**state, "format": fmt}
 
 
-def write(path: Path, exp, ds, parent: str, experiment_id: str, ident: dict, created) -> None:
+def write(path: Path, exp, ds, parent: str, experiment_id: str, ident: dict, created, warm_start=()) -> None:
     """Everything a worker in another process needs, with the parent run id: the experiment as
-    run (after --set), and the data fingerprint to check that it loaded the same digits."""
+    run (after --set), and the data fingerprint to check that it loaded the same digits; and the configurations
+    a warm-started sweep begins with (warm_start.py), chosen once."""
     atomic_write_json(path, {"format": FORMAT, "name": exp.name, "parent_run_id": parent,
                              "experiment_id": experiment_id, "identity": ident, "created": created,
                              "experiment": dataclasses.asdict(exp), "data_fingerprint": ds.fingerprint,
-                             "written_by": __version__})
+                             "written_by": __version__, "warm_start": list(warm_start)})

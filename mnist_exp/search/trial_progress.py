@@ -38,3 +38,16 @@ def progress_printer(sw):
         print(progress_line(oracle, trial, sw), flush=True)
 
     return on_trial_ended
+
+
+def start_line(exp, ds, oracle, parent_run_id: str, resumed: bool) -> str:
+    """The sweep's first line: what it plans, new or resumed, its parent run and its data."""
+    done = sum(t.status == "COMPLETED" for t in oracle.trials.values())
+    at_once = f", {exp.tuner.parallel_trials} at once" if exp.tuner.parallel_trials > 1 else ""
+    if oracle.budget is not None:
+        at_once += f", budget {hms(oracle.budget.seconds)}{' and a refit' if exp.tuner.refit else ''}"
+    return (f"sweep {exp.name} ({exp.tuner.kind}, {planned_trials(oracle)} trials planned{at_once}, objective "
+            f"{exp.objective.direction} {exp.objective.name}): "
+            f"{'resuming, ' + str(done) + ' trial(s) done' if resumed else 'new'}; "
+            f"parent run {parent_run_id}; {ds.sizes['train']} train / {ds.sizes['val']} val / "
+            f"{ds.sizes['test']} test digits")

@@ -84,6 +84,9 @@ class TunerConfig:
     pruner_warmup_epochs: int = 1
     pruner_min_trials: int = 3
     pruner_reduction_factor: int = 3
+    # Earlier sweeps ("a,b") whose best configurations that fit the space are the first trials (random, bayesian
+    # and tpe; search/warm_start.py). Chosen once, when the sweep is created; not part of its identity.
+    warm_start: str | None = None
 
 
 @dataclass(frozen=True)
@@ -273,6 +276,12 @@ def _validate_tuner(tu: TunerConfig, d: DataConfig, bad) -> None:
         bad("tuner.pruner", f"must be one of {', '.join(PRUNER_KINDS)} (got {tu.pruner!r})")
     if tu.pruner != "none" and tu.kind == "hyperband":
         bad("tuner.pruner", "hyperband stops trials itself: use none, or another tuner.kind")
+    if tu.warm_start is not None:
+        if tu.kind not in ("random", "bayesian", "tpe"):
+            bad("tuner.warm_start", f"starts random, bayesian and tpe searches only (tuner.kind is {tu.kind})")
+        for name in tu.warm_start.split(","):
+            if names.fault(name.strip(), "name"):
+                bad("tuner.warm_start", f"{names.show(name.strip())}: {names.fault(name.strip(), 'name')}")
     if tu.pruner_reduction_factor < 2:
         bad("tuner.pruner_reduction_factor", f"must be at least 2 (got {tu.pruner_reduction_factor})")
     if tu.budget is not None:

@@ -43,6 +43,7 @@ TAG_OBJECTIVE = "mnist_exp.objective"  # parent and version: "<max|min>:<metric>
 TAG_BEST_TRIAL = "mnist_exp.best_trial_id"  # parent
 TAG_SEARCHED = "mnist_exp.searched"  # parent: its searched hyperparameters, comma-separated (the UI view)
 TAG_SUPERSEDED = "mnist_exp.superseded"  # why an earlier parent run of a sweep name (and its trials) is history
+TAG_WARM_START = "mnist_exp.warm_start"  # parent: the earlier sweeps whose configurations it began with
 TAG_BUDGET_STOP = "mnist_exp.budget_stop"  # parent, while the budget left trials unstarted
 TAG_REFIT_OF = "mnist_exp.refit_of"  # refit run (and its version): the trial run whose configuration it trained
 TAG_REFIT_RUN_ID = "mnist_exp.refit_run_id"  # parent: the sweep's refit run
