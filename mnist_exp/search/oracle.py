@@ -14,8 +14,8 @@ import functools
 import os
 
 import keras_tuner as kt
-from keras_tuner.src.tuners.gridsearch import LinkedList
 from keras_tuner.src.engine.metrics_tracking import MetricsTracker  # not exported by keras_tuner 1.4.8
+from keras_tuner.src.tuners.gridsearch import LinkedList
 
 from mnist_exp.model import fidelity
 from mnist_exp.runtime import faults
@@ -23,6 +23,7 @@ from mnist_exp.search import pruners
 from mnist_exp.search.sweep_state import atomic_write_json
 from mnist_exp.search.tpe_oracle import TPEOracle
 from mnist_exp.spec.experiment import TUNER_KINDS, Experiment
+
 
 class ResumableGridSearchOracle(kt.oracles.GridSearchOracle):
     """Keras Tuner 1.4.8's grid oracle, able to continue after a reload.

@@ -2,7 +2,7 @@
 
 ``commands``: the CLI in a subprocess and small experiment files; ``stores``: reading a test's MLflow store;
 ``servers``: ports, addresses that answer, output of started processes; ``hosts``: machines of their own
-(network namespaces), for the multi-machine tests.
+(network namespaces), for the multi-machine tests; ``oracles``: a real oracle driven as a tuner would.
 """
 
 from helpers.commands import ROOT, SWEEP_YAML, TINY, TINY_SWEEP, VENV_BIN, cli, pruned_sweep, write_yaml

@@ -5,6 +5,7 @@ training: what is checked is which configurations it hands out, in which order, 
 import pytest
 
 from helpers import ROOT
+from helpers.oracles import drive
 
 BEST = ROOT / "experiments" / "best.yaml"
 
@@ -19,18 +20,8 @@ def proposals(tmp_path, overrides, n):
     space = load_space(exp.search_space)
     sw = tracked_tuner.SweepContext(exp, load_data(exp.data, exp.seed), "0", "parent")
     oracle = tracked_tuner.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), tmp_path).oracle
-    seen = []
-    for _ in range(n):
-        trial = oracle.create_trial("chief")
-        assert trial.status == "RUNNING"
-        values = dict(trial.hyperparameters.values)
-        seen.append(values)
-        # a score that depends only on the configuration, so promotions between rungs are reproducible too
-        score = (values["learning_rate"] * 1e4 + values["label_smoothing"]) % 1
-        oracle.update_trial(trial.trial_id, {"val_accuracy": score}, step=0)
-        trial.status = "COMPLETED"
-        oracle.end_trial(trial)
-    return seen
+    # a score that depends only on the configuration, so promotions between rungs are reproducible too
+    return drive(oracle, n, lambda v: (v["learning_rate"] * 1e4 + v["label_smoothing"]) % 1, tuner_id="chief")
 
 
 @pytest.mark.parametrize("kind", ["hyperband", "random"])
@@ -63,16 +54,7 @@ def test_a_reloaded_grid_goes_on_through_the_combinations_it_has_not_tried(tmp_p
         return tracked_tuner.make_tuner(sw, load_space(exp.search_space).to_hyperparameters(fixed=exp.hp), tmp_path)
 
     def run(oracle, n):
-        seen = []
-        for _ in range(n):
-            trial = oracle.create_trial("tuner0")
-            if trial.status != "RUNNING":
-                break
-            seen.append(tuple(sorted(trial.hyperparameters.values.items())))
-            oracle.update_trial(trial.trial_id, {"val_accuracy": 0.5}, step=0)
-            trial.status = "COMPLETED"
-            oracle.end_trial(trial)
-        return seen
+        return [tuple(sorted(v.items())) for v in drive(oracle, n, lambda v: 0.5, until_stopped=True)]
 
     first = tuner()
     before = run(first.oracle, 3)

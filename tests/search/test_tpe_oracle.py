@@ -4,7 +4,7 @@ well, and an oracle reloaded from its files (a resumed sweep) proposes what the 
 
 import math
 
-from helpers import ROOT, write_yaml
+from helpers import ROOT, oracles, write_yaml
 
 POWER = ROOT / "search_spaces" / "power.yaml"  # every lever: the reproducibility tests
 SMALL = """hyperparameters:
@@ -33,16 +33,7 @@ def score(values: dict) -> float:
 
 
 def drive(oracle, n: int) -> list[dict]:
-    seen = []
-    for _ in range(n):
-        trial = oracle.create_trial("tuner0")
-        assert trial.status == "RUNNING"
-        values = dict(trial.hyperparameters.values)
-        seen.append(values)
-        oracle.update_trial(trial.trial_id, {"val_accuracy": score(values)}, step=0)
-        trial.status = "COMPLETED"
-        oracle.end_trial(trial)
-    return seen
+    return oracles.drive(oracle, n, score)
 
 
 def test_the_same_seed_proposes_the_same_trials_and_another_seed_others(tmp_path):
