@@ -30,13 +30,8 @@ class TPEOracle(kt.Oracle):
     """Keras Tuner oracle proposing with Optuna's TPESampler (``pruned``: trial id -> epoch, set by the sweep's
     oracle mixin when a pruner runs)."""
 
-    def __init__(self, objective, max_trials, hyperparameters=None, seed=None, **kwargs):
-        super().__init__(objective=objective, max_trials=max_trials, hyperparameters=hyperparameters, seed=seed,
-                         **kwargs)
-
     def populate_space(self, trial_id):
-        if len(self.trials) > self.max_trials:  # the trial asking is already counted
-            return {"status": _STOPPED, "values": None}
+        # Keras Tuner's create_trial has checked max_trials already.
         for attempt in range(MAX_COLLISIONS):
             values = self._propose(attempt)
             key = self._compute_values_hash(values)
