@@ -7,8 +7,9 @@ different lengths in epochs were seen (else none), the per-epoch cost the slowes
 cost is taken off, so a configuration slower per epoch than the fit's average is not underestimated when
 stretched to long trials. A resumed sweep passes its finished trials' lengths as ``history``, used until a trial of this
 invocation ends (they may have run on another machine); with neither, nothing is known and the first trials
-start. ``reserve_epochs`` keeps room for the refit after the search (it trains ``refit_scale`` times as many
-digits as a trial).
+start. With ``refit``, each admission keeps room for the refit after the search (it trains ``refit_scale`` times
+as many digits as a trial) of whichever trial may end best: as long as the longest of the best trial so far, the
+running trials and the candidate, so the reserve grows with the search instead of assuming its longest trial.
 """
 
 from __future__ import annotations
@@ -21,16 +22,16 @@ SAFETY = 1.1  # an estimate is raised by this much: trials vary, the budget is a
 
 
 class Budget:
-    def __init__(self, seconds: float, reserve_epochs: int = 0, refit_scale: float = 1.0, clock=time.monotonic,
+    def __init__(self, seconds: float, refit: bool = False, refit_scale: float = 1.0, clock=time.monotonic,
                  history=()):
         self.seconds, self.clock = seconds, clock
-        self.reserve_epochs, self.refit_scale = reserve_epochs, refit_scale
+        self.refit, self.refit_scale = refit, refit_scale
         self.started_at = clock()
-        self.running: dict[str, tuple[float, int]] = {}  # trial id -> (start, epochs)
+        self.running: dict[str, tuple[float, int, int]] = {}  # trial id -> (start, epochs, refit epochs)
         self.ended: list[tuple[int, float]] = []  # (epochs, seconds) of this invocation's trials
         self.history: list[tuple[int, float]] = list(history)  # the same, from before a resume
         self.refused: str | None = None  # why the last trial was not started (None once one starts again)
-        self.refused_trial: tuple[str, int] | None = None  # (trial id, epochs) of that trial
+        self.refused_trial: tuple[str, int, int] | None = None  # (trial id, epochs, refit epochs) of it
 
     def left(self) -> float:
         return self.seconds - (self.clock() - self.started_at)
@@ -51,36 +52,45 @@ class Budget:
         per_epoch = max((s - fixed) / max(e, 1) for e, s in seen)
         return SAFETY * (fixed + per_epoch * epochs)
 
-    def _need(self, epochs: int) -> tuple[float | None, float]:
+    def refit_seconds(self, epochs: int) -> float | None:
+        """The refit's estimate for a trial of ``epochs`` epochs (more digits than a trial), or None."""
+        need = self.estimate(epochs)
+        return None if need is None else need * self.refit_scale
+
+    def _need(self, epochs: int, refit_epochs: int) -> tuple[float | None, float]:
         """(the trial's estimate, the refit's share kept beside it)."""
         need = self.estimate(epochs)
-        reserve = self.estimate(self.reserve_epochs) * self.refit_scale if self.reserve_epochs and need else 0.0
-        return need, reserve
+        if not self.refit or need is None:
+            return need, 0.0
+        return need, self.refit_seconds(max([refit_epochs, *(r for _, _, r in self.running.values())]))
 
-    def fits(self, epochs: int) -> bool:
-        """Whether a trial of ``epochs`` would be admitted now (nothing recorded)."""
-        need, reserve = self._need(epochs)
+    def fits(self, epochs: int, refit_epochs: int = 0) -> bool:
+        """Whether a trial of ``epochs`` would be admitted now (nothing recorded). ``refit_epochs``: the longest
+        refit it could leave to run, that is of itself or of the best trial so far (a Hyperband trial continuing
+        another for ``epochs`` would be refitted from scratch)."""
+        need, reserve = self._need(epochs, max(epochs, refit_epochs))
         return self.left() > 0 and (need is None or need + reserve <= self.left())
 
-    def admits(self, trial_id: str, epochs: int) -> bool:
+    def admits(self, trial_id: str, epochs: int, refit_epochs: int = 0) -> bool:
         """True (and the trial counted as running) if it should finish within the budget, leaving the
         refit's share; False, with ``refused`` saying why, if not."""
-        if not self.fits(epochs):
-            need, reserve = self._need(epochs)
+        refit_epochs = max(epochs, refit_epochs)
+        if not self.fits(epochs, refit_epochs):
+            need, reserve = self._need(epochs, refit_epochs)
             what = f"needs ~{hms(need)}" if need is not None else "cannot start"
             kept = f" (+ ~{hms(reserve)} kept for the refit)" if reserve else ""
             self.refused = (f"budget {hms(self.seconds)}: trial {trial_id} {what}{kept}, {hms(max(self.left(), 0))} "
                             "left: not started")
-            self.refused_trial = (trial_id, epochs)
+            self.refused_trial = (trial_id, epochs, refit_epochs)
             return False
         self.refused = self.refused_trial = None
-        self.running[trial_id] = (self.clock(), epochs)
+        self.running[trial_id] = (self.clock(), epochs, refit_epochs)
         return True
 
     def trial_ended(self, trial_id: str, epochs_run: int | None = None) -> None:
         """A trial ended; ``epochs_run``: fewer epochs than admitted (a pruned trial), for the estimate."""
         if trial_id in self.running:
-            start, epochs = self.running.pop(trial_id)
+            start, epochs, _ = self.running.pop(trial_id)
             self.ended.append((epochs_run or epochs, self.clock() - start))
 
     def trial_lost(self, trial_id: str) -> None:

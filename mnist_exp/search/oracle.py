@@ -20,6 +20,8 @@ from keras_tuner.src.tuners.gridsearch import LinkedList
 from mnist_exp.model import fidelity
 from mnist_exp.runtime import faults
 from mnist_exp.search import pruners
+from mnist_exp.search.budget_plan import HyperbandPlanMixin
+from mnist_exp.search.oracle_lock import synchronized
 from mnist_exp.search.sweep_state import atomic_write_json
 from mnist_exp.search.tpe_oracle import TPEOracle
 from mnist_exp.spec.experiment import TUNER_KINDS, Experiment
@@ -99,7 +101,7 @@ class SweepOracleMixin:
         super().set_state(state)
         self.pruned = dict(state.get("pruned", {}))  # absent in the state of a sweep from before pruning
 
-    @kt.synchronized
+    @synchronized
     def update_trial(self, trial_id, metrics, step=0):
         """Record the trial's objective after epoch ``step`` (0-based); answer STOPPED if the pruner stops it."""
         trial = super().update_trial(trial_id, metrics, step)
@@ -122,10 +124,10 @@ class SweepOracleMixin:
         ranked = super().get_best_trials(len(self.trials))
         return sorted(ranked, key=lambda t: t.trial_id in self.pruned)[:num_trials]
 
-    @kt.synchronized
+    @synchronized
     def create_trial(self, tuner_id):
         refused = self.budget.refused_trial if self.budget is not None else None
-        if refused and self._retry_queue and self._retry_queue[-1] == refused[0] and not self.budget.fits(refused[1]):
+        if refused and self._retry_queue and self._retry_queue[-1] == refused[0] and not self.budget.fits(*refused[1:]):
             # still refused: answered without taking it off the queue (waiting workers ask every second)
             self.tuner_ids.discard(tuner_id)
             return kt.engine.trial.Trial(self.hyperparameters.copy(), status=_STOPPED)
@@ -139,7 +141,7 @@ class SweepOracleMixin:
         if self.budget is None or trial.status != _RUNNING:
             return trial
         first, last = fidelity.trial_epochs(trial.hyperparameters.values, self.configured_epochs)
-        if self.budget.admits(trial.trial_id, last - first):
+        if self.budget.admits(trial.trial_id, last - first, max(last, self._best_trial_epochs())):
             return trial
         # Not started: it waits at the head of the retry queue, so a resume with more budget runs it next.
         self.ongoing_trials.pop(tuner_id, None)
@@ -147,6 +149,11 @@ class SweepOracleMixin:
         self.tuner_ids.discard(tuner_id)
         self.save()
         return kt.engine.trial.Trial(self.hyperparameters.copy(), status=_STOPPED)
+
+    def _best_trial_epochs(self) -> int:
+        """How long the best trial so far trained from its first epoch: its refit would train as long."""
+        best = self.get_best_trials(1)
+        return fidelity.trial_epochs(best[0].hyperparameters.values, self.configured_epochs)[1] if best else 0
 
     def save(self):
         atomic_write_json(self._get_oracle_fname(), self.get_state())
@@ -156,6 +163,7 @@ class SweepOracleMixin:
         if trial.status == "COMPLETED":  # the trial file says COMPLETED, oracle.json not yet
             faults.point("after_trial_file_saved")
 
+    @synchronized
     def end_trial(self, trial):
         super().end_trial(trial)
         if self.budget is not None:
@@ -184,8 +192,10 @@ def make_oracle(exp: Experiment, hyperparameters, budget=None, on_trial_ended=No
                       hyperband_iterations=exp.tuner.hyperband_iterations)
     else:
         kwargs["max_trials"] = exp.tuner.max_trials
-    cls = type(f"Sweep{oracle_cls.__name__}", (*mixins, SweepOracleMixin, oracle_cls), {})
     tu = exp.tuner
+    if tu.kind == "hyperband":  # brackets planned for the budget (budget_plan.py)
+        mixins, kwargs["parallel"] = (*mixins, HyperbandPlanMixin), tu.parallel_trials
+    cls = type(f"Sweep{oracle_cls.__name__}", (*mixins, SweepOracleMixin, oracle_cls), {})
     pruner = None if tu.pruner == "none" else pruners.Pruner(
         tu.pruner, exp.objective.direction, tu.pruner_warmup_epochs, tu.pruner_min_trials, tu.pruner_reduction_factor)
     return cls(budget=budget, configured_epochs=exp.training.epochs, on_trial_ended=on_trial_ended, pruner=pruner,

@@ -21,7 +21,7 @@ from mnist_exp.model.fidelity import decided_by_tuner, trial_epochs
 from mnist_exp.results import compare, describe, importance
 from mnist_exp.runtime import faults, signals, terminal
 from mnist_exp.runtime.errors import ConfigError, DiskFull, SweepError, TrackingUnavailable
-from mnist_exp.search import sweep_state
+from mnist_exp.search import budget_plan, sweep_state
 from mnist_exp.search.budget import Budget
 from mnist_exp.search.distributed import oracle_chief, wire, worker_processes
 from mnist_exp.search.distributed.trial_leases import TrialLeaseOracleMixin
@@ -64,6 +64,9 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     project = tuner_dir(uri) / exp.name
     # Read before anything is written: a state file this release cannot read stops here (sweep_state.py).
     prior = None if overwrite else sweep_state.read(project / STATE_FILE)
+    training.set_seed_and_threads(exp)
+    if exp.tuner.budget is not None and prior is None:  # a new sweep: can its budget hold a search at all?
+        _check_budget(exp, space, ds)
     experiment_id = tracking.configure(uri, exp.mlflow_experiment)
     ident = identity(exp, space)
     if overwrite and project.exists():
@@ -73,7 +76,6 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     parent_run_id, resumed = _open_parent(exp, space, ds, experiment_id, project, ident, prior, warm)
 
     fit_verbose = terminal.fit_verbose(verbose)
-    training.set_seed_and_threads(exp)
     # The chief of a parallel sweep trains nothing: its workers load the data themselves.
     sw = SweepContext(exp, ds, experiment_id, parent_run_id, arrays=() if parallel else training.fit_arrays(ds))
     budget = _budget(exp, ds, (experiment_id, parent_run_id) if resumed else None)
@@ -124,10 +126,22 @@ def _budget(exp, ds, resumed_from: tuple[str, str] | None = None):
     if exp.tuner.budget is None:
         return None
 
-    longest = exp.tuner.max_epochs if decided_by_tuner(exp.tuner.kind) else exp.training.epochs
-    scale = (len(ds.y_train) + len(ds.y_val)) / max(1, len(ds.y_train))
-    return Budget(parse_duration(exp.tuner.budget), reserve_epochs=longest if exp.tuner.refit else 0,
-                  refit_scale=scale, history=_trial_lengths(exp, *resumed_from) if resumed_from else ())
+    return Budget(parse_duration(exp.tuner.budget), refit=exp.tuner.refit, refit_scale=_refit_scale(ds),
+                  history=_trial_lengths(exp, *resumed_from) if resumed_from else ())
+
+
+def _refit_scale(ds) -> float:
+    return (len(ds.y_train) + len(ds.y_val)) / max(1, len(ds.y_train))
+
+
+def _check_budget(exp, space, ds) -> None:
+    """A new sweep's budget must hold one of its shortest trials and its refit (budget_plan.py), timed here."""
+    from mnist_exp.model.timing import trial_cost
+
+    cost = trial_cost(exp, space.to_hyperparameters(fixed=exp.hp), ds)
+    shortest = 1 if decided_by_tuner(exp.tuner.kind) else exp.training.epochs
+    budget_plan.check_start(str(exp.path), parse_duration(exp.tuner.budget), cost, shortest, exp.tuner.refit,
+                            _refit_scale(ds))
 
 
 def _trial_lengths(exp, experiment_id: str, parent_run_id: str) -> list[tuple[int, float]]:

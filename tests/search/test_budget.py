@@ -117,7 +117,7 @@ def test_nothing_starts_once_the_time_is_spent():
 
 def test_room_kept_for_the_refit_refuses_trials_earlier():
     clock, plain_clock = Clock(), Clock()
-    budget = Budget(100, reserve_epochs=2, refit_scale=1.5, clock=clock)
+    budget = Budget(100, refit=True, refit_scale=1.5, clock=clock)
     plain = Budget(100, clock=plain_clock)
     for b, c in ((budget, clock), (plain, plain_clock)):
         ran(b, c, "0", 2, 20.0)  # a 2-epoch trial needs ~22 s; the refit ~22 x 1.5 = 33 s
@@ -127,6 +127,24 @@ def test_room_kept_for_the_refit_refuses_trials_earlier():
     assert not budget.admits("3", 2)
     assert budget.refused == ("budget 0:01:40: trial 3 needs ~0:00:22 (+ ~0:00:33 kept for the refit), "
                               "0:00:40 left: not started")
+
+
+def test_the_refit_reserve_is_sized_by_the_longest_trial_that_may_end_best_not_by_the_longest_allowed():
+    """Hyperband's 1-epoch trials keep room for a 1-epoch refit; once a 9-epoch trial is the best so far, or
+    running, or the candidate, the room kept is for 9 epochs (a trial continuing another is refitted from 0)."""
+    clock = Clock()
+    budget = Budget(300, refit=True, clock=clock)
+    ran(budget, clock, "0", 1, 10.0)  # ~11 s per epoch from now on
+    assert budget.fits(1, refit_epochs=1) and budget.fits(1, refit_epochs=9)  # 11 + 11 and 11 + 99 of 290 left
+    clock.now = 200.0  # 100 s left
+    assert budget.fits(1, refit_epochs=1)  # 11 + 11
+    assert not budget.fits(1, refit_epochs=9)  # 11 + 99: the best so far trained 9 epochs
+    assert not budget.fits(6)  # 66 + 66
+    assert budget.admits("1", 2, refit_epochs=6)  # 22 + 66
+    clock.now = 250.0  # 50 s left
+    assert not budget.admits("2", 1)  # trial 1 is running and may end best: its 6-epoch refit is kept (11 + 66)
+    assert budget.refused.endswith("trial 2 needs ~0:00:11 (+ ~0:01:06 kept for the refit), 0:00:50 left: not started")
+    assert budget.refused_trial == ("2", 1, 1)
 
 
 def test_a_lost_or_unknown_trial_teaches_the_estimate_nothing():

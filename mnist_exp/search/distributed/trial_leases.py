@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import keras_tuner as kt
 
+from mnist_exp.search.oracle_lock import synchronized
+
 
 class TrialLeaseOracleMixin:
     """Before ``oracle.SweepOracleMixin``: a worker's reports count only while it holds the trial."""
 
-    @kt.synchronized
+    @synchronized
     def holds(self, tuner_id: str, trial_id: str) -> bool:
         trial = self.ongoing_trials.get(tuner_id)
         return trial is not None and trial.trial_id == trial_id
 
-    @kt.synchronized
+    @synchronized
     def revoke(self, tuner_id: str):
         """A silent worker's lease is over: its trial goes to the retry queue (the next worker to ask runs
         it) and it no longer counts as a tuner the search waits for. Returns the trial, or None."""
@@ -30,7 +32,7 @@ class TrialLeaseOracleMixin:
             self.save()
         return trial
 
-    @kt.synchronized
+    @synchronized
     def create_trial_for(self, tuner_id: str):
         """create_trial, but a worker is told to wait (IDLE) instead of to stop while other workers still
         hold trials: one of them may go silent and its trial come back to the queue."""
@@ -40,13 +42,13 @@ class TrialLeaseOracleMixin:
             return kt.engine.trial.Trial(self.hyperparameters.copy(), status=kt.engine.trial.TrialStatus.IDLE)
         return trial
 
-    @kt.synchronized
+    @synchronized
     def update_trial_from(self, tuner_id: str, trial_id: str, metrics, step=0):
         if not self.holds(tuner_id, trial_id):
             return None
         return self.update_trial(trial_id, metrics, step=step)
 
-    @kt.synchronized
+    @synchronized
     def end_trial_from(self, tuner_id: str, trial) -> bool:
         if not self.holds(tuner_id, trial.trial_id):
             return False
