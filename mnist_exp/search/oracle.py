@@ -19,10 +19,12 @@ from keras_tuner.src.tuners.gridsearch import LinkedList
 
 from mnist_exp.model import fidelity
 from mnist_exp.runtime import faults
+from mnist_exp.runtime.terminal import hms
 from mnist_exp.search import pruners
 from mnist_exp.search.budget_plan import HyperbandPlanMixin
 from mnist_exp.search.oracle_lock import synchronized
 from mnist_exp.search.sweep_state import atomic_write_json
+from mnist_exp.search.bayesian_oracle import BayesianOracle
 from mnist_exp.search.tpe_oracle import TPEOracle
 from mnist_exp.spec.experiment import TUNER_KINDS, Experiment
 
@@ -48,7 +50,7 @@ class ResumableGridSearchOracle(kt.oracles.GridSearchOracle):
 # A tuner kind: its oracle and Keras Tuner's tuner class; its name is also listed in spec.experiment.TUNER_KINDS.
 KINDS = {
     "random": (kt.oracles.RandomSearchOracle, kt.Tuner),
-    "bayesian": (kt.oracles.BayesianOptimizationOracle, kt.Tuner),
+    "bayesian": (BayesianOracle, kt.Tuner),  # Keras Tuner's, learning from observations too (bayesian_oracle.py)
     "grid": (ResumableGridSearchOracle, kt.Tuner),
     "hyperband": (kt.oracles.HyperbandOracle, kt.Hyperband),
     "tpe": (TPEOracle, kt.Tuner),  # Optuna's TPE sampler (tpe_oracle.py)
@@ -110,7 +112,8 @@ class SweepOracleMixin:
         if trial_id not in self.pruned:
             others = [_history(t, self.objective.name) for tid, t in self.trials.items()
                       if tid != trial_id and t.status in (_RUNNING, _COMPLETED)]
-            if not pruners.should_prune(self.pruner, _history(trial, self.objective.name), others, step):
+            if (not pruners.should_prune(self.pruner, _history(trial, self.objective.name), others, step)
+                    and self._budget_lets_continue(trial, step + 1)):
                 return trial
             self.pruned[trial_id] = step + 1
             self.save()
@@ -118,6 +121,19 @@ class SweepOracleMixin:
         elif step + 1 < self.pruned[trial_id]:  # a later execution of the trial, not yet where it was stopped
             return trial
         return kt.engine.trial.Trial(trial.hyperparameters, trial_id=trial_id, status=_STOPPED)
+
+    def _budget_lets_continue(self, trial, done: int) -> bool:
+        """Whether the budget holds the trial's epochs up to the pruner's next decision (and the refit of the
+        trial, were it to end best); if not, it stops here, as pruned: its epochs so far are its result."""
+        if self.budget is None:
+            return True
+        first, last = fidelity.trial_epochs(trial.hyperparameters.values, self.configured_epochs)
+        more = self.pruner.next_decision(done, last - first) - done
+        if more <= 0 or self.budget.fits(more, max(last, self._best_trial_epochs())):
+            return True
+        print(f"budget {hms(self.budget.seconds)}: trial {trial.trial_id} stopped after epoch {first + done}: its next "
+              f"{more} epoch(s) would not fit in the {hms(max(0.0, self.budget.left()))} left", flush=True)
+        return False
 
     def get_best_trials(self, num_trials=1):
         """Keras Tuner's ranking, with pruned trials after every trial that ran its course."""
@@ -141,7 +157,12 @@ class SweepOracleMixin:
         if self.budget is None or trial.status != _RUNNING:
             return trial
         first, last = fidelity.trial_epochs(trial.hyperparameters.values, self.configured_epochs)
-        if self.budget.admits(trial.trial_id, last - first, max(last, self._best_trial_epochs())):
+        if self.pruner is None:
+            admitted = self.budget.admits(trial.trial_id, last - first, max(last, self._best_trial_epochs()))
+        else:  # it needs to fit until the pruner's first decision; then the pruner and the budget decide again
+            admitted = self.budget.admits(trial.trial_id, self.pruner.next_decision(0, last - first),
+                                          self._best_trial_epochs())
+        if admitted:
             return trial
         # Not started: it waits at the head of the retry queue, so a resume with more budget runs it next.
         self.ongoing_trials.pop(tuner_id, None)
@@ -168,7 +189,8 @@ class SweepOracleMixin:
         super().end_trial(trial)
         if self.budget is not None:
             if trial.status == "COMPLETED":
-                self.budget.trial_ended(trial.trial_id, self.pruned.get(trial.trial_id))
+                first, last = fidelity.trial_epochs(trial.hyperparameters.values, self.configured_epochs)
+                self.budget.trial_ended(trial.trial_id, self.pruned.get(trial.trial_id, last - first))
             else:  # a failed trial's length says nothing about the next one's
                 self.budget.trial_lost(trial.trial_id)
         if self._on_trial_ended is not None:
@@ -176,8 +198,9 @@ class SweepOracleMixin:
 
 
 def make_oracle(exp: Experiment, hyperparameters, budget=None, on_trial_ended=None, mixins: tuple = (),
-                warm_start=()):
-    """The oracle of ``exp.tuner.kind``. ``mixins``: put before ours (a chief's trial leases)."""
+                warm_start=None):
+    """The oracle of ``exp.tuner.kind``. ``mixins``: put before ours (a chief's trial leases); ``warm_start``:
+    what a warm-started sweep starts from (warm_start.WarmStart)."""
     oracle_cls, _ = KINDS[exp.tuner.kind]
     kwargs = dict(
         objective=kt.Objective(exp.objective.name, exp.objective.direction),
@@ -192,6 +215,8 @@ def make_oracle(exp: Experiment, hyperparameters, budget=None, on_trial_ended=No
                       hyperband_iterations=exp.tuner.hyperband_iterations)
     else:
         kwargs["max_trials"] = exp.tuner.max_trials
+    if warm_start is not None and warm_start.observations:  # only model-based kinds are given any
+        kwargs["observations"] = warm_start.observations
     tu = exp.tuner
     if tu.kind == "hyperband":  # brackets planned for the budget (budget_plan.py)
         mixins, kwargs["parallel"] = (*mixins, HyperbandPlanMixin), tu.parallel_trials
@@ -199,7 +224,7 @@ def make_oracle(exp: Experiment, hyperparameters, budget=None, on_trial_ended=No
     pruner = None if tu.pruner == "none" else pruners.Pruner(
         tu.pruner, exp.objective.direction, tu.pruner_warmup_epochs, tu.pruner_min_trials, tu.pruner_reduction_factor)
     return cls(budget=budget, configured_epochs=exp.training.epochs, on_trial_ended=on_trial_ended, pruner=pruner,
-               warm_start=warm_start, **kwargs)
+               warm_start=warm_start.configs if warm_start is not None else (), **kwargs)
 
 
 def requeue_orphans(oracle, ids: list[str]) -> list[str]:

@@ -35,6 +35,18 @@ class Pruner:
     def better(self, a: float, b: float) -> bool:
         return a > b if self.direction == "max" else a < b
 
+    def next_decision(self, epochs_done: int, last: int) -> int:
+        """After how many epochs (1-based) the pruner next decides about a trial that has run ``epochs_done``
+        of its ``last``: the next rung (asha) or epoch past the warm-up (median), at most ``last``."""
+        if self.kind == "none":
+            return last
+        at = max(self.warmup_epochs, epochs_done + 1)
+        if self.kind == "asha":
+            at = self.warmup_epochs
+            while at <= epochs_done:
+                at *= self.reduction_factor
+        return min(at, last)
+
 
 def best_so_far(history: dict[int, float], epoch: int, direction: str) -> float | None:
     """The best finite value at epochs 0..``epoch``, or None if the trial has not reached ``epoch``."""

@@ -71,8 +71,12 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     ident = identity(exp, space)
     if overwrite and project.exists():
         _retire(project, uri, experiment_id, exp.name)
-    warm = (prior or {}).get("warm_start") or (warm_start.choose(exp, space, uri) if prior is None and
-                                                  warm_start.sweep_names(exp) else [])
+    if prior is not None:
+        warm = warm_start.WarmStart.from_state(prior)
+    elif warm_start.sweep_names(exp):
+        warm = warm_start.choose(exp, space, uri, (ds.fingerprint, ds.test_fingerprint))
+    else:
+        warm = warm_start.WarmStart()
     parent_run_id, resumed = _open_parent(exp, space, ds, experiment_id, project, ident, prior, warm)
 
     fit_verbose = terminal.fit_verbose(verbose)
@@ -261,9 +265,9 @@ def _description(sw, uri: str, project: Path) -> dict:
 
 
 def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict, prior: dict | None,
-                 warm: list) -> tuple[str, bool]:
-    """``prior``: the sweep's state as sweep_state.read found it (None: a new sweep); ``warm``: its first
-    configurations (warm_start.py)."""
+                 warm) -> tuple[str, bool]:
+    """``prior``: the sweep's state as sweep_state.read found it (None: a new sweep); ``warm``: what it starts
+    from (warm_start.WarmStart)."""
     state_path = project / STATE_FILE
     if prior is not None:
         changed = sweep_state.changed_sections(prior, exp, space)
@@ -284,7 +288,7 @@ def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict, prio
             print(f"marked {len(killed)} interrupted trial run(s) KILLED; their trials are retried", flush=True)
         tracking.set_status(parent, keys.RUNNING)
         # A format-1 state is migrated here, by rename: from now on only this release (or a later one) reads it.
-        sweep_state.write(state_path, exp, ds, parent, experiment_id, ident, prior.get("created"), warm)
+        sweep_state.write(state_path, exp, ds, parent, experiment_id, ident, prior.get("created"), warm.to_state())
         return parent, True
     if project.exists() and any(project.iterdir()):  # Keras Tuner files without our state: not ours to reuse
         raise ConfigError(f"{project}: exists but holds no {STATE_FILE}; use --overwrite or a new --name")
@@ -292,7 +296,7 @@ def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict, prio
     _supersede_parents(experiment_id, exp.name, "a new sweep of this name started")
     tags = {keys.TAG_KIND: "sweep", keys.TAG_SWEEP: exp.name, keys.TAG_TUNER: exp.tuner.kind,
             keys.TAG_OBJECTIVE: f"{exp.objective.direction}:{exp.objective.name}", **tracking.environment_tags(),
-            **({keys.TAG_WARM_START: ",".join(warm_start.sweep_names(exp))} if warm else {})}
+            **({keys.TAG_WARM_START: ",".join(warm_start.sweep_names(exp))} if warm_start.sweep_names(exp) else {})}
     parent = tracking.create_run(experiment_id, exp.name, tags)
     faults.point("after_parent_created")
     try:
@@ -306,7 +310,7 @@ def _open_parent(exp, space, ds, experiment_id, project: Path, ident: dict, prio
             if f:
                 tracking.log_artifact(f, "config", run_id=parent)
         project.mkdir(parents=True, exist_ok=True)
-        sweep_state.write(state_path, exp, ds, parent, experiment_id, ident, time.time(), warm)
+        sweep_state.write(state_path, exp, ds, parent, experiment_id, ident, time.time(), warm.to_state())
     except BaseException:
         tracking.set_status(parent, keys.FAILED)
         raise

@@ -205,11 +205,11 @@ def read(path: Path) -> dict | None:
     return {**state, "format": fmt}
 
 
-def write(path: Path, exp, ds, parent: str, experiment_id: str, ident: dict, created, warm_start=()) -> None:
+def write(path: Path, exp, ds, parent: str, experiment_id: str, ident: dict, created, warm_start=None) -> None:
     """Everything a worker in another process needs, with the parent run id: the experiment as
-    run (after --set), and the data fingerprint to check that it loaded the same digits; and the configurations
-    a warm-started sweep begins with (warm_start.py), chosen once."""
+    run (after --set), and the data fingerprint to check that it loaded the same digits; and what a warm-started
+    sweep begins with (``warm_start``: its ``to_state()``, warm_start.py), chosen once."""
     atomic_write_json(path, {"format": FORMAT, "name": exp.name, "parent_run_id": parent,
                              "experiment_id": experiment_id, "identity": ident, "created": created,
                              "experiment": dataclasses.asdict(exp), "data_fingerprint": ds.fingerprint,
-                             "written_by": __version__, "warm_start": list(warm_start)})
+                             "written_by": __version__, **(warm_start or {})})

@@ -6,7 +6,8 @@ their per-epoch objective), so the chief, workers, leases, budget, refit and res
 and a resumed sweep (or a chief on another machine) proposes what the first one would have: the study is derived
 from the trial files, never kept. The sampler's seed is the sweep's seed and the number of trials so far, so the
 same seed and history give the same proposal. Conditional hyperparameters are asked only when active (Optuna's
-define-by-run API, multivariate TPE with its group decomposition).
+define-by-run API, multivariate TPE with its group decomposition). A warm-started sweep's observations (earlier
+sweeps' trials on the same digits with the same objective, ``warm_start.py``) join the study as finished trials.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ def startup_trials(max_trials: int) -> int:
 
 class TPEOracle(kt.Oracle):
     """Keras Tuner oracle proposing with Optuna's TPESampler (``pruned``: trial id -> epoch, set by the sweep's
-    oracle mixin when a pruner runs)."""
+    oracle mixin when a pruner runs); ``observations``: {"values": {...}, "score": float} learnt from first."""
+
+    def __init__(self, *args, observations=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.observations = [dict(o) for o in observations]
 
     def populate_space(self, trial_id):
         # Keras Tuner's create_trial has checked max_trials already.
@@ -72,17 +77,17 @@ class TPEOracle(kt.Oracle):
     def _history(self, optuna):
         """The finished trials as Optuna trials: COMPLETE with their score, PRUNED with their epochs."""
         out = []
+        for o in self.observations:
+            hps = self.hyperparameters.copy()
+            hps.values.update(o["values"])
+            params, dists = self._params(hps)
+            out.append(optuna.trial.create_trial(params=params, distributions=dists, value=float(o["score"])))
         pruned = getattr(self, "pruned", {})
         for trial_id in self.end_order:
             t = self.trials.get(trial_id)
             if t is None or t.status != "COMPLETED" or t.score is None or not math.isfinite(t.score):
                 continue
-            params, dists = {}, {}
-            for hp in self.hyperparameters.space:
-                dist = distribution(hp)
-                if dist is not None and hp.name in t.hyperparameters.values and t.hyperparameters.is_active(hp):
-                    params[hp.name] = to_optuna(hp, t.hyperparameters.values[hp.name])
-                    dists[hp.name] = dist
+            params, dists = self._params(t.hyperparameters)
             if trial_id in pruned and t.metrics.exists(self.objective.name):
                 steps = {int(o.step): sum(o.value) / len(o.value) for o in t.metrics.get_history(self.objective.name)}
                 out.append(optuna.trial.create_trial(params=params, distributions=dists,
@@ -91,6 +96,16 @@ class TPEOracle(kt.Oracle):
             else:
                 out.append(optuna.trial.create_trial(params=params, distributions=dists, value=float(t.score)))
         return out
+
+    def _params(self, hps) -> tuple[dict, dict]:
+        """The active, sampled values of ``hps`` in Optuna's coordinates, and their distributions."""
+        params, dists = {}, {}
+        for hp in self.hyperparameters.space:
+            dist = distribution(hp)
+            if dist is not None and hp.name in hps.values and hps.is_active(hp):
+                params[hp.name] = to_optuna(hp, hps.values[hp.name])
+                dists[hp.name] = dist
+        return params, dists
 
 
 def distribution(hp):

@@ -257,7 +257,7 @@ def adopt_finished_run(sw: SweepContext, trial_id: str) -> dict | None:
 
 
 def make_tuner(sw: SweepContext, hyperparameters, directory: Path, hypermodel=None, verbose: int = 0,
-               mixins: tuple = (), budget=None, on_trial_ended=None, oracle_mixins: tuple = (), warm_start=()):
+               mixins: tuple = (), budget=None, on_trial_ended=None, oracle_mixins: tuple = (), warm_start=None):
     """The sweep's Tuner over a fresh (or reloaded) oracle.
 
     Args:

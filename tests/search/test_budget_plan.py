@@ -113,8 +113,8 @@ def test_a_short_budget_runs_a_real_search_of_1_to_9_epoch_trials_and_its_refit(
             "--set", "tuner.max_epochs=9", "--set", "tuner.factor=3", "--set", "tuner.refit=true"]
     proc = cli("sweep", *args, "--budget", "1s", check=2)
     [line] = proc.stderr.strip().splitlines()  # one line
-    assert re.fullmatch(rf"mnist-exp sweep: error: {re.escape(str(QUICK))}: tuner\.budget: 0:00:01 cannot hold one 1-epoch trial and its "
-                        r"refit on this machine; the smallest budget that can: \d+m", line), proc.stderr
+    assert re.fullmatch(rf"mnist-exp sweep: error: {re.escape(str(QUICK))}: tuner\.budget: 0:00:01 cannot hold one "
+                        r"1-epoch trial and its refit on this machine; the smallest budget that can: \d+m", line), proc.stderr
     assert not runs() and not (store / "tuner").exists()
 
     proc = cli("sweep", *args, "--budget", "50s", check=0)

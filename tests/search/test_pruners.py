@@ -78,7 +78,7 @@ def test_none_never_prunes():
 
 # --- the real oracle ------------------------------------------------------------------------------------------
 
-def oracle_for(tmp_path, *overrides):
+def oracle_for(tmp_path, *overrides, budget=None):
     from mnist_exp.model.data import load_data
     from mnist_exp.search import tracked_tuner
     from mnist_exp.spec.experiment import load_experiment
@@ -89,14 +89,17 @@ def oracle_for(tmp_path, *overrides):
                            *overrides])
     sw = tracked_tuner.SweepContext(exp, load_data(exp.data, exp.seed), "0", "parent")
     space = load_space(exp.search_space)
-    return tracked_tuner.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), tmp_path).oracle
+    return tracked_tuner.make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), tmp_path, budget=budget).oracle
 
 
-def run_trial(oracle, values, tuner_id="tuner0"):
-    """Report ``values`` epoch by epoch as a tuner does; end the trial where the oracle says STOPPED."""
+def run_trial(oracle, values, tuner_id="tuner0", epoch_done=None):
+    """Report ``values`` epoch by epoch as a tuner does; end the trial where the oracle says STOPPED.
+    ``epoch_done()``: called before each report (a test's clock moves on)."""
     trial = oracle.create_trial(tuner_id)
     assert trial.status == "RUNNING"
     for epoch, v in enumerate(values):
+        if epoch_done is not None:
+            epoch_done()
         answer = oracle.update_trial(trial.trial_id, {"val_accuracy": v}, step=epoch)
         if answer.status == "STOPPED":
             break
@@ -136,6 +139,36 @@ def test_a_trial_handed_out_again_starts_with_no_epochs_and_no_decision(tmp_path
     assert again.trial_id == trial.trial_id
     assert not again.metrics.exists("val_accuracy") and trial.trial_id not in oracle.pruned
     assert oracle.update_trial(trial.trial_id, {"val_accuracy": 0.95}, step=0).status == "RUNNING"
+
+
+def test_under_a_budget_a_pruned_search_starts_what_fits_until_the_next_rung_and_stops_it_there(tmp_path):
+    """10 s per epoch, 9-epoch trials, asha's rungs at 1, 3 and 9 epochs. With 50 s left a whole trial (~99 s)
+    would not fit, its first rung (~11 s) does: it starts; at rung 3 its next 6 epochs would not fit: it stops
+    there as pruned, with its 3 epochs counted by the budget."""
+    from mnist_exp.search.budget import Budget
+
+    class Clock:
+        now = 0.0
+
+        def __call__(self):
+            return self.now
+
+        def tick(self):
+            self.now += 10.0
+
+    clock = Clock()
+    budget = Budget(190, clock=clock)
+    oracle = oracle_for(tmp_path, "tuner.pruner=asha", "tuner.pruner_min_trials=1", "training.epochs=9",
+                        budget=budget)
+    run_trial(oracle, [0.5 + 0.01 * e for e in range(9)], epoch_done=clock.tick)  # 90 s, runs its course
+    clock.now = 140.0  # 50 s left
+    assert not budget.fits(9)  # a whole trial: ~99 s
+    late = run_trial(oracle, [0.9] * 9, epoch_done=clock.tick)  # ahead at every rung
+    assert oracle.pruned == {late.trial_id: 3}
+    assert late.status == "COMPLETED" and late.score == pytest.approx(0.9)
+    assert budget.ended[-1] == (3, 30.0)  # the budget learns from the epochs it ran
+    last = oracle.create_trial("tuner0")  # 20 s left: its first rung (~11 s) fits, and is what is counted
+    assert last.status == "RUNNING" and budget.running[last.trial_id][1] == 1
 
 
 def test_pruners_are_checked_in_the_experiment_file(tmp_path):
