@@ -15,7 +15,7 @@ import pandas as pd
 from mnist_exp.tracking import keys
 
 MIN_TRIALS = 8  # finished, unpruned trials before importance says anything
-METRIC_PREFIX = "importance."
+METRIC_PREFIX = keys.METRIC_IMPORTANCE_PREFIX
 
 
 def importances(df: pd.DataFrame, names: list[str], maximize: bool, seed: int = 0) -> dict[str, float] | None:

@@ -53,7 +53,10 @@ def refit_best(sw, oracle, uri: str) -> str | None:
     trial_run = min(runs, key=lambda r: r.info.start_time)
     done = [r for r in tracking.refit_runs(sw.experiment_id, sw.parent_run_id, trial_run.info.run_id)
             if r.info.status == keys.FINISHED]
-    if done:
+    if done:  # refitted by an earlier invocation: the sweep's result is still the refit's
+        if keys.METRIC_TEST_ACCURACY in done[0].data.metrics:
+            tracking.log_metrics({keys.METRIC_TEST_ACCURACY: done[0].data.metrics[keys.METRIC_TEST_ACCURACY]},
+                                 run_id=sw.parent_run_id)
         return done[0].info.run_id
     values = {k: v for k, v in trial.hyperparameters.values.items() if k in HP_DEFAULTS}
     epochs = refit_epochs(trial.hyperparameters.values, exp.training.epochs, trial_run.data.metrics)
@@ -85,6 +88,7 @@ def refit_best(sw, oracle, uri: str) -> str | None:
         tracking.set_tags({keys.TAG_REFIT_ERROR: why}, run_id=sw.parent_run_id)
         return None
     tracking.set_tags({keys.TAG_REFIT_RUN_ID: result.run_id}, run_id=sw.parent_run_id)
+    tracking.log_metrics({keys.METRIC_TEST_ACCURACY: result.test_accuracy}, run_id=sw.parent_run_id)  # the sweep's
     print(f"[sweep {name}] refit of trial {trial.trial_id}: test accuracy {result.test_accuracy:.4f} "
           f"(the trial: {trial_run.data.metrics.get('test_accuracy', float('nan')):.4f}); run {result.run_id}",
           flush=True)

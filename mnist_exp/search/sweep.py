@@ -17,12 +17,10 @@ from pathlib import Path
 from mnist_exp import tracking
 from mnist_exp.model import training
 from mnist_exp.model.data import Dataset
-from mnist_exp.model.fidelity import decided_by_tuner, trial_epochs
 from mnist_exp.results import compare, describe, importance
 from mnist_exp.runtime import faults, signals, terminal
 from mnist_exp.runtime.errors import ConfigError, DiskFull, SweepError, TrackingUnavailable
-from mnist_exp.search import budget_plan, sweep_state
-from mnist_exp.search.budget import Budget
+from mnist_exp.search import sweep_budget, sweep_state
 from mnist_exp.search.distributed import oracle_chief, wire, worker_processes
 from mnist_exp.search.distributed.trial_leases import TrialLeaseOracleMixin
 from mnist_exp.search.distributed.worker_processes import ChiefEnvironment
@@ -33,7 +31,6 @@ from mnist_exp.search.tracked_tuner import SweepContext, make_tuner
 from mnist_exp.search.trial_failures import DiskFullStop, StoreUnavailable, first_line, is_disk_full, is_store_unavailable
 from mnist_exp.search import warm_start
 from mnist_exp.search.trial_progress import progress_printer, start_line
-from mnist_exp.spec.durations import parse_duration
 from mnist_exp.spec.experiment import Experiment
 from mnist_exp.spec.space import SearchSpace
 from mnist_exp.tracking import keys, store, ui_view
@@ -66,7 +63,7 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     prior = None if overwrite else sweep_state.read(project / STATE_FILE)
     training.set_seed_and_threads(exp)
     if exp.tuner.budget is not None and prior is None:  # a new sweep: can its budget hold a search at all?
-        _check_budget(exp, space, ds)
+        sweep_budget.check(exp, space, ds)
     experiment_id = tracking.configure(uri, exp.mlflow_experiment)
     ident = identity(exp, space)
     if overwrite and project.exists():
@@ -82,7 +79,7 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     fit_verbose = terminal.fit_verbose(verbose)
     # The chief of a parallel sweep trains nothing: its workers load the data themselves.
     sw = SweepContext(exp, ds, experiment_id, parent_run_id, arrays=() if parallel else training.fit_arrays(ds))
-    budget = _budget(exp, ds, (experiment_id, parent_run_id) if resumed else None)
+    budget = sweep_budget.make(exp, ds, (experiment_id, parent_run_id) if resumed else None)
     # Keras Tuner reads chief/worker from the environment when the Tuner is built
     with ChiefEnvironment("127.0.0.1", 0) if parallel else contextlib.nullcontext():
         tuner = make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), project.parent, hypermodel,
@@ -122,45 +119,6 @@ def _search_here(tuner, sw, fit_verbose: int) -> str | None:
         tracking.set_tags({keys.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]}, run_id=parent_run_id)
         raise
     return None
-
-
-def _budget(exp, ds, resumed_from: tuple[str, str] | None = None):
-    """The oracle's Budget (budget.py), keeping room for the refit when there is one; None without a budget.
-    ``resumed_from`` (experiment id, parent run id): the resumed sweep whose finished trials it starts from."""
-    if exp.tuner.budget is None:
-        return None
-
-    return Budget(parse_duration(exp.tuner.budget), refit=exp.tuner.refit, refit_scale=_refit_scale(ds),
-                  history=_trial_lengths(exp, *resumed_from) if resumed_from else ())
-
-
-def _refit_scale(ds) -> float:
-    return (len(ds.y_train) + len(ds.y_val)) / max(1, len(ds.y_train))
-
-
-def _check_budget(exp, space, ds) -> None:
-    """A new sweep's budget must hold one of its shortest trials and its refit (budget_plan.py), timed here."""
-    from mnist_exp.model.timing import trial_cost
-
-    cost = trial_cost(exp, space.to_hyperparameters(fixed=exp.hp), ds)
-    shortest = 1 if decided_by_tuner(exp.tuner.kind) else exp.training.epochs
-    budget_plan.check_start(str(exp.path), parse_duration(exp.tuner.budget), cost, shortest, exp.tuner.refit,
-                            _refit_scale(ds))
-
-
-def _trial_lengths(exp, experiment_id: str, parent_run_id: str) -> list[tuple[int, float]]:
-    """(epochs, seconds) of the sweep's finished trials, read from their runs (the store every machine of the
-    sweep shares), so that a resumed budget estimates before its first trial ends."""
-    first_run = {}  # trial id -> its first FINISHED run (the one a resume adopts; tracked_tuner.py)
-    for r in sorted(tracking.trial_runs(experiment_id, parent_run_id), key=lambda r: r.info.start_time):
-        if r.info.status == keys.FINISHED and keys.METRIC_TRIAL_TIME in r.data.metrics:
-            first_run.setdefault(r.data.tags.get(keys.TAG_TRIAL), r)
-    out = []
-    for r in first_run.values():
-        first, last = trial_epochs(r.data.params, exp.training.epochs)
-        ran = int(r.data.metrics.get(keys.METRIC_EPOCHS_RUN, 0))  # fewer when early stopping ended it
-        out.append((ran if 0 < ran < last - first else last - first, r.data.metrics[keys.METRIC_TRIAL_TIME]))
-    return out
 
 
 def _finishing(exp, parent_run_id: str, step):
@@ -363,7 +321,7 @@ def _finish(tuner, sw, crashed: str | None) -> SweepResult:
     if best:
         tracking.set_tags({keys.TAG_BEST_TRIAL: best[0].trial_id}, run_id=parent)
         tracking.log_metrics({f"best_{exp.objective.name}": best[0].score, "trials_completed": len(completed),
-                              "trials_failed": len(failed)}, run_id=parent)
+                              "trials_failed": len(failed), **_result(table, best[0])}, run_id=parent)
     note = describe.sweep_note(exp, sw.ds, sw.experiment_id, trials=table.to_dict("records"),
                                best_trial_id=best[0].trial_id if best else None)
     tracking.set_tags({keys.TAG_NOTE: note + importance.after_sweep(
@@ -391,6 +349,18 @@ def _finish(tuner, sw, crashed: str | None) -> SweepResult:
         refit_best(sw, tuner.oracle, tracking.tracking_uri())
     return SweepResult(exp.name, parent, len(completed), len(failed),
                        best[0].trial_id if best else None, best[0].score if best else None)
+
+
+def _result(table, best) -> dict:
+    """The sweep's own row in the UI's saved view: its best trial's objective, test accuracy and epochs (a refit
+    replaces the test accuracy with its own, refit.py)."""
+    rows = table[(table["trial_id"] == best.trial_id) & (table["status"] == keys.FINISHED)] if not table.empty else table
+    out = {keys.METRIC_OBJECTIVE: best.score}
+    if not rows.empty:
+        first = rows.iloc[0]  # the run a resume adopts (tracked_tuner.py)
+        out.update({k: float(first[k]) for k in (keys.METRIC_TEST_ACCURACY, keys.METRIC_EPOCHS_RUN)
+                    if k in first and first[k] == first[k]})
+    return out
 
 
 def _first_run_error(table) -> str | None:

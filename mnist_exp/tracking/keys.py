@@ -66,3 +66,4 @@ METRIC_OBJECTIVE = "objective"  # a trial's objective value (its best epoch's)
 METRIC_TEST_ACCURACY = "test_accuracy"
 METRIC_EPOCHS_RUN = "epochs_run"  # fewer than planned when early stopping ended the fit
 METRIC_TRIAL_TIME = "trial_time_s"
+METRIC_IMPORTANCE_PREFIX = "importance."  # + a hyperparameter: its importance for the objective, on a sweep's parent

@@ -48,6 +48,8 @@ def view_state(hyperparameters: list[str]) -> dict:
     """The runs page state: the table's columns and the chart view's charts."""
     columns = [col("metrics", m) for m in COLUMN_METRICS] + [col("tags", keys.TAG_PRUNED), col("attributes", "Duration")]
     columns += [col("params", p) for p in hyperparameters]
+    importance = [f"{keys.METRIC_IMPORTANCE_PREFIX}{p}" for p in hyperparameters]  # on the sweeps' own rows
+    columns += [col("metrics", m) for m in importance]
 
     def chart(uuid: str, kind: str, title: str, **config) -> dict:
         return {"uuid": uuid, "type": kind, "displayName": title, "metricSectionId": SECTION, "deleted": False,
@@ -56,7 +58,9 @@ def view_state(hyperparameters: list[str]) -> dict:
     charts = [
         chart("mnist-exp-parallel", "PARALLEL", "Hyperparameters → objective", selectedParams=list(hyperparameters),
               selectedMetrics=["objective"], showAllRuns=True),
-        chart("mnist-exp-objective", "BAR", "objective per trial", metricKey="objective"),
+        chart("mnist-exp-objective", "BAR", "objective per trial (a sweep: its best trial's)", metricKey="objective"),
+        chart("mnist-exp-importance", "PARALLEL", "Hyperparameter importance (a sweep of 8+ trials)",
+              selectedParams=[], selectedMetrics=importance, showAllRuns=True),
         chart("mnist-exp-val-accuracy", "LINE", "val_accuracy of every trial", metricKey="val_accuracy",
               selectedMetricKeys=["val_accuracy"], xAxisKey="step", selectedXAxisMetricKey="", lineSmoothness=0,
               scaleType="linear", xAxisScaleType="linear", yAxisKey="metric", yAxisExpressions=[], ignoreOutliers=False,

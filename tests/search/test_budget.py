@@ -173,13 +173,13 @@ def test_a_resumed_budget_knows_the_finished_trials_lengths_before_its_first_tri
 
 
 def test_a_resumed_sweep_reads_each_finished_trials_first_run_and_its_own_length(store):
-    """sweep._trial_lengths on a real store: Hyperband's string params, attempts that did not finish, runs
+    """sweep_budget.trial_lengths on a real store: Hyperband's string params, attempts that did not finish, runs
     without a time, a trial with two FINISHED runs and another sweep's trials."""
     from mlflow import MlflowClient
 
     from mnist_exp import tracking
     from mnist_exp.spec.experiment import load_experiment
-    from mnist_exp.search.sweep import _trial_lengths
+    from mnist_exp.search.sweep_budget import trial_lengths
 
     exp = load_experiment(None, ["tuner.budget=1h", "training.epochs=4"])
     eid = tracking.configure(f"sqlite:///{store / 'mlruns' / 'mlflow.db'}", exp.mlflow_experiment)
@@ -202,7 +202,7 @@ def test_a_resumed_sweep_reads_each_finished_trials_first_run_and_its_own_length
     trial("0002", "KILLED", 50.0)
     trial("0003", "FINISHED")  # no time logged (an older release)
     trial("0004", "FINISHED", 99.0, under=other)
-    assert sorted(_trial_lengths(exp, eid, parent)) == [(2, 9.0), (3, 6.0), (4, 10.0)]
+    assert sorted(trial_lengths(exp, eid, parent)) == [(2, 9.0), (3, 6.0), (4, 10.0)]
 
 
 # --- real sweeps ------------------------------------------------------------------------------------------

@@ -49,6 +49,10 @@ def test_refit_trains_the_best_trial_on_all_training_digits_once_and_promote_reg
     assert {k: p.get(k) for k in searched} == {k: best.data.params[k] for k in searched}  # the trial's configuration
     assert 0 <= m["test_accuracy"] <= 1 and t["mnist_exp.model_uri"].startswith(("runs:/", "models:/"))
     assert parent.data.tags["mnist_exp.refit_run_id"] == refit.info.run_id
+    # the sweep's own row in the UI: its best trial's objective and epochs, the refit's test accuracy
+    assert parent.data.metrics["objective"] == best.data.metrics["objective"]
+    assert parent.data.metrics["epochs_run"] == best.data.metrics["epochs_run"]
+    assert parent.data.metrics["test_accuracy"] == pytest.approx(m["test_accuracy"])
     assert f"refit of trial {t['mnist_exp.trial_id']}: test accuracy" in proc.stdout
 
     # the same command again: the sweep resumes, finds the refit done, trains nothing
@@ -56,6 +60,7 @@ def test_refit_trains_the_best_trial_on_all_training_digits_once_and_promote_reg
     assert "resuming, 2 trial(s) done" in proc.stdout and "refit:" not in proc.stdout
     assert [r.info.run_id for r in of_kind("refit")] == [refit.info.run_id]
     assert len(of_kind("trial")) == 2
+    assert of_kind("sweep")[0].data.metrics["test_accuracy"] == pytest.approx(m["test_accuracy"])  # still the refit's
 
     # promote registers the refit, not the trial it came from
     proc = cli("promote", "quick", check=0)

@@ -88,10 +88,13 @@ def test_ui_from_home_and_from_the_printed_address(ui, tmp_path):
     # axis per selectedParams and selectedMetrics entry, over the runs shown in the runs list that have all of
     # them: the trials, once their sweep is expanded (the sweeps' parent runs have no such params).
     view = saved_view(exp_id, chart_address)
-    [parallel_chart] = [c for c in view["compareRunCharts"] if c["type"] == "PARALLEL"]
+    [parallel_chart] = [c for c in view["compareRunCharts"] if c["uuid"] == "mnist-exp-parallel"]
     axes = [*parallel_chart["selectedParams"], *parallel_chart["selectedMetrics"]]
     assert {"learning_rate", "filters_1", "activation"} <= set(parallel_chart["selectedParams"]), parallel_chart
     assert parallel_chart["selectedMetrics"] == ["objective"], parallel_chart
+    importance = [f"importance.{p}" for p in parallel_chart["selectedParams"]]
+    assert [c["selectedMetrics"] for c in view["compareRunCharts"] if c["uuid"] == "mnist-exp-importance"] == [importance]
+    assert [f"metrics.`{m}`" for m in importance] == [c for c in view["selectedColumns"] if "importance." in c]
     [section] = [s["name"] for s in view["compareRunSections"] if s["uuid"] == parallel_chart["metricSectionId"]]
     [parent_b] = runs(filter_string="tags.`mnist_exp.sweep` = 'b' and tags.`mnist_exp.kind` = 'sweep'")
     trials = sorted(r.info.run_name for sweep in (parent, parent_b)
@@ -156,12 +159,21 @@ def test_ui_from_home_and_from_the_printed_address(ui, tmp_path):
         page.goto(table_address)
         expect_model_training_runs_table(page)
         expect(page.get_by_role("link", name="a-0", exact=True)).to_have_count(0)  # trials nested, folded
+        # the folded sweep's own row shows its result (its best trial's objective and test accuracy), not dashes;
+        # the grid draws a row's pinned name and its other cells as two [role=row] elements with one row-index
+        name_row = page.locator('[role="row"]', has=page.get_by_role("link", name="a", exact=True)).first
+        index = name_row.get_attribute("row-index")
+        for column in ("metrics.`objective`", "metrics.`test_accuracy`"):
+            cell = page.locator(f'[role="row"][row-index="{index}"] [col-id="{column}"]').first
+            expect(cell).to_have_text(re.compile(r"^\s*0?\.\d|^\s*1(\.0*)?\s*$"))  # a value in [0, 1], not "-"
         page.goto("about:blank")  # a load, not a hash change (which keeps the table); not a reload either: the
         # URL then holds the view's filters, and MLflow applies a saved view only without them
         with page.expect_response(is_runs_search) as search:  # the page's search for runs: the chart's data
             page.goto(chart_address)
         expect_chart_data(search)
         expect_saved_view_charts(page)
+        # on arrival, before any row is expanded, the sweeps' own results are charted (the section is not empty)
+        expect(page.get_by_test_id("experiment-view-compare-runs-card").filter(has_text="objective per trial")).to_be_visible()
         expect_sweep_chart(page)
         expect(page.get_by_test_id("experiment-view-compare-runs-card").filter(has_text="val_accuracy")).to_be_visible()
         page.wait_for_timeout(1500)  # plotly's lines draw after the axes

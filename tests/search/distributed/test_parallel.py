@@ -73,6 +73,9 @@ def test_two_workers_run_trials_side_by_side(store):
              for t in ("tuner0", "tuner1")}
     assert any(a0 < b1 and b0 < a1 for a0, a1 in spans["tuner0"] for b0, b1 in spans["tuner1"])
     assert parent.data.metrics["trials_completed"] == 4
+    best = max(children, key=lambda c: (c.data.metrics["objective"], -int(c.data.tags["mnist_exp.trial_id"])))  # ties: the first
+    assert parent.data.metrics["objective"] == best.data.metrics["objective"]  # the sweep's own row in the UI
+    assert parent.data.metrics["test_accuracy"] == best.data.metrics["test_accuracy"]
 
 
 @pytest.mark.slow
