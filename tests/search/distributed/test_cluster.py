@@ -120,3 +120,23 @@ def test_a_worker_restarted_with_its_id_gets_its_own_trial_back(store):
 
     old = MlflowClient().get_run(first.info.run_id)
     assert old.info.status == "KILLED", old.info
+
+
+@pytest.mark.slow
+def test_a_remote_workers_trial_is_pruned_by_the_chief(store):
+    """The pruner decides in the chief from what a worker on another machine reports after each epoch (Keras
+    Tuner's gRPC protocol): the worker's trial that learns nothing stops after its first epoch, tagged pruned."""
+    from helpers import pruned_sweep
+
+    port = free_port()
+    ch = start(["sweep", pruned_sweep(store, epochs=3), "--serve", f"127.0.0.1:{port}", "--parallel", "0"], store)
+    wait_for_store(ch)
+    wa = worker(store, port, "wa")
+    out_a, out = finish(wa, 400), finish(ch, 120)
+    assert ch.returncode == 0 and wa.returncode == 0, out[-3000:] + out_a[-3000:]
+    by_lr = {float(r.data.params["learning_rate"]): r for r in trial_runs("pruned")}
+    assert sorted(by_lr) == [1e-7, 2e-3, 3e-3] and {r.info.status for r in by_lr.values()} == {"FINISHED"}
+    assert {r.data.tags["mnist_exp.tuner_id"] for r in by_lr.values()} == {"wa"}
+    assert by_lr[1e-7].data.tags.get("mnist_exp.pruned") == "1" and by_lr[1e-7].data.metrics["epochs_run"] == 1
+    assert "mnist_exp.pruned" not in by_lr[3e-3].data.tags and by_lr[3e-3].data.metrics["epochs_run"] == 3
+    assert re.search(r"trial \d+/\d+ \(2\): val_accuracy=\S+ \(pruned after epoch 1\)", out), out[-3000:]
