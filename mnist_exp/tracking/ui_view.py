@@ -58,7 +58,7 @@ def view_state(hyperparameters: list[str]) -> dict:
     charts = [
         chart("mnist-exp-parallel", "PARALLEL", "Hyperparameters → objective", selectedParams=list(hyperparameters),
               selectedMetrics=["objective"], showAllRuns=True),
-        chart("mnist-exp-objective", "BAR", "objective per trial (a sweep: its best trial's)", metricKey="objective"),
+        chart("mnist-exp-objective", "BAR", "objective per trial", metricKey="objective"),
         chart("mnist-exp-importance", "PARALLEL", "Hyperparameter importance (a sweep of 8+ trials)",
               selectedParams=[], selectedMetrics=importance, showAllRuns=True),
         chart("mnist-exp-val-accuracy", "LINE", "val_accuracy of every trial", metricKey="val_accuracy",

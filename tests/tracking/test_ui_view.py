@@ -172,8 +172,11 @@ def test_ui_from_home_and_from_the_printed_address(ui, tmp_path):
             page.goto(chart_address)
         expect_chart_data(search)
         expect_saved_view_charts(page)
-        # on arrival, before any row is expanded, the sweeps' own results are charted (the section is not empty)
-        expect(page.get_by_test_id("experiment-view-compare-runs-card").filter(has_text="objective per trial")).to_be_visible()
+        # on arrival, before any row is expanded, the sweeps' own results are charted (the section is not empty):
+        # the bar chart of the objective, titled by its metric
+        bar = page.get_by_test_id("experiment-view-compare-runs-card").filter(
+            has=page.get_by_role("heading", name="objective", exact=True))
+        expect(bar.first).to_be_visible()
         expect_sweep_chart(page)
         expect(page.get_by_test_id("experiment-view-compare-runs-card").filter(has_text="val_accuracy")).to_be_visible()
         page.wait_for_timeout(1500)  # plotly's lines draw after the axes
