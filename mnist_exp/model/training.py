@@ -15,7 +15,7 @@ import keras_tuner as kt
 import numpy as np
 
 from mnist_exp import tracking
-from mnist_exp.model import fidelity, plots
+from mnist_exp.model import fidelity, plots, resume
 from mnist_exp.model.cnn import build_model, plateau_callback
 from mnist_exp.model.data import Dataset, one_hot, to_model_inputs
 from mnist_exp.runtime import faults, signals
@@ -47,40 +47,88 @@ class CNNHyperModel(kt.HyperModel):
         return build_model(hp, steps_per_execution=spe, mixed_precision=self.mixed_precision, steps=steps)
 
     def fit(self, hp, model, x, y=None, validation_data=None, **kwargs):
-        """Arrays are fed through ``input_pipeline``; a ready ``tf.data.Dataset`` passes through."""
+        """Arrays are fed through ``input_pipeline``; a ready ``tf.data.Dataset`` passes through. With a
+        ``resume.EpochCheckpoint`` among the callbacks, the fit continues from its checkpoint (if it has one) and
+        returns the history of every epoch, those before the resume included."""
+        callbacks = list(kwargs.pop("callbacks", []))
+        ckpt = next((c for c in callbacks if isinstance(c, resume.EpochCheckpoint)), None)
         plateau = plateau_callback(keras, hp, "val_loss" if validation_data is not None else "loss")
-        if plateau is not None:
-            kwargs["callbacks"] = [*kwargs.get("callbacks", []), plateau]
+        if plateau is not None:  # before the checkpoint, which keeps its counters as they are after the epoch
+            callbacks.insert(callbacks.index(ckpt) if ckpt else len(callbacks), plateau)
+            if ckpt:
+                ckpt.track(plateau)
+        if ckpt is not None:
+            kwargs["initial_epoch"] = max(kwargs.get("initial_epoch", 0), ckpt.initial_epoch)
+        data_seed = ckpt.data_seed if ckpt else new_data_seed()
         if isinstance(x, np.ndarray):
-            x, y = input_pipeline(x, y, hp.get("batch_size"), shuffle=kwargs.pop("shuffle", True)), None
+            import tensorflow as tf
+
+            epoch = tf.Variable(kwargs.get("initial_epoch", 0), dtype=tf.int64, trainable=False)
+            x, y = input_pipeline(x, y, hp.get("batch_size"), shuffle=kwargs.pop("shuffle", True), seed=data_seed,
+                                  epoch=epoch), None
+            callbacks.insert(0, EpochOrder(epoch))
             kwargs["shuffle"] = False  # the pipeline reshuffles each epoch; Keras would only warn
         if isinstance(validation_data, tuple) and isinstance(validation_data[0], np.ndarray):
             validation_data = input_pipeline(*validation_data[:2], EVAL_BATCH, shuffle=False)
-        return model.fit(x, y, validation_data=validation_data, **kwargs)
+        history = model.fit(x, y, validation_data=validation_data, callbacks=callbacks, **kwargs)
+        if ckpt is None or ckpt.resume is None:
+            return history
+        whole = keras.callbacks.History()  # the epochs before the resume, then this fit's
+        whole.history = {k: [*ckpt.resume.history.get(k, []), *v] for k, v in history.history.items()} \
+            if history.history else {k: list(v) for k, v in ckpt.resume.history.items()}
+        return whole
 
 
 EVAL_BATCH = 256  # evaluation only: no effect on the optimisation, ~2x fewer calls than batch 16
 
 
-def input_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool = True):
-    """Batches of (x, y) reshuffled every epoch, as ``fit(x, y, batch_size=…)`` gives, but faster here.
+def new_data_seed() -> int:
+    """The seed of a new fit's data order, drawn from the process's seeded generator (``set_seed_and_threads``)."""
+    return int(np.random.randint(0, 2**31 - 1))
 
-    Keras's own array pipeline (tf.data, autotuned) sometimes stalls on two cores (README "Performance");
-    with autotuning off none did. This one gathers index batches from in-memory tensors with a fixed
-    prefetch and autotuning off.
-    Same batch size, same per-epoch uniform shuffle, partial last batch kept: the optimisation is unchanged.
+
+def input_pipeline(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool = True, seed: int = 0,
+                   epoch=None):
+    """Batches of (x, y), each epoch in its own uniformly shuffled order, as ``fit(x, y, batch_size=…)`` gives, but
+    faster here and resumable.
+
+    Keras's own array pipeline (tf.data, autotuned) sometimes stalls on two cores (docs/performance.md); with
+    autotuning off none did. This one gathers index batches from in-memory tensors with a fixed prefetch and
+    autotuning off. The order of epoch ``e`` is the stateless permutation of (``seed``, ``e``)
+    (``tf.random.experimental.index_shuffle``): it does not depend on what ran before in the process, so a fit
+    resumed at epoch ``e`` in another process sees the same digits in the same order.
+
+    Args:
+        epoch: the epoch whose order an iterator of the dataset yields: an int, or a ``tf.Variable`` read each time
+            an iterator starts (Keras starts one per epoch, after ``on_epoch_begin``: ``EpochOrder`` sets it there).
+        Same batch size, partial last batch kept: the optimisation is unchanged.
     """
     import tensorflow as tf
 
-    xt, yt = tf.constant(x), tf.constant(y)
-    idx = tf.data.Dataset.range(len(x))
+    xt, yt, n = tf.constant(x), tf.constant(y), len(x)
+    ds = tf.data.Dataset.range(n).batch(batch_size)
     if shuffle:
-        idx = idx.shuffle(len(x), reshuffle_each_iteration=True)
-    ds = idx.batch(batch_size).map(lambda i: (tf.gather(xt, i), tf.gather(yt, i))).prefetch(2)
+        def order(i):
+            e = epoch.read_value() if isinstance(epoch, tf.Variable) else tf.constant(epoch or 0, tf.int64)
+            return tf.random.experimental.index_shuffle(i, tf.stack([tf.constant(seed, tf.int64), e]),
+                                                        tf.constant(n - 1, tf.int64))
+        ds = ds.map(order)
+    ds = ds.map(lambda i: (tf.gather(xt, i), tf.gather(yt, i))).prefetch(2)
     options = tf.data.Options()
     options.autotune.enabled = False
     options.deterministic = True
     return ds.with_options(options)
+
+
+class EpochOrder(keras.callbacks.Callback):
+    """Points the input pipeline at the epoch about to run (``input_pipeline``'s ``epoch`` variable)."""
+
+    def __init__(self, variable):
+        super().__init__()
+        self.variable = variable
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.variable.assign(epoch)
 
 
 class EpochLogger(keras.callbacks.Callback):
@@ -149,24 +197,38 @@ class NaNLoss(RuntimeError):
 
 
 class FailOnNaN(keras.callbacks.Callback):
-    """Raise (so the trial ends FAILED) instead of Keras's TerminateOnNaN silent stop."""
-
-    def on_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            raise NaNLoss(f"loss became {float(loss)} at batch {batch}")
+    """Raise (so the trial ends FAILED) instead of Keras's TerminateOnNaN silent stop. Checked at the epoch's end,
+    on the epoch's mean loss (NaN once any step's was): no per-step hook, so no per-step sync or Python call."""
 
     def on_epoch_end(self, epoch, logs=None):
-        self.on_batch_end(-1, logs)
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NaNLoss(f"loss became {float(loss)} in epoch {epoch + 1}")
 
 
-class InterruptCheck(keras.callbacks.Callback):
-    """Raises a Ctrl-C / SIGTERM recorded inside a trial at the next batch end (``interrupt``)."""
+class StopOnSignal(keras.callbacks.Callback):
+    """A Ctrl-C / SIGTERM recorded during the fit (``runtime/signals.py``) asks Keras to stop at the next step
+    boundary (``stop_training``; ``stop_evaluating`` during validation): no per-step Python work.
 
-    def on_train_batch_end(self, batch, logs=None):
-        signals.check()
+    Put first among the fit's callbacks: at the end of the epoch the signal cut short it raises the interrupt
+    before any other callback sees that partial epoch, so it is never logged or checkpointed as a whole one.
+    """
 
-    def on_test_batch_end(self, batch, logs=None):
+    def on_train_begin(self, logs=None):
+        signals.stop_hook(self._stop)
+
+    def on_train_end(self, logs=None):
+        signals.stop_hook(None)
+
+    def _stop(self):
+        self.model.stop_training = True
+        self.model.stop_evaluating = True
+
+    def on_test_begin(self, logs=None):
+        if signals.pending():  # Keras resets stop_evaluating when validation begins
+            self.model.stop_evaluating = True
+
+    def on_epoch_end(self, epoch, logs=None):
         signals.check()
 
 
@@ -193,19 +255,29 @@ def hypermodel_for(exp: Experiment, n_train: int) -> CNNHyperModel:
     return CNNHyperModel(exp.training.steps_per_execution, n_train, exp.training.mixed_precision, exp.training.epochs)
 
 
-def callbacks_for(exp: Experiment, run_id: str, echo: str | None = None, fit_verbose: int = 0) -> list:
-    """``echo``: the per-epoch line's prefix (None: no line); ``fit_verbose``: the fit's verbosity, nonzero
-    adds our ProgressBar (Keras would otherwise add its own, which counts past the end)."""
-    cbs = [EpochLogger(run_id, echo), FailOnNaN(), InterruptCheck()]
+def callbacks_for(exp: Experiment, run_id: str, echo: str | None = None, fit_verbose: int = 0,
+                  checkpoint: resume.EpochCheckpoint | None = None) -> list:
+    """The fit's callbacks, in the order their epoch ends must run.
+
+    Args:
+        echo: the per-epoch line's prefix (None: no line).
+        fit_verbose: the fit's verbosity; nonzero adds our ProgressBar (Keras would otherwise add its own, which
+            counts past the end).
+        checkpoint: the fit's per-epoch checkpoint, if it keeps one: after the callbacks whose counters it saves,
+            before the epoch's metrics are logged (a resume logs what a kill between the two left out).
+    """
+    cbs = [StopOnSignal()]  # first: a partial epoch reaches no other callback
     if fit_verbose:
-        cbs.insert(0, ProgressBar())
+        cbs.append(ProgressBar())
     if exp.training.early_stopping_patience:
-        cbs.append(
-            keras.callbacks.EarlyStopping(
-                monitor=exp.objective.name, mode=exp.objective.direction, patience=exp.training.early_stopping_patience
-            )
-        )
-    return cbs
+        stop = keras.callbacks.EarlyStopping(monitor=exp.objective.name, mode=exp.objective.direction,
+                                             patience=exp.training.early_stopping_patience)
+        cbs.append(stop)
+        if checkpoint is not None:
+            checkpoint.track(stop)
+    if checkpoint is not None:
+        cbs.append(checkpoint)
+    return [*cbs, EpochLogger(run_id, echo), FailOnNaN()]
 
 
 def history_summary(history: dict, objective: str, direction: str) -> dict:

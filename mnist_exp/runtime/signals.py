@@ -7,9 +7,11 @@ Exception, so the trial was marked FAILED (and never retried) instead of KILLED.
 SIGTERM 6 s into a parallel sweep (most likely also what CI saw once: "no trial KILLED").
 
 So inside a trial (``defer(True)`` … ``defer(False)``, or ``deferred()``) the handler only
-records the signal, and the interrupt is raised at safe points: a batch end
-(``training.InterruptCheck``), between a trial's phases, or after Keras Tuner has recorded a trial
-that finished anyway (``check()``). Outside a trial, and on a second signal, it is raised at once.
+records the signal and runs the stop hook, if one is set (``stop_hook``: a fit's
+``training.StopOnSignal`` asks Keras to stop at the next step boundary, with no per-step Python
+work); the interrupt is raised at safe points: the end of the epoch that was cut short, between a
+trial's phases, or after Keras Tuner has recorded a trial that finished anyway (``check()``).
+Outside a trial, and on a second signal, it is raised at once.
 
 SIGHUP (the terminal closed) is handled like SIGTERM, so the run ends KILLED, not RUNNING. That
 terminal is gone, so stdout/stderr, where they were it, are pointed at /dev/null first: a write to a
@@ -21,7 +23,7 @@ Example::
 
     with interrupt.handled():          # Ctrl-C / SIGTERM / SIGHUP → KeyboardInterrupt, at safe points
         with interrupt.deferred():
-            model.fit(..., callbacks=[training.InterruptCheck()])
+            model.fit(..., callbacks=[training.StopOnSignal()])
             interrupt.check()
 """
 
@@ -34,6 +36,7 @@ import threading
 
 _pending: int | None = None  # a signal received while deferring, not raised yet
 _deferring = False
+_stop_hook = None  # called when a signal is recorded: asks the running fit to stop (training.StopOnSignal)
 
 
 def interrupted(signum: int) -> KeyboardInterrupt:
@@ -59,6 +62,8 @@ def _handler(signum, frame):
             os.write(2, f"\n{signal.Signals(signum).name}: stopping at the next safe point (again to force)\n".encode())
         except OSError:  # stderr gone: raising here would land inside whatever was running
             pass
+        if _stop_hook is not None:
+            _stop_hook()
         return
     _pending = None
     raise interrupted(signum)
@@ -95,6 +100,7 @@ def handled(signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
         for s, h in previous.items():
             signal.signal(s, h)
         _pending = None
+        stop_hook(None)
         defer(False)  # a trial left by an exception never reached its on_trial_end
 
 
@@ -115,6 +121,18 @@ def deferred():
         yield
     finally:
         defer(was)
+
+
+def stop_hook(fn) -> None:
+    """Call ``fn()`` (from the signal handler, so it must only set flags) when a signal is recorded from now on;
+    None removes it. One at a time: a fit sets its own at its start and removes it at its end."""
+    global _stop_hook
+    _stop_hook = fn
+
+
+def pending() -> bool:
+    """Whether a signal was recorded and not raised yet."""
+    return _pending is not None
 
 
 def check() -> None:

@@ -20,7 +20,7 @@ from mnist_exp.model.data import Dataset
 from mnist_exp.results import compare, describe, importance
 from mnist_exp.runtime import faults, signals, terminal
 from mnist_exp.runtime.errors import ConfigError, DiskFull, SweepError, TrackingUnavailable
-from mnist_exp.search import sweep_budget, sweep_state
+from mnist_exp.search import sweep_budget, sweep_state, trial_resume
 from mnist_exp.search.distributed import oracle_chief, wire, worker_processes
 from mnist_exp.search.distributed.trial_leases import TrialLeaseOracleMixin
 from mnist_exp.search.distributed.worker_processes import ChiefEnvironment
@@ -333,6 +333,7 @@ def _finish(tuner, sw, crashed: str | None) -> SweepResult:
         tracking.set_status(parent, keys.FAILED)
         raise SweepError(f"sweep {exp.name}: every trial failed ({len(failed)}); first error: {first}")
     tracking.set_status(parent, keys.FINISHED)
+    trial_resume.remove_leftovers(sw)
 
     ui_view.after_sweep(sw, tuner.oracle.hyperparameters)  # the MLflow UI's saved view; a failure is one warning line
     if crashed:

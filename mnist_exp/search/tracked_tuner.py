@@ -26,14 +26,16 @@ import keras_tuner as kt
 from keras_tuner.src.engine import tuner_utils
 
 from mnist_exp import tracking
-from mnist_exp.model import fidelity, training
+from mnist_exp.model import fidelity, resume, training
 from mnist_exp.model.data import Dataset
 from mnist_exp.runtime import faults, heap, signals
+from mnist_exp.search import trial_resume
 from mnist_exp.search.oracle import KINDS, make_oracle
 from mnist_exp.search.sweep_state import atomic_write_json
 from mnist_exp.search.trial_failures import (
     ChiefGone,
     DiskFullStop,
+    LeaseLost,
     Superseded,
     as_store_unavailable,
     first_line,
@@ -42,7 +44,7 @@ from mnist_exp.search.trial_failures import (
 )
 from mnist_exp.spec.experiment import Experiment
 from mnist_exp.spec.levers import HP_DEFAULTS, TUNER_BOOKKEEPING_PREFIX, hp_value
-from mnist_exp.tracking import keys
+from mnist_exp.tracking import checkpoints, keys
 
 
 @dataclass
@@ -73,6 +75,7 @@ class TrackedTunerMixin:
         self._reported: set[str] = set()  # trials that reported every epoch so far to the oracle (this attempt)
         self._pruned: dict[str, int] = {}  # trial id -> epoch (1-based) after which the oracle stopped it
         self._gaps: set[str] = set()  # trials with an epoch the oracle did not hear of
+        self._models: dict[str, object] = {}  # trial id -> the model its fit trains (evaluated after, not rebuilt)
         # Called on kt.Tuner directly: the concrete tuners' __init__ only build their oracle,
         # which we build ourselves (atomic saves). Their run_trial etc. still apply by MRO.
         kt.Tuner.__init__(self, oracle=oracle, **kwargs)
@@ -98,6 +101,9 @@ class TrackedTunerMixin:
         faults.point("after_trial_recorded")
         signals.defer(False)
         signals.check()
+
+    def on_epoch_begin(self, trial, model, epoch, logs=None):
+        self._models[trial.trial_id] = model
 
     def on_epoch_end(self, trial, model, epoch, logs=None):
         """With a pruner, report the epoch's objective to the oracle (Keras Tuner 1.4.8 never does); if it answers
@@ -135,6 +141,7 @@ class TrackedTunerMixin:
             self._reported.discard(trial.trial_id)
             self._gaps.discard(trial.trial_id)
             self._pruned.pop(trial.trial_id, None)
+            self._models.pop(trial.trial_id, None)
 
     def claim(self, trial_id: str) -> None:
         """Raise Superseded if this process may no longer commit the trial (a worker asks its chief)."""
@@ -148,42 +155,68 @@ class TrackedTunerMixin:
         adopted = adopt_finished_run(self.sweep, trial.trial_id)
         if adopted is not None:
             return adopted
-        self._start_run(trial)
+        found = self._open_run(trial)
         try:
-            return self._train_and_commit(trial, time.perf_counter(), *args, **kwargs)
+            return self._train_and_commit(trial, time.perf_counter(), found, *args, **kwargs)
         except BaseException as e:
             instead = self._end_after(trial, e)
             if instead is None:
                 raise
             raise instead from e
 
-    def _start_run(self, trial) -> str:
+    def _open_run(self, trial):
+        """Reopen the trial's interrupted attempt that left a checkpoint (returned), or start a new run (None)."""
         sw, exp = self.sweep, self.sweep.exp
-        tags = {keys.TAG_KIND: "trial", keys.TAG_SWEEP: exp.name, keys.TAG_TRIAL: trial.trial_id,
-                keys.TAG_TUNER_ID: self.tuner_id, **tracking.environment_tags()}
         try:
-            run_id = tracking.start_run(sw.experiment_id, f"{exp.name}-{trial.trial_id}", tags, sw.parent_run_id)
+            found = trial_resume.resumable(sw, trial)
+            if found is not None:
+                tracking.reopen_run(found.run_id, {keys.TAG_RESUMED_FROM_EPOCH: str(found.epoch),
+                                                   keys.TAG_TUNER_ID: self.tuner_id})
+                resume.backfill(found.run_id, found)
+                self._gaps.add(trial.trial_id)  # the epochs before the resume: reported with the trial's result
+                print(f"[sweep {exp.name}{' ' + sw.worker if sw.worker else ''}] trial {trial.trial_id}: run "
+                      f"{found.run_id} resumed after epoch {found.epoch}", flush=True)
+                faults.point("trial_resumed")
+                return found
+            tags = {keys.TAG_KIND: "trial", keys.TAG_SWEEP: exp.name, keys.TAG_TRIAL: trial.trial_id,
+                    keys.TAG_TUNER_ID: self.tuner_id, **tracking.environment_tags(),
+                    keys.TAG_FIT_IDENTITY: trial_resume.fit_identity(sw, trial.hyperparameters.values)}
+            tracking.start_run(sw.experiment_id, f"{exp.name}-{trial.trial_id}", tags, sw.parent_run_id)
         except Exception as e:
             raise as_store_unavailable(e) from e
         faults.point("trial_started")
-        return run_id
+        return None
 
-    def _train_and_commit(self, trial, t0: float, *args, **kwargs):
-        """Train through Keras Tuner, evaluate its best epoch on the test set, log, commit (run FINISHED)."""
+    def _train_and_commit(self, trial, t0: float, found, *args, **kwargs):
+        """Train through Keras Tuner (from ``found``, a checkpoint, when resumed), evaluate its best epoch on the
+        test set, log, commit (run FINISHED)."""
         sw, exp, hp = self.sweep, self.sweep.exp, trial.hyperparameters
         signals.check()
-        tracking.log_params({**hp.values, **exp.as_params(), **fidelity.logged(hp.values, exp.training.epochs)})
-        tracking.log_dataset(sw.ds)
+        if found is None:
+            tracking.log_params({**hp.values, **exp.as_params(), **fidelity.logged(hp.values, exp.training.epochs)})
+            tracking.log_dataset(sw.ds)
         echo = f"[sweep {exp.name}{' ' + sw.worker if sw.worker else ''}] trial {trial.trial_id}"
+        run_id, objective = tracking.active_run_id(), self.oracle.objective
+        ckpt = None if exp.tuner.executions_per_trial != 1 else resume.EpochCheckpoint(
+            run_id, trial_resume.fit_identity(sw, hp.values), training.new_data_seed(),
+            (objective.name, objective.direction), found)
         # kwargs are search()'s fit arguments: its verbose is the fit's (sweep.py, terminal.fit_verbose)
         callbacks = list(kwargs.pop("callbacks", [])) + training.callbacks_for(
-            exp, tracking.active_run_id(), echo, kwargs.get("verbose", 0)) + self.extra_callbacks()
+            exp, run_id, echo, kwargs.get("verbose", 0), ckpt) + self.extra_callbacks()
         histories = super().run_trial(trial, *args, callbacks=callbacks, **kwargs)
         signals.check()
+        tracking.check_held(run_id)  # a worker whose trial another has reopened writes no result into it
+        try:  # a trial given away while it trained: the run, its checkpoint with it, goes to the trial's new worker
+            self.claim(trial.trial_id)
+        except Superseded as e:
+            raise LeaseLost(str(e)) from None
+        checkpoints.remove(run_id)  # the fit is done: from here a kill leaves the trial to run again (no half-logged
+        faults.point("checkpoint_removed")  # test records are ever resumed into)
         hist = training.merged_history(histories)
         summary = training.history_summary(hist, exp.objective.name, exp.objective.direction)
         tracking.log_metrics({**summary, "train_time_s": time.perf_counter() - t0})
-        model = self.load_model(trial)  # Keras Tuner's best-epoch checkpoint: what get_best_models returns
+        trial_resume.restore_best(found, hist, objective, self._get_checkpoint_fname(trial.trial_id))
+        model = self._best_epoch_model(trial)
         signals.check()  # the last point where an interrupt still ends the trial KILLED
         first_epoch = int(hp.values.get(f"{TUNER_BOOKKEEPING_PREFIX}initial_epoch", 0)) + 1
         training.evaluate_and_log(model, sw.ds, hist, first_epoch)
@@ -196,8 +229,21 @@ class TrackedTunerMixin:
         faults.point("after_run_finished")
         return histories
 
+    def _best_epoch_model(self, trial):
+        """The trained model with Keras Tuner's best-epoch checkpoint loaded (what get_best_models returns): its
+        weights loaded into the model the fit trained, rather than a model built again (load_model's clear_session,
+        gc and build cost more than the training of a small trial's last seconds)."""
+        model = self._models.pop(trial.trial_id, None)
+        if model is None:
+            return self.load_model(trial)
+        model.load_weights(self._get_checkpoint_fname(trial.trial_id))
+        return model
+
     def _end_after(self, trial, e: BaseException) -> BaseException | None:
         """End the trial's run after ``e``; return what to raise instead of ``e`` (None: ``e`` itself)."""
+        if isinstance(e, (tracking.RunTakenOver, LeaseLost)):  # the trial is another worker's now: nothing more is
+            tracking.let_go(tracking.active_run_id())  # written to its run, which that worker continues
+            return Superseded(f"trial {trial.trial_id}: the lease expired and the trial was given to another worker")
         if isinstance(e, Superseded):  # its result is kept as a superseded attempt, never as the trial's
             _end_quietly(keys.KILLED, f"superseded: {e}", superseded=str(e))
             return None
@@ -216,11 +262,13 @@ class TrackedTunerMixin:
             return DiskFullStop(f"no space left on device ({first_line(e)})")
         self.sweep.trial_failed(f"trial {trial.trial_id}: {type(e).__name__}: {e}")
         try:
+            run_id = tracking.active_run_id()
             tracking.set_tags({keys.TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]})
             tracking.log_text("".join(traceback.format_exception(e)), "error.txt")
             tracking.end_run(keys.FAILED)
         except Exception as e2:
             return as_store_unavailable(e2)
+        checkpoints.remove(run_id)  # a failed trial is never resumed
         return kt.errors.FailedTrialError(f"{type(e).__name__}: {e}")
 
 

@@ -27,6 +27,11 @@ class Superseded(Exception):
     Not fatal: the worker goes on with its next trial."""
 
 
+class LeaseLost(Superseded):
+    """The trial was given to another worker before this attempt's fit ended: its run is left as it is, with its
+    checkpoint, for the worker that has the trial now to reopen and continue."""
+
+
 class DiskFullStop(kt.errors.FatalError):
     """A write found no space left (checkpoint, artifact or store)."""
 

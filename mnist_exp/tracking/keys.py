@@ -27,6 +27,11 @@ TAG_TEST_FINGERPRINT = "mnist_exp.test_fingerprint"
 TAG_MODEL_URI = "mnist_exp.model_uri"
 TAG_EXPERIMENT_FILE = "mnist_exp.experiment_file"  # `mnist-exp train`: the experiment file it ran
 
+# --- resumable fits: train, trial and refit runs (tracking/checkpoints.py, model/resume.py) ----------------
+TAG_CHECKPOINT = "mnist_exp.checkpoint"  # pointer (JSON) to the newest complete checkpoint version; removed at the end
+TAG_FIT_IDENTITY = "mnist_exp.fit_identity"  # sha256 of what the fit trains (hyperparameters, data, seed, epochs)
+TAG_RESUMED_FROM_EPOCH = "mnist_exp.resumed_from_epoch"  # the last completed epoch (1-based) the run resumed after
+
 # --- liveness: which process holds a RUNNING run (tracking/liveness.py) ---------------------------------
 TAG_PID = "mnist_exp.pid"
 TAG_HOST = "mnist_exp.host"

@@ -21,6 +21,51 @@ def start_run(experiment_id: str, name: str, tags: dict, parent_run_id: str | No
     return run.info.run_id
 
 
+def reopen_run(run_id: str, tags: dict) -> str:
+    """Make an earlier run (KILLED, or RUNNING in a process that lost it) this process's active run again, as
+    ``start_run`` starts one: its liveness tags now name this process (so no reaper takes it for the dead
+    one's), the old error tag goes, ``tags`` are added."""
+    import mlflow
+
+    mlflow.start_run(run_id=run_id, nested=True, log_system_metrics=False)
+    mlflow_io.set_tags({**tags, **liveness.identity()}, run_id=run_id)
+    try:
+        mlflow_io.delete_tag(run_id, keys.TAG_ERROR)
+    except Exception:  # it had none
+        pass
+    liveness.HEARTBEAT.hold(run_id, mlflow.get_tracking_uri())
+    usage.begin(run_id, mlflow.get_tracking_uri(), resumed=True)
+    return run_id
+
+
+class RunTakenOver(Exception):
+    """Another process reopened the run this process was writing (a worker whose lease expired)."""
+
+
+def check_held(run_id: str) -> None:
+    """Raise RunTakenOver unless this process still holds the run (before writing into it)."""
+    if not holds(mlflow_io.get_run(run_id)):
+        raise RunTakenOver(f"run {run_id} was taken over by another process")
+
+
+def let_go(run_id: str) -> None:
+    """Stop being the active run's process without writing to it (another process holds it now): no status, no
+    last samples, no heartbeat."""
+    from mlflow.tracking import fluent
+
+    liveness.HEARTBEAT.release(run_id)
+    usage.drop(run_id)
+    stack = fluent._active_run_stack.get()  # MLflow has no public "detach": end_run would write a status
+    if stack and stack[-1].info.run_id == run_id:
+        stack.pop()
+
+
+def holds(run) -> bool:
+    """Whether this process is the one a run's liveness tags name (another may have reopened it since)."""
+    mine = liveness.identity()
+    return all(run.data.tags.get(k) == mine[k] for k in (keys.TAG_PID, keys.TAG_HOST, keys.TAG_PROC_START))
+
+
 def end_run(status: str) -> None:
     import mlflow
 

@@ -38,10 +38,11 @@ _held: dict[str, _Held] = {}
 _lock = threading.Lock()
 
 
-def begin(run_id: str, uri: str) -> None:
-    """Start accounting for ``run_id``: CPU clock, memory, the peak reset, MLflow's sampler."""
+def begin(run_id: str, uri: str, resumed: bool = False) -> None:
+    """Start accounting for ``run_id``: CPU clock, memory, the peak reset, MLflow's sampler (``resumed``: a run
+    reopened by this process, whose samples continue the earlier process's steps)."""
     reset_peak()
-    held = _Held(time.process_time(), rss_mb(), _start_monitor(run_id, uri))
+    held = _Held(time.process_time(), rss_mb(), _start_monitor(run_id, uri, resumed))
     with _lock:
         _held[run_id] = held
 
@@ -62,6 +63,16 @@ def end(run_id: str) -> dict[str, float]:
     if held.rss_mb is not None and now is not None:
         out.update(process_rss_start_mb=held.rss_mb, process_rss_end_mb=now)
     return out
+
+
+def drop(run_id: str) -> None:
+    """Stop the run's sampler without a last sample (the run is no longer this process's to write)."""
+    with _lock:
+        held = _held.pop(run_id, None)
+    if held is not None and held.monitor is not None:
+        stop = getattr(held.monitor, "_shutdown_event", None)
+        if stop is not None:
+            stop.set()
 
 
 def rss_mb() -> float | None:
@@ -102,7 +113,7 @@ def system_metrics_enabled() -> bool:
     return importlib.util.find_spec("psutil") is not None
 
 
-def _start_monitor(run_id: str, uri: str):
+def _start_monitor(run_id: str, uri: str, resumed: bool = False):
     try:
         if not system_metrics_enabled():
             return None
@@ -113,7 +124,8 @@ def _start_monitor(run_id: str, uri: str):
         # Its INFO lines ("Started monitoring system metrics." ...) would be three more lines per trial, and its
         # warnings, when the store stops answering, would land after the sweep's own one-line error.
         logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=SAMPLING_S, tracking_uri=uri)
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=SAMPLING_S, tracking_uri=uri,
+                                       resume_logging=resumed)
         monitor.start()  # a daemon thread: it never keeps the process alive
         return monitor
     except Exception as e:  # system metrics are a nicety: never the reason a run fails

@@ -41,10 +41,10 @@ def test_a_second_signal_forces():
             _kill_self()
 
 
-def test_fit_stops_at_the_batch_end_after_the_signal(embedded):
+def test_fit_stops_at_the_step_boundary_after_the_signal(embedded):
     from mnist_exp.model.data import one_hot, to_model_inputs
     from mnist_exp.model.cnn import build_model
-    from mnist_exp.model.training import InterruptCheck
+    from mnist_exp.model.training import StopOnSignal
 
     seen = []
 
@@ -58,7 +58,7 @@ def test_fit_stops_at_the_batch_end_after_the_signal(embedded):
     model = build_model(steps_per_execution=1)
     with signals.handled(), signals.deferred():
         with pytest.raises(KeyboardInterrupt):
-            model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[SignalAtBatch2(), InterruptCheck()])
+            model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[SignalAtBatch2(), StopOnSignal()])
     assert seen == [0, 1, 2]  # batch 2 ran to its end; no later batch started
 
 

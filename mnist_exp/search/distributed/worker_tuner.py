@@ -104,13 +104,15 @@ def _LeaseCheck(lease: Lease):
     import keras
 
     class LeaseCheck(keras.callbacks.Callback):
-        """Stops training once the chief has given this trial away (its result would be refused)."""
+        """Stops training at the end of the epoch once the chief has given this trial away (its result would be
+        refused; the worker that has it now continues from this attempt's checkpoint). Epoch-level: a batch hook
+        would cost every step a Python call."""
 
         def __init__(self, lease):
             super().__init__()
             self.lease = lease
 
-        def on_train_batch_end(self, batch, logs=None):
+        def on_epoch_end(self, epoch, logs=None):
             if self.lease.lost is not None and self.lease.lost == self.lease.trial_id:
                 self.model.stop_training = True
 

@@ -92,8 +92,8 @@ def test_serve_needs_a_token_and_a_valid_address(store):
 
 @pytest.mark.slow
 def test_a_worker_restarted_with_its_id_gets_its_own_trial_back(store):
-    """Within the lease the chief keeps the trial for its worker: the restarted worker (same --id) runs it
-    again; the killed attempt's run is marked KILLED by the new process (same machine, pid gone)."""
+    """Within the lease the chief keeps the trial for its worker: the restarted worker (same --id) continues it
+    in the same run from its last completed epoch (the killed process's checkpoint, with the store)."""
     port = free_port()
     ch = chief(store, port, epochs=20, trials=2, lease=60)
     wait_for_store(ch)
@@ -113,13 +113,18 @@ def test_a_worker_restarted_with_its_id_gets_its_own_trial_back(store):
     assert ch.returncode == 0 and again.returncode == 0, out[-3000:] + out_a[-3000:]
     assert "goes back to the queue" not in out  # nothing was revoked: the trial waited for its worker
     tid = first.data.tags["mnist_exp.trial_id"]
-    assert re.search(rf"^\[sweep cl wa\] trial {tid} epoch 1/20", out_a, re.M), out_a[-3000:]
+    found = re.search(rf"^\[sweep cl wa\] trial {tid}: run {first.info.run_id} resumed after epoch (\d+)$", out_a, re.M)
+    assert found, out_a[-3000:]
+    k = int(found[1])
+    assert re.search(rf"^\[sweep cl wa\] trial {tid} epoch {k + 1}/20", out_a, re.M), out_a[-3000:]
+    assert not re.search(rf"^\[sweep cl wa\] trial {tid} epoch {k}/20", out_a, re.M), out_a[-3000:]
     done = once_each(2)
-    assert done[tid].info.run_id != first.info.run_id
+    assert done[tid].info.run_id == first.info.run_id and len(trial_runs()) == 2  # one run per trial
     from mlflow import MlflowClient
 
-    old = MlflowClient().get_run(first.info.run_id)
-    assert old.info.status == "KILLED", old.info
+    steps = sorted(m.step for m in MlflowClient().get_metric_history(first.info.run_id, "loss"))
+    assert steps == list(range(1, 21))  # curves continuous, every epoch once
+    assert done[tid].data.tags["mnist_exp.resumed_from_epoch"] == str(k)
 
 
 @pytest.mark.slow
