@@ -158,7 +158,11 @@ def test_a_sweep_across_three_machines_survives_worker_and_chief_faults(lan, tmp
             run = client.get_run(run_id)
             assert run.info.status == "FINISHED" and int(run.data.tags["mnist_exp.resumed_from_epoch"]) >= 1, \
                 run.data.tags
-            assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == list(range(1, 13))
+            steps = sorted(m.step for m in client.get_metric_history(run_id, "loss"))
+            # the cut-off worker's write in flight when it was cut off may land after the other worker reopened the
+            # run (MLflow retries it): then one epoch can show twice (docs/performance.md, "Known limits")
+            assert (set(steps) if run_id == cut_run else steps) == (set(range(1, 13)) if run_id == cut_run
+                                                                     else list(range(1, 13))), steps
             assert "mnist_exp.checkpoint" not in run.data.tags and not client.list_artifacts(run_id, "checkpoint")
         # artifacts went to the server's store, through its proxy: none on any machine's disk
         assert all(client.list_artifacts(r.info.run_id) for r in finished)

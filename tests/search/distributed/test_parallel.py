@@ -116,6 +116,10 @@ def test_interrupted_parallel_sweep_resumes_with_one_worker(store):
     finished = sorted(c.data.tags["mnist_exp.trial_id"] for c in trial_runs() if c.info.status == "FINISHED")
     assert finished == ["0", "1", "2", "3"]  # the interrupted trials included, none twice
     assert killed <= set(finished)
+    resumed = [c for c in trial_runs() if "mnist_exp.resumed_from_epoch" in c.data.tags]
+    assert len(trial_runs()) == 4 and {c.data.tags["mnist_exp.trial_id"] for c in resumed} == killed  # in their runs
+    for c in resumed:  # from their last epoch: each of the 20 epochs logged once
+        assert sorted(m.step for m in MlflowClient().get_metric_history(c.info.run_id, "loss")) == list(range(1, 21))
 
 
 def test_an_injected_hypermodel_is_refused_before_anything_is_written(store):
