@@ -44,8 +44,8 @@ from mnist_exp.tracking.runs import (
 )
 
 __all__ = [
-    "RunTakenOver", "active_run_id", "check_held", "let_go", "reopen_run", "client", "configure", "create_run", "delete_tag", "end_run", "environment_tags", "find_runs",
-    "get_run", "kill_stale_children", "log_artifact", "log_dataset", "log_figure", "log_keras_model", "log_metrics",
-    "log_params", "log_params_to", "log_text", "refit_runs", "set_status", "set_tags", "start_run", "tracking_uri",
-    "trial_runs",
+    "RunTakenOver", "active_run_id", "check_held", "client", "configure", "create_run", "delete_tag", "end_run",
+    "environment_tags", "find_runs", "get_run", "kill_stale_children", "let_go", "log_artifact", "log_dataset",
+    "log_figure", "log_keras_model", "log_metrics", "log_params", "log_params_to", "log_text", "refit_runs",
+    "reopen_run", "set_status", "set_tags", "start_run", "tracking_uri", "trial_runs",
 ]
