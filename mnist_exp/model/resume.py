@@ -39,6 +39,15 @@ def identity(hp_values: dict, fingerprint: str, seed: int, epochs: int, extra: d
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+MACHINE_LOCAL = ("data.source", "training.threads")  # where this machine keeps the digits, its thread count
+
+
+def fit_settings(exp) -> dict:
+    """The experiment's settings that make a fit what it is: not where a machine keeps the digits (their
+    fingerprint counts) nor its thread count, so another worker can continue a trial."""
+    return {k: v for k, v in exp.as_params().items() if k not in MACHINE_LOCAL}
+
+
 def version_name(epoch: int) -> str:
     return f"epoch-{epoch:04d}"
 
@@ -106,12 +115,14 @@ class EpochCheckpoint(keras.callbacks.Callback):
         data_seed: the seed of the data order (``training.input_pipeline``); a resumed fit keeps its own.
         objective: (metric, "max"|"min") whose best epoch is kept too, or None.
         resume: where to continue from, or None for a fit from the start.
+        stop_after: train no epoch past this one (1-based), whatever the fit's ``epochs``.
     """
 
     def __init__(self, run_id: str, identity: str, data_seed: int, objective: tuple[str, str] | None = None,
-                 resume: Resume | None = None):
+                 resume: Resume | None = None, stop_after: int | None = None):
         super().__init__()
         self.run_id, self.identity, self.objective, self.resume = run_id, identity, objective, resume
+        self.stop_after = stop_after  # the fit ends after this epoch (a resumed trial its pruner had already stopped)
         self.data_seed = resume.data_seed if resume else data_seed
         self.history = {k: list(v) for k, v in resume.history.items()} if resume else {}
         self.tracked: list = []  # callbacks whose counters are part of the state

@@ -42,7 +42,7 @@ def run_train(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, verbos
     if exp.path:
         tags[keys.TAG_EXPERIMENT_FILE] = exp.path
     fit_id = resume.identity(hp.values, ds.fingerprint + ds.test_fingerprint, exp.seed, exp.training.epochs,
-                             {"experiment": exp.as_params()})
+                             {"experiment": resume.fit_settings(exp)})
     t0 = time.perf_counter()
     with signals.handled(), signals.deferred():  # Ctrl-C / SIGTERM: the run ends KILLED, not mid-write
         found = resume.find(_earlier_attempts(experiment_id, tags[keys.TAG_KIND], name, parent_run_id), fit_id, echo)

@@ -59,6 +59,8 @@ class CNNHyperModel(kt.HyperModel):
                 ckpt.track(plateau)
         if ckpt is not None:
             kwargs["initial_epoch"] = max(kwargs.get("initial_epoch", 0), ckpt.initial_epoch)
+            if ckpt.stop_after is not None:
+                kwargs["epochs"] = min(kwargs.get("epochs", 1), ckpt.stop_after)
         data_seed = ckpt.data_seed if ckpt else new_data_seed()
         if isinstance(x, np.ndarray):
             import tensorflow as tf

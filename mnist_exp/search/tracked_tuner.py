@@ -199,7 +199,7 @@ class TrackedTunerMixin:
         run_id, objective = tracking.active_run_id(), self.oracle.objective
         ckpt = None if exp.tuner.executions_per_trial != 1 else resume.EpochCheckpoint(
             run_id, trial_resume.fit_identity(sw, hp.values), training.new_data_seed(),
-            (objective.name, objective.direction), found)
+            (objective.name, objective.direction), found, self._stopped_before(trial, found))
         # kwargs are search()'s fit arguments: its verbose is the fit's (sweep.py, terminal.fit_verbose)
         callbacks = list(kwargs.pop("callbacks", [])) + training.callbacks_for(
             exp, run_id, echo, kwargs.get("verbose", 0), ckpt) + self.extra_callbacks()
@@ -228,6 +228,21 @@ class TrackedTunerMixin:
         tracking.end_run(keys.FINISHED)  # the commit point (see the module docstring)
         faults.point("after_run_finished")
         return histories
+
+    def _stopped_before(self, trial, found) -> int | None:
+        """For a resumed trial of a pruned search: its last completed epoch if the oracle had already stopped it
+        there (a decision the killed process saved but never acted on), asked by reporting that epoch again."""
+        name = self.oracle.objective.name
+        if found is None or self.sweep.exp.tuner.pruner == "none" or not found.history.get(name):
+            return None
+        try:
+            answer = self.oracle.update_trial(trial.trial_id, {name: found.history[name][-1]}, step=found.epoch - 1)
+        except ChiefGone:  # the trial trains on; its lease decides whether it is still this worker's
+            return None
+        if answer is None or answer.status != kt.engine.trial.TrialStatus.STOPPED:
+            return None
+        self._pruned[trial.trial_id] = found.epoch
+        return found.epoch
 
     def _best_epoch_model(self, trial):
         """The trained model with Keras Tuner's best-epoch checkpoint loaded (what get_best_models returns): its

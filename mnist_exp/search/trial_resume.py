@@ -20,7 +20,7 @@ def fit_identity(sw, hp_values: dict) -> str:
     """What a trial's checkpoint must match: its hyperparameters (Hyperband's bookkeeping included), data, seed."""
     exp = sw.exp
     return resume.identity(hp_values, sw.ds.fingerprint + sw.ds.test_fingerprint, exp.seed,
-                           fidelity.trial_epochs(hp_values, exp.training.epochs)[1], {"experiment": exp.as_params()})
+                           fidelity.trial_epochs(hp_values, exp.training.epochs)[1], {"experiment": resume.fit_settings(exp)})
 
 
 def resumable(sw, trial) -> resume.Resume | None:

@@ -71,6 +71,9 @@ def versions(run_id: str) -> list[str]:
 
 def download(run_id: str, version: str, dest: Path | None = None) -> Path:
     """The version's files in a local folder (a temporary one unless ``dest`` is given)."""
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bar among the epoch lines
     dest = Path(dest or tempfile.mkdtemp(prefix="mnist-exp-checkpoint-"))
     return Path(mlflow_io.client().download_artifacts(run_id, f"{ROOT}/{version}", str(dest)))
 

@@ -265,16 +265,19 @@ def test_resume_after_sigterm_and_sigkill_loses_nothing_and_duplicates_nothing(s
     parents, children = sweep_runs("resumable")
     assert [p.info.run_id for p in parents] == [parent.info.run_id] and parents[0].info.status == "FINISHED"
     status = {c.info.run_id: c.info.status for c in children}
-    assert status[first_victim] == "KILLED" and status[second_victim] == "KILLED"
+    # both victims had logged an epoch: each continued in its own run from its last checkpoint
+    assert status[first_victim] == "FINISHED" and status[second_victim] == "FINISHED"
+    assert all("mnist_exp.resumed_from_epoch" in c.data.tags for c in children
+               if c.info.run_id in (first_victim, second_victim))
     finished = [c.data.tags["mnist_exp.trial_id"] for c in children if c.info.status == "FINISHED"]
     assert sorted(finished) == ["0", "1", "2"]  # every trial once, none twice
-    assert len(children) == 5  # 3 finished + 2 killed attempts
+    assert len(children) == 3  # one run per trial
     assert all(t["status"] == "COMPLETED" for t in kt_trials(store, "resumable").values())
 
     # 4. A changed tuner is refused; nothing is written.
     proc = cli("sweep", exp_file, "--tuner", "bayesian", check=2)
     assert "exists with a different tuner" in proc.stderr and "--overwrite" in proc.stderr
-    assert len(sweep_runs("resumable")[1]) == 5
+    assert len(sweep_runs("resumable")[1]) == 3
 
     # 5. A larger budget extends the same sweep by one trial.
     cli("sweep", exp_file, "--max-trials", "4", check=0)

@@ -5,9 +5,10 @@ lacks (its issue tracker: no liveness check, workers hanging on a dead chief, no
 
 - every call must carry the shared token (wire.TOKEN_KEY) or is refused UNAUTHENTICATED;
 - a worker holds its trial on a lease: any call from it renews it, ``Renew`` every few seconds. A
-  worker silent for ``lease_s`` loses its trial to the retry queue (another worker runs it) and its run
-  is marked KILLED; whatever it reports for that trial later is refused, so its result becomes a
-  superseded attempt (trial_failures.Superseded), never a second finished trial;
+  worker silent for ``lease_s`` loses its trial to the retry queue and its run is marked KILLED (the worker
+  that gets the trial next reopens that run and continues from its checkpoint, search/trial_resume.py);
+  whatever the silent worker reports for that trial later is refused, and it writes nothing more to the run,
+  so its result is never a second finished trial;
 - ``Claim`` asks, just before a worker marks its run FINISHED (the commit point, tracked_tuner.py), whether it
   still holds the trial: a claim and a revocation are serialised by one lock, so exactly one side wins;
 - ``Describe`` gives the sweep's definition (experiment, search space text, parent run, data

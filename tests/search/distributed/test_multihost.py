@@ -143,7 +143,7 @@ def test_a_sweep_across_three_machines_survives_worker_and_chief_faults(lan, tmp
             for name in h.names:
                 h.kill_all(name)
             for p in STARTED:
-                print(f"--- {p.name} {' '.join(map(str, p.p.args[-12:]))[:200]}\n{p.out[-3000:]}")
+                print(f"--- {p.name} {' '.join(map(str, p.p.args[-12:]))[:200]}\n{p.out[-8000:]}")
             STARTED.clear()
 
         runs = trial_runs(client, experiment_id)
@@ -152,12 +152,17 @@ def test_a_sweep_across_three_machines_survives_worker_and_chief_faults(lan, tmp
         assert ids == [f"{i:02d}" for i in range(10)], (ids, chief.out[-3000:])  # every trial once
         assert {r.data.tags["mnist_exp.tuner_id"] for r in finished} == {"w1", "w2"}
         assert not [r for r in runs if r.info.status == "RUNNING"]
-        # the killed worker's trial and the cut-off worker's: each continued in its own run from its checkpoint,
-        # by the worker the chief gave it to, every epoch logged once
+        # the killed worker's trial and the cut-off worker's: each continued in its own run from its checkpoint by
+        # the worker the chief gave it to, every epoch logged once. That run ends FINISHED, unless the chief's kill
+        # (fault 3) came while it was being evaluated: then it is KILLED and its trial ran once more as a new run
+        # (a kill after a fit ended trains the trial again: docs/performance.md, "Known limits")
         for run_id in (killed_run, cut_run):
             run = client.get_run(run_id)
-            assert run.info.status == "FINISHED" and int(run.data.tags["mnist_exp.resumed_from_epoch"]) >= 1, \
-                run.data.tags
+            why = {k: run.data.tags.get(f"mnist_exp.{k}") for k in ("trial_id", "tuner_id", "error", "superseded",
+                                                                      "resumed_from_epoch", "checkpoint")}
+            assert int(run.data.tags.get("mnist_exp.resumed_from_epoch", 0)) >= 1, f"{run_id} {run.info.status} {why}"
+            assert run.info.status == "FINISHED" or (
+                run.info.status == "KILLED" and why["error"].startswith("the chief stopped answering")), why
             steps = sorted(m.step for m in client.get_metric_history(run_id, "loss"))
             # the cut-off worker's write in flight when it was cut off may land after the other worker reopened the
             # run (MLflow retries it): then one epoch can show twice (docs/performance.md, "Known limits")
