@@ -33,7 +33,8 @@ EPOCHS = 27
 def command(data: str, uri: str) -> list[str]:
     sets = [x for k, v in CHAMPION.items() for x in ("--set", f"hp.{k}={v}")]
     return [str(BIN / "mnist-exp"), "train", str(REPO / "experiments" / "best.yaml"), "--data", data,
-            "--epochs", str(EPOCHS), "--set", "data.validation_split=0", "--tracking-uri", uri, *sets]
+            "--epochs", str(EPOCHS), "--set", "data.validation_split=0", "--set", "tuner.refit=false",
+            "--tracking-uri", uri, *sets]
 
 
 def run(cmd: list[str], env: dict | None = None) -> tuple[int, str, float]:

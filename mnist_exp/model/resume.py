@@ -209,6 +209,7 @@ def find(runs: list, want_identity: str, label: str) -> Resume | None:
             why = str(e) if isinstance(e, Damaged) else f"unreadable ({type(e).__name__})"
             print(f"{label}: the checkpoint of run {run.info.run_id} (epoch {epoch}) is not used: {why}; "
                   "starting over", flush=True)
+            checkpoints.remove(run.info.run_id)  # never used: its run stays KILLED, without it
             return None
     return None
 

@@ -59,36 +59,30 @@ def test_train_killed_after_epoch_2_resumes_in_the_same_run_with_the_uninterrupt
 
 
 @pytest.mark.slow
-def test_a_kill_after_the_upload_but_before_the_pointer_resumes_from_the_epoch_before(store):
-    killed_at("checkpoint_uploaded@2")  # epoch 2's files are there; the pointer still names epoch 1
-    [killed] = runs()
-    assert json.loads(killed.data.tags["mnist_exp.checkpoint"])["meta"] == {"epoch": 1}
-    proc = cli(*TRAIN, check=0)
-    assert "resumed after epoch 1" in proc.stdout and "epoch 2/4" in proc.stdout
-    [run] = runs()
-    assert run.info.status == "FINISHED" and [s for s, _ in curve(run.info.run_id, "loss")] == [1, 2, 3, 4]
+def test_a_damaged_then_a_foreign_checkpoint_is_skipped_with_one_line_and_the_fit_starts_over(store):
+    def folder(run):
+        return Path(run.info.artifact_uri.removeprefix("file://")) / "checkpoint" / "epoch-0001"
 
-
-@pytest.mark.slow
-@pytest.mark.parametrize("damage, line", [
-    ("weights", "weights unreadable (OSError)"),
-    ("identity", "it was made for other hyperparameters or data"),
-])
-def test_a_damaged_or_foreign_checkpoint_is_skipped_with_one_line_and_the_fit_starts_over(store, damage, line):
     killed_at("epoch_checkpointed@1")
-    [killed] = runs()
-    folder = Path(killed.info.artifact_uri.removeprefix("file://")) / "checkpoint" / "epoch-0001"
-    if damage == "weights":
-        weights = folder / "state.weights.h5"
-        weights.write_bytes(weights.read_bytes()[:1000])
-    else:
-        state = json.loads((folder / "state.json").read_text())
-        (folder / "state.json").write_text(json.dumps({**state, "identity": "another fit"}))
+    [first] = runs()
+    weights = folder(first) / "state.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:1000])  # damaged: a truncated weights file
+    out = killed_at("epoch_checkpointed@1")  # skipped with one line; a new run, killed in its turn after epoch 1
+    said = [ln for ln in out.splitlines() if "is not used" in ln]
+    assert said == [f"[train baseline]: the checkpoint of run {first.info.run_id} (epoch 1) is not used: weights "
+                    "unreadable (OSError); starting over"]
+    [second] = [r for r in runs() if r.info.run_id != first.info.run_id]
+    state = json.loads((folder(second) / "state.json").read_text())
+    (folder(second) / "state.json").write_text(json.dumps({**state, "identity": "another fit"}))  # foreign
+
     proc = cli(*TRAIN, check=0)
-    [said] = [ln for ln in proc.stdout.splitlines() if "is not used" in ln]
-    assert said == f"[train baseline]: the checkpoint of run {killed.info.run_id} (epoch 1) is not used: {line}; " \
-                   "starting over"
+    said = [ln for ln in proc.stdout.splitlines() if "is not used" in ln]
+    assert said == [f"[train baseline]: the checkpoint of run {second.info.run_id} (epoch 1) is not used: it was made "
+                    "for other hyperparameters or data; starting over"]
     assert "epoch 1/4" in proc.stdout
-    new = [r for r in runs() if r.info.run_id != killed.info.run_id]
-    assert [r.info.status for r in new] == ["FINISHED"] and [s for s, _ in curve(new[0].info.run_id, "loss")] == [1, 2, 3, 4]
-    assert next(r for r in runs() if r.info.run_id == killed.info.run_id).info.status == "KILLED"
+    by_id = {r.info.run_id: r for r in runs()}
+    [new] = [r for i, r in by_id.items() if i not in (first.info.run_id, second.info.run_id)]
+    assert new.info.status == "FINISHED" and [s for s, _ in curve(new.info.run_id, "loss")] == [1, 2, 3, 4]
+    for skipped in (first, second):  # KILLED, their checkpoints gone: never used
+        run = by_id[skipped.info.run_id]
+        assert run.info.status == "KILLED" and "mnist_exp.checkpoint" not in run.data.tags and not checkpoint_files(run)

@@ -281,29 +281,30 @@ def test_tracking_server_outages_short_ridden_through_long_stops_and_resumes(tmp
             server.stop()
 
 
-THREE_EPOCHS = TINY.replace("training: {epochs: 1}", "training: {epochs: 3}").replace("max_trials: 2", "max_trials: 1")
+FOUR_EPOCHS = TINY.replace("training: {epochs: 1}", "training: {epochs: 4}").replace("max_trials: 2", "max_trials: 1")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point, resumed_after", [
-    ("epoch_checkpointed@2", 2),   # epoch 2's checkpoint pointed at; its metrics not logged yet (logged on resume)
-    ("checkpoint_uploaded@2", 1),  # epoch 2's files uploaded, the pointer still at epoch 1: epoch 2 trains again
-])
-def test_a_trial_killed_between_epochs_resumes_in_its_own_run_from_its_last_checkpoint(store, capsys, point,
-                                                                                        resumed_after):
+def test_a_trial_killed_between_epochs_resumes_in_its_own_run_from_its_last_checkpoint(store, capsys):
+    """Killed after epoch 2's files were uploaded but before its pointer moved (resumes after epoch 1: epoch 2 trains
+    again, logged once), then, resumed, killed after epoch 3's pointer moved but before its metrics were logged
+    (resumes after epoch 3: its metrics come from the checkpoint); one run for the trial throughout."""
     from mlflow import MlflowClient
 
-    exp_file = write_yaml(store / "tiny.yaml", THREE_EPOCHS)
-    crash_at(exp_file, point)
+    exp_file = write_yaml(store / "tiny.yaml", FOUR_EPOCHS)
+    crash_at(exp_file, "checkpoint_uploaded@2")
     [killed] = runs(filter_string="tags.`mnist_exp.kind` = 'trial'")
+    out = crash_at(exp_file, "epoch_checkpointed@2")  # this process's second checkpoint: epoch 3's
+    assert f"trial 0: run {killed.info.run_id} resumed after epoch 1" in out
+    assert "trial 0 epoch 2/4" in out and "trial 0 epoch 3/4" not in out and "trial 0 epoch 1/4" not in out
     assert main(["sweep", str(exp_file)]) == 0
     out = capsys.readouterr().out
-    assert f"[sweep tiny] trial 0: run {killed.info.run_id} resumed after epoch {resumed_after}" in out
-    assert f"trial 0 epoch {resumed_after}/3" not in out and f"trial 0 epoch {resumed_after + 1}/3" in out
+    assert f"[sweep tiny] trial 0: run {killed.info.run_id} resumed after epoch 3" in out
+    assert "trial 0 epoch 3/4" not in out and "trial 0 epoch 4/4" in out
     parent, children = assert_exactly_once(store, n_trials=1)
-    [run] = children  # one run per trial: the killed attempt's, reopened
-    assert run.info.run_id == killed.info.run_id and run.data.tags["mnist_exp.resumed_from_epoch"] == str(resumed_after)
+    [run] = children  # one run per trial: the killed attempt's, reopened twice
+    assert run.info.run_id == killed.info.run_id and run.data.tags["mnist_exp.resumed_from_epoch"] == "3"  # the latest
     for metric in ("loss", "val_accuracy"):  # every epoch logged once
-        assert sorted(m.step for m in MlflowClient().get_metric_history(run.info.run_id, metric)) == [1, 2, 3]
-    assert run.data.metrics["epochs_run"] == 3
+        assert sorted(m.step for m in MlflowClient().get_metric_history(run.info.run_id, metric)) == [1, 2, 3, 4]
+    assert run.data.metrics["epochs_run"] == 4
     assert "mnist_exp.checkpoint" not in run.data.tags and not MlflowClient().list_artifacts(run.info.run_id, "checkpoint")
