@@ -55,6 +55,7 @@ class Promotion:
     refit: bool  # the trial's refit on all training digits, not the trial's own model
     model_uri: str  # models:/<name>@<alias>
     version: str
+    members: tuple[str, ...] = ()  # an ensemble's member runs (empty for a single model)
 
 
 def load(experiment: str | Path | None = None, overrides: Sequence[str] = (),
@@ -158,19 +159,25 @@ def compare(sweeps: Sequence[str] | None = None, tracking_uri: str | None = None
 
 
 def promote(sweep: str | None = None, model_name: str = "mnist-cnn", alias: str = "champion", force: bool = False,
-            dry_run: bool = False, tracking_uri: str | None = None, experiment: str = "mnist-exp") -> Promotion:
+            dry_run: bool = False, tracking_uri: str | None = None, experiment: str = "mnist-exp",
+            ensemble: int | None = None) -> Promotion:
     """Register the sweep's best trial (or its refit) and move ``alias`` to it, guarded: never to a model that
     tests worse than the current champion on the same digits unless ``force``. Raises PromotionRefused (and
-    changes nothing) when refused; ``dry_run`` judges without writing."""
+    changes nothing) when refused; ``dry_run`` judges without writing. ``ensemble``: average up to that many
+    trials, chosen on validation, as one model (None: the sweep's ``tuner.ensemble``; 0 or 1: none)."""
     from mnist_exp.results import promote as promote_mod  # MLflow
 
     promote_mod.check_names(model_name, alias)
     uri = open_store(tracking_uri, write=not dry_run, experiment=experiment,
                      command=None if dry_run else "promote")  # --dry-run changes nothing
     experiment_id = promote_mod.experiment_id(uri, experiment)
-    cand, version = promote_mod.promote(uri, experiment_id, sweep, model_name, alias, dry_run=dry_run, force=force)
+    if ensemble is not None and ensemble < 0:
+        raise ConfigError(f"--ensemble {ensemble}: must be 0 or more")
+    cand, version = promote_mod.promote(uri, experiment_id, sweep, model_name, alias, dry_run=dry_run, force=force,
+                                        ensemble_of=ensemble)
+    members = tuple(m for m in cand.tags.get(keys.TAG_ENSEMBLE_OF, "").split(",") if m)
     return Promotion(cand.sweep, cand.trial_id, cand.run_id, cand.objective, cand.objective_value, cand.test_accuracy,
-                     bool(cand.tags.get(keys.TAG_REFIT_OF)), f"models:/{model_name}@{alias}", str(version))
+                     bool(cand.tags.get(keys.TAG_REFIT_OF)), f"models:/{model_name}@{alias}", str(version), members)
 
 
 def predict(images: Sequence[str | Path], model: str = "models:/mnist-cnn@champion",

@@ -102,6 +102,9 @@ def _results_parsers(sub) -> None:
     p.add_argument("--alias", default="champion")
     p.add_argument("--dry-run", action="store_true", help="say what would happen, change nothing")
     p.add_argument("--force", action="store_true", help="promote even if the champion's test accuracy is higher")
+    p.add_argument("--ensemble", type=int, metavar="K", default=None,
+                   help="average up to K trials, chosen on validation, as one model (default: the sweep's "
+                        "tuner.ensemble; 1: the best trial alone)")
     p.add_argument("--experiment-name", default="mnist-exp")
     _common(p)
 
@@ -237,11 +240,12 @@ def cmd_promote(args) -> int:
 
     try:
         p = api.promote(args.sweep, args.model_name, args.alias, force=args.force, dry_run=args.dry_run,
-                        tracking_uri=args.tracking_uri, experiment=args.experiment_name)
+                        tracking_uri=args.tracking_uri, experiment=args.experiment_name, ensemble=args.ensemble)
     except PromotionRefused as e:
         print(f"mnist-exp promote: refused: {e}", file=sys.stderr)
         return 1
-    what = f"trial {p.trial_id}'s refit on all training digits" if p.refit else f"trial {p.trial_id}"
+    what = (f"ensemble of {len(p.members)} models" if p.members else
+            f"trial {p.trial_id}'s refit on all training digits" if p.refit else f"trial {p.trial_id}")
     print(f"{p.sweep} {what} (run {p.run_id}): {p.objective}={p.objective_value:.4f}, "
           f"test accuracy {p.test_accuracy:.4f}")
     print(p.version if args.dry_run else f"{p.model_uri} -> version {p.version}")

@@ -67,7 +67,7 @@ def run_train(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, verbos
             train_s = time.perf_counter() - t0
             summary = training.history_summary(hist, exp.objective.name, exp.objective.direction)
             tracking.log_metrics({**summary, "train_time_s": train_s})
-            test = training.evaluate_and_log(model, ds, hist)
+            test = training.evaluate_and_log(model, ds, hist, keep_probabilities=exp.tuner.ensemble > 0)
             tracking.end_run(keys.FINISHED)
         except BaseException as e:
             status = keys.FAILED if isinstance(e, Exception) else keys.KILLED

@@ -15,6 +15,7 @@ import keras_tuner as kt
 import numpy as np
 
 from mnist_exp import tracking
+from mnist_exp.tracking import probabilities
 from mnist_exp.model import fidelity, plots, resume
 from mnist_exp.model.cnn import build_model, plateau_callback
 from mnist_exp.model.data import Dataset, one_hot, to_model_inputs
@@ -297,18 +298,34 @@ def history_summary(history: dict, objective: str, direction: str) -> dict:
     return out
 
 
-def evaluate_and_log(model, ds: Dataset, history: dict, first_epoch: int = 1) -> dict:
-    """Test metrics, the four figures and the model, logged to the active run. Returns test metrics."""
+def evaluate_and_log(model, ds: Dataset, history: dict, first_epoch: int = 1, keep_probabilities: bool = False) -> dict:
+    """Test metrics, the four figures and the model, logged to the active run. Returns test metrics.
+
+    The test predictions run in a thread while this one logs the model and the learning curves (TensorFlow
+    releases the GIL; MLflow's fluent calls need the run's own thread). With ``keep_probabilities`` the
+    validation digits go through the same pass and both sets of class probabilities are logged
+    (``PROBABILITIES``): what an ensemble's members are chosen and scored by.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     x_test = to_model_inputs(ds.x_test)
-    probs = model.predict(x_test, batch_size=EVAL_BATCH, verbose=0)
+    x_val = to_model_inputs(ds.x_val) if keep_probabilities and len(ds.y_val) else x_test[:0]
+    x_all = np.concatenate([x_val, x_test]) if len(x_val) else x_test
+    with ThreadPoolExecutor(1, thread_name_prefix="test-predictions") as pool:
+        predicted = pool.submit(model.predict, x_all, batch_size=EVAL_BATCH, verbose=0)
+        example = np.asarray(model(x_test[:5], training=False))
+        tracking.log_keras_model(model, x_test[:5], example)
+        tracking.log_figure(plots.learning_curves(history, first_epoch), "plots/learning_curves.png")
+        probs_all = predicted.result()
+    val_probs, probs = probs_all[: len(x_val)], probs_all[len(x_val):]
     pred = probs.argmax(axis=1)
     metrics = metrics_from_probs(probs, ds.y_test)
     tracking.log_metrics(metrics)
-    tracking.log_figure(plots.learning_curves(history, first_epoch), "plots/learning_curves.png")
     tracking.log_figure(plots.prediction_grid(ds.x_test, ds.y_test, pred), "plots/predictions.png")
     tracking.log_figure(plots.confusion_matrix(ds.y_test, pred), "plots/confusion_matrix.png")
     tracking.log_figure(plots.mistakes(ds.x_test, ds.y_test, pred, probs.max(axis=1)), "plots/mistakes.png")
-    tracking.log_keras_model(model, x_test[:5], probs[:5])
+    if keep_probabilities:
+        probabilities.log({"test": (probs, ds.y_test), **({"validation": (val_probs, ds.y_val)} if len(val_probs) else {})})
     return metrics
 
 

@@ -133,6 +133,38 @@ def model_version_description(c, experiment_id: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def ensemble_version_description(c, plan, built, single, experiment_id: str) -> str:
+    """A registered ensemble's description: its members with links to their runs, scores, size and latency."""
+    m = built.metrics
+    rows = [f"| {x.trial_id}{' (refit)' if x.refit else ''} | [{x.run_id}]({_run_link(experiment_id, x.run_id)}) | "
+            f"{x.weight:.3f} | {x.val_accuracy:.4f} | {x.val_loss:.4f} | {x.test_accuracy:.4f} |" for x in plan.members]
+    lines = [
+        f"Ensemble of {len(plan.members)} models from sweep `{c.sweep}`, chosen among its {plan.library} best trials "
+        f"on the validation split only (greedy selection with replacement, up to {plan.max_members} members): run "
+        f"[{c.run_id}]({_run_link(experiment_id, c.run_id)}) (the sweep's parent run "
+        f"[{plan.parent_run_id}]({_run_link(experiment_id, plan.parent_run_id)})). It averages the members' class "
+        "probabilities with these weights.",
+        "",
+        "| trial | run | weight | val accuracy | val loss | test accuracy |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+        f"- **ensemble**: validation accuracy {plan.val_accuracy:.4f} (loss {plan.val_loss:.4f}), test accuracy "
+        f"{plan.test_accuracy:.4f} (loss {plan.test_loss:.4f})",
+        f"- **best single model** (what promote without --ensemble registers: trial {single.trial_id}, run "
+        f"[{single.run_id}]({_run_link(experiment_id, single.run_id)})): test accuracy {single.test_accuracy:.4f}",
+        f"- **size on disk**: {m.get('size_bytes', float('nan')) / 1e6:.1f} MB (best single model "
+        f"{m.get('single_size_bytes', float('nan')) / 1e6:.1f} MB)",
+        f"- **latency per image**: {m.get('latency_ms_per_image_batch1', float('nan')):.2f} ms at batch 1, "
+        f"{m.get('latency_ms_per_image_batch256', float('nan')):.3f} ms at batch 256 (best single model "
+        f"{m.get('single_latency_ms_per_image_batch1', float('nan')):.2f} / "
+        f"{m.get('single_latency_ms_per_image_batch256', float('nan')):.3f} ms)",
+        f"- **test data**: fingerprint `{c.test_fingerprint}`",
+        f"- **model**: `{c.model_uri}`",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _best_text(exp: Experiment, trials: list[dict] | None, best_trial_id: str | None, experiment_id: str) -> str:
     if trials is None:
         return "Written here when the sweep finishes."

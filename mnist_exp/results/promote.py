@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from mnist_exp import tracking
 from mnist_exp._version import __version__
-from mnist_exp.results import compare, describe
+from mnist_exp.results import compare, describe, ensemble
 from mnist_exp.runtime.errors import ConfigError, PromotionRefused
 from mnist_exp.spec import names
 from mnist_exp.spec.levers import HP_DEFAULTS
@@ -174,17 +174,25 @@ def promotion_lock(client, model_name: str, sweep: str = "", wait_s: float | Non
 
 
 def promote(uri: str, experiment_id: str, sweep: str | None, model_name: str, alias: str,
-            dry_run: bool = False, force: bool = False) -> tuple[Candidate, str]:
+            dry_run: bool = False, force: bool = False, ensemble_of: int | None = None) -> tuple[Candidate, str]:
     """Returns (candidate, model version). Raises PromotionRefused and changes nothing when refused.
-    ``uri`` is unused (the lock lives in the registry of the current tracking URI); kept for callers."""
+    ``ensemble_of``: up to that many trials averaged as one model (results/ensemble.py); None takes the sweep's
+    ``tuner.ensemble``, and 0 or 1 the best trial (or its refit). ``uri`` is unused (the lock lives in the
+    registry of the current tracking URI); kept for callers."""
     import mlflow
 
     client = tracking.client()
     cand = best_candidate(experiment_id, sweep)
+    plan = _ensemble_plan(experiment_id, cand, ensemble_of)
+    single, cand = cand, (_ensemble_candidate(plan, cand, _built(experiment_id, plan)) if plan else cand)
     if dry_run:  # reads only, so no lock (a lock is a write, and a dry run may face a read-only store)
         return cand, _judge(client, cand, model_name, alias, force, dry_run=True)[1]
     with promotion_lock(client, model_name, cand.sweep) as lock:
         champion, why = _judge(client, cand, model_name, alias, force)
+        built = None
+        if plan:  # judged on its test probabilities; built (or found again) only when it may be promoted
+            built = ensemble.build(plan, experiment_id, single.model_uri)
+            cand = _ensemble_candidate(plan, single, built)
         existing = _versions_of(client, model_name, cand.run_id)
         if existing:
             version = existing[0]
@@ -193,15 +201,53 @@ def promote(uri: str, experiment_id: str, sweep: str | None, model_name: str, al
         # Everything the version should say is written before the alias moves, so an alias never points at a
         # version without its description or promotion tags (a crash anywhere before leaves the alias alone).
         if not version.description:  # new, or registered before descriptions (or by a process killed just here)
-            client.update_model_version(model_name, version.version,
-                                        description=describe.model_version_description(cand, experiment_id))
+            text = (describe.ensemble_version_description(cand, plan, built, single, experiment_id) if plan
+                    else describe.model_version_description(cand, experiment_id))
+            client.update_model_version(model_name, version.version, description=text)
         client.set_model_version_tag(model_name, version.version, keys.TAG_PROMOTED_AT, str(int(time.time())))
         if why:
             client.set_model_version_tag(model_name, version.version, keys.TAG_FORCED, why[:5000])
         elif keys.TAG_FORCED in (version.tags or {}):  # forced once, promoted on its merit now
             client.delete_model_version_tag(model_name, version.version, keys.TAG_FORCED)
         _move_alias(client, model_name, alias, champion, version.version, lock)
+        if built:
+            ensemble.note_on_parent(plan, built)
     return cand, version.version
+
+
+def _ensemble_plan(experiment_id: str, single: Candidate, ensemble_of: int | None):
+    parent = tracking.get_run(single.parent_run_id)
+    k = ensemble_of if ensemble_of is not None else int(parent.data.params.get("tuner.ensemble") or 0)
+    if k <= 1:
+        return None
+    maximize = single.tags.get(keys.TAG_OBJECTIVE, "max:").startswith("max:")
+    return ensemble.plan(experiment_id, parent, k, single.objective, maximize)
+
+
+def _built(experiment_id: str, plan) -> ensemble.Built | None:
+    """The ensemble's FINISHED run when an earlier promotion built it (read only)."""
+    done = [r for r in tracking.ensemble_runs(experiment_id, plan.parent_run_id, plan.identity())
+            if r.info.status == keys.FINISHED and keys.TAG_MODEL_URI in r.data.tags]
+    return ensemble.Built(done[0].info.run_id, done[0].data.tags[keys.TAG_MODEL_URI], {}) if done else None
+
+
+def _ensemble_candidate(plan, single: Candidate, built) -> Candidate:
+    """The ensemble as promote's candidate: scored like a trial (its objective on validation, the guard on test)."""
+    value = plan.val_loss if single.objective.endswith("loss") else plan.val_accuracy
+    tags = {
+        keys.TAG_VERSION: __version__,
+        keys.TAG_SWEEP: plan.sweep,
+        keys.TAG_TRIAL: "ensemble",
+        keys.TAG_RUN_ID: built.run_id if built else "",
+        keys.TAG_ENSEMBLE_OF: ",".join(m.run_id for m in plan.members),
+        keys.TAG_FINGERPRINT: single.tags.get(keys.TAG_FINGERPRINT, ""),
+        keys.TAG_TEST_FINGERPRINT: single.test_fingerprint,
+        keys.TAG_OBJECTIVE: single.tags.get(keys.TAG_OBJECTIVE, ""),
+        "metric.objective": repr(value),
+        **{f"metric.{k}": repr(getattr(plan, k)) for k in ("val_accuracy", "val_loss", "test_accuracy", "test_loss")},
+    }
+    return Candidate(plan.sweep, "ensemble", built.run_id if built else "", built.model_uri if built else "",
+                     single.objective, value, plan.test_accuracy, single.test_fingerprint, tags, plan.parent_run_id)
 
 
 def _judge(client, cand: Candidate, model_name: str, alias: str, force: bool, dry_run: bool = False):
@@ -220,6 +266,8 @@ def _judge(client, cand: Candidate, model_name: str, alias: str, force: bool, dr
 
 
 def _versions_of(client, model_name: str, run_id: str) -> list:
+    if not run_id:  # an ensemble not built yet
+        return []
     found = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
     return [v for v in found if v.tags.get(keys.TAG_RUN_ID) == run_id]
 

@@ -33,7 +33,7 @@ FORMAT = 2
 STATE_FILE = "mnist_exp_sweep.json"
 
 # Left out of the identity: raising max_trials extends a sweep, and any number of workers may resume it.
-NOT_IDENTITY = {"tuner": ("max_trials", "parallel_trials", "budget", "refit", "warm_start")}
+NOT_IDENTITY = {"tuner": ("max_trials", "parallel_trials", "budget", "refit", "warm_start", "ensemble")}
 
 # The fields each section had when format 1 was current (mnist-exp 0.1.0): data, never to be edited.
 FORMAT1_FIELDS = {

@@ -219,7 +219,7 @@ class TrackedTunerMixin:
         model = self._best_epoch_model(trial)
         signals.check()  # the last point where an interrupt still ends the trial KILLED
         first_epoch = int(hp.values.get(f"{TUNER_BOOKKEEPING_PREFIX}initial_epoch", 0)) + 1
-        training.evaluate_and_log(model, sw.ds, hist, first_epoch)
+        training.evaluate_and_log(model, sw.ds, hist, first_epoch, keep_probabilities=exp.tuner.ensemble > 0)
         tracking.log_metrics({keys.METRIC_TRIAL_TIME: time.perf_counter() - t0})
         if trial.trial_id in self._pruned:
             tracking.set_tags({keys.TAG_PRUNED: str(self._pruned[trial.trial_id])})

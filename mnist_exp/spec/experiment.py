@@ -87,6 +87,10 @@ class TunerConfig:
     # Earlier sweeps ("a,b") whose best configurations that fit the space are the first trials (random, bayesian
     # and tpe; search/warm_start.py). Chosen once, when the sweep is created; not part of its identity.
     warm_start: str | None = None
+    # Up to this many finished trials averaged as the sweep's model (results/ensemble.py): every trial keeps its
+    # validation and test probabilities to choose them by, and promote registers the ensemble. 0: none (promote
+    # registers the best trial). Not part of the identity: promote can build one from any sweep that kept them.
+    ensemble: int = 0
 
 
 @dataclass(frozen=True)
@@ -292,6 +296,10 @@ def _validate_tuner(tu: TunerConfig, d: DataConfig, bad) -> None:
     if tu.refit and d.validation_split == 0:
         bad("tuner.refit", "refits on training + validation digits: needs data.validation_split > 0 (the search "
                            "selects on the validation split)")
+    if tu.ensemble < 0:
+        bad("tuner.ensemble", f"must be 0 (no ensemble) or more (got {tu.ensemble})")
+    if tu.ensemble and d.validation_split == 0:
+        bad("tuner.ensemble", "members are chosen on the validation split: needs data.validation_split > 0")
     if tu.factor < 2:
         bad("tuner.factor", f"must be at least 2 (got {tu.factor})")
 

@@ -24,6 +24,7 @@ UPPER: dict[str, int | float] = {
     "tuner.hyperband_iterations": 1_000,
     "tuner.max_consecutive_failed_trials": 100_000,
     "tuner.parallel_trials": 256,
+    "tuner.ensemble": 100,
     # hyperparameters (experiment hp: values and search-space bounds alike)
     "learning_rate": 10.0,
     "filters_1": 1_024,

@@ -2,7 +2,8 @@
 
 Owns the store (where it is, its safe creation: ``store``), every key written to it (``keys``), reading and
 writing runs (``mlflow_io``, ``readers``, ``runs``), no zombie runs (``liveness``), what a run costs
-(``usage``), locks kept in the model registry (``registry_lock``, ``sweep_lock``) and the UI's saved view
+(``usage``), locks kept in the model registry (``registry_lock``, ``sweep_lock``), resumable checkpoints
+(``checkpoints``), a model's kept class probabilities (``probabilities``) and the UI's saved view
 (``ui_view``). Imports ``spec`` and ``runtime`` only; MLflow itself is imported inside functions, so that
 ``mnist-exp --help`` stays instant.
 
@@ -34,6 +35,7 @@ from mnist_exp.tracking.runs import (
     check_held,
     create_run,
     end_run,
+    ensemble_runs,
     kill_stale_children,
     let_go,
     refit_runs,
@@ -44,7 +46,7 @@ from mnist_exp.tracking.runs import (
 )
 
 __all__ = [
-    "RunTakenOver", "active_run_id", "check_held", "client", "configure", "create_run", "delete_tag", "end_run",
+    "RunTakenOver", "active_run_id", "check_held", "client", "configure", "create_run", "delete_tag", "end_run", "ensemble_runs",
     "environment_tags", "find_runs", "get_run", "kill_stale_children", "let_go", "log_artifact", "log_dataset",
     "log_figure", "log_keras_model", "log_metrics", "log_params", "log_params_to", "log_text", "refit_runs",
     "reopen_run", "set_status", "set_tags", "start_run", "tracking_uri", "trial_runs",

@@ -16,7 +16,7 @@ TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # on the experiment: which UI mode opens it
 
 # --- every run ----------------------------------------------------------------------------------------
-TAG_KIND = "mnist_exp.kind"  # train | sweep | trial | refit
+TAG_KIND = "mnist_exp.kind"  # train | sweep | trial | refit | ensemble
 TAG_VERSION = "mnist_exp.version"  # the mnist-exp release that wrote the run (or registered the version)
 TAG_TENSORFLOW = "mnist_exp.tensorflow"
 TAG_KERAS = "mnist_exp.keras"
@@ -26,6 +26,7 @@ TAG_FINGERPRINT = "mnist_exp.data_fingerprint"  # sha256 of the training + valid
 TAG_TEST_FINGERPRINT = "mnist_exp.test_fingerprint"
 TAG_MODEL_URI = "mnist_exp.model_uri"
 TAG_EXPERIMENT_FILE = "mnist_exp.experiment_file"  # `mnist-exp train`: the experiment file it ran
+PROBABILITIES_DIR = "probabilities"  # artifact folder: <split>.npy, the model's class probabilities (ensembles)
 
 # --- resumable fits: train, trial and refit runs (tracking/checkpoints.py, model/resume.py) ----------------
 TAG_CHECKPOINT = "mnist_exp.checkpoint"  # pointer (JSON) to the newest complete checkpoint version; removed at the end
@@ -53,6 +54,9 @@ TAG_BUDGET_STOP = "mnist_exp.budget_stop"  # parent, while the budget left trial
 TAG_REFIT_OF = "mnist_exp.refit_of"  # refit run (and its version): the trial run whose configuration it trained
 TAG_REFIT_RUN_ID = "mnist_exp.refit_run_id"  # parent: the sweep's refit run
 TAG_REFIT_ERROR = "mnist_exp.refit_error"  # parent: why the refit failed (the sweep still finished)
+TAG_ENSEMBLE_OF = "mnist_exp.ensemble_of"  # ensemble run (and its version): the members' run ids, comma-separated
+TAG_ENSEMBLE_IDENTITY = "mnist_exp.ensemble_identity"  # ensemble run: sha256 of its members and weights
+TAG_ENSEMBLE_RUN_ID = "mnist_exp.ensemble_run_id"  # parent: the ensemble promote built from the sweep
 
 # --- registered model versions (results/promote.py) -------------------------------------------------------
 TAG_RUN_ID = "mnist_exp.run_id"  # the run whose model the version is
@@ -71,4 +75,5 @@ METRIC_OBJECTIVE = "objective"  # a trial's objective value (its best epoch's)
 METRIC_TEST_ACCURACY = "test_accuracy"
 METRIC_EPOCHS_RUN = "epochs_run"  # fewer than planned when early stopping ended the fit
 METRIC_TRIAL_TIME = "trial_time_s"
+METRIC_ENSEMBLE_TEST_ACCURACY = "ensemble_test_accuracy"  # parent: the test accuracy of its ensemble
 METRIC_IMPORTANCE_PREFIX = "importance."  # + a hyperparameter: its importance for the objective, on a sweep's parent

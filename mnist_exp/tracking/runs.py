@@ -99,6 +99,14 @@ def refit_runs(experiment_id: str, parent_run_id: str, trial_run_id: str | None 
     return (reader or MLflowRuns()).runs(experiment_id, tags)
 
 
+def ensemble_runs(experiment_id: str, parent_run_id: str, identity: str | None = None, reader=None) -> list:
+    """A sweep's ensemble runs (results/ensemble.py), or those of one set of members and weights."""
+    tags = {keys.TAG_KIND: "ensemble", keys.TAG_PARENT_RUN: parent_run_id}
+    if identity is not None:
+        tags[keys.TAG_ENSEMBLE_IDENTITY] = identity
+    return (reader or MLflowRuns()).runs(experiment_id, tags)
+
+
 def create_run(experiment_id: str, name: str, tags: dict) -> str:
     """A keys.RUNNING run held by this process (liveness tags, heartbeat) until set_status ends it."""
     import mlflow
