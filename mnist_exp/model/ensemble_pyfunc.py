@@ -16,6 +16,8 @@ import numpy as np
 class MeanOfMembers(mlflow.pyfunc.PythonModel):
     """Weighted mean of the members' class probabilities."""
 
+    _skip_type_hint_validation = True  # the input is a tensor (digits x 28 x 28 x 1), checked by the signature
+
     def load_context(self, context):
         import mlflow.keras
 

@@ -23,7 +23,6 @@ import os
 import statistics
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from mnist_exp import tracking
 from mnist_exp.results import ensemble_select
 from mnist_exp.runtime import faults
 from mnist_exp.runtime.errors import ConfigError
+from mnist_exp.runtime.terminal import import_tensorflow
 from mnist_exp.tracking import keys, probabilities
 
 LIBRARY = 30  # the best trials by the sweep's objective that members are chosen from
@@ -172,6 +172,8 @@ def build(p: Plan, experiment_id: str, best_single_uri: str) -> Built:
     for r in runs:  # killed while it was being built: this promotion holds the lock, so nobody else builds it
         tracking.client().delete_run(r.info.run_id)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line of output, not a bar per file
+    import_tensorflow()  # before MLflow's Keras flavor imports it: without TensorFlow's start-up notices
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)  # "Validating input example …" is routine
     with tempfile.TemporaryDirectory() as tmp:
         local = [_download(m, Path(tmp) / f"member-{i}") for i, m in enumerate(p.members)]
         return _log(p, experiment_id, local, best_single_uri)
@@ -205,13 +207,11 @@ def _log(p: Plan, experiment_id: str, local: list[str], best_single_uri: str) ->
         tracking.log_params({"ensemble.max_members": p.max_members, "ensemble.members": len(p.members),
                              "ensemble.library": p.library,
                              **{f"ensemble.member_{i}": f"{m.run_id}:{m.weight:.6f}" for i, m in enumerate(p.members)}})
-        with warnings.catch_warnings():  # MLflow asks for type hints it would check the tensor input by
-            warnings.simplefilter("ignore", UserWarning)
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(PYFUNC_FILE), artifacts={f"member-{i}": d for i, d in enumerate(local)},
-                model_config={"weights": [m.weight for m in p.members]}, signature=first.signature,
-                input_example=first.load_input_example(local[0]), pip_requirements=_requirements(local[0]),
-            )
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(PYFUNC_FILE), artifacts={f"member-{i}": d for i, d in enumerate(local)},
+            model_config={"weights": [m.weight for m in p.members]}, signature=first.signature,
+            input_example=first.load_input_example(local[0]), pip_requirements=_requirements(local[0]),
+        )
         metrics = {"val_accuracy": p.val_accuracy, "val_loss": p.val_loss, "test_accuracy": p.test_accuracy,
                    "test_loss": p.test_loss, **_costs(info.model_uri, best_single_uri, local)}
         tracking.log_metrics(metrics)
