@@ -152,7 +152,8 @@ def tracking_server(tmp_path_factory):
 # Fixtures that take tens of seconds to build, and the xdist group of the tests using them: under pytest-xdist
 # (``--dist loadgroup``) those tests run on one worker, so each fixture is built once, not once per worker.
 # The first fixture an item uses decides (a module-scoped server keeps its module's tests together).
-SHARED_FIXTURE_GROUPS = {"swept_template": "swept", "race": "promote-race", "tracking_server": "server"}
+SHARED_FIXTURE_GROUPS = {"swept_template": "swept", "race": "promote-race", "tracking_server": "server",
+                         "ens_template": "ensemble"}
 
 
 def pytest_itemcollected(item):
