@@ -54,6 +54,8 @@ def champion(uri: str, name: str) -> dict:
                                        max_results=1000) if r.info.status == "FINISHED"]
     best = max(trials, key=lambda r: (r.data.metrics.get("objective", float("-inf")), -r.info.start_time))
     members = [m for m in v.tags.get("mnist_exp.ensemble_of", "").split(",") if m]
+    ensemble = c.get_run(v.tags["mnist_exp.run_id"]).data.metrics if members else {}
+    costs = {k: ensemble[k] for k in sorted(ensemble) if k.startswith(("size_bytes", "latency", "single_"))}
     return {
         "champion_test_accuracy": float(v.tags["metric.test_accuracy"]),
         "champion": f"ensemble of {len(members)}" if members else ("refit" if v.tags.get("mnist_exp.refit_of") else "trial"),
@@ -65,6 +67,7 @@ def champion(uri: str, name: str) -> dict:
                               "objective": best.data.metrics.get("objective"),
                               "test_accuracy": best.data.metrics.get("test_accuracy")},
         "trials_finished": len(trials),
+        "ensemble_costs": costs,  # size on disk and latency per image, the ensemble's and the best single model's
         "trial_test_accuracies": sorted((round(r.data.metrics.get("test_accuracy", float("nan")), 4) for r in trials),
                                         reverse=True),
     }
