@@ -21,7 +21,7 @@ TINY = TINY_SWEEP.replace("max_trials: 2", "max_trials: 1")
 def identity_0_1_0(exp, space) -> dict:
     """sweep.identity exactly as mnist-exp 0.1.0 (commit 74cf6ac) computed it."""
     later = ("max_trials", "parallel_trials", "budget", "refit", "pruner", "pruner_warmup_epochs", "pruner_min_trials",
-             "pruner_reduction_factor", "warm_start")  # not in 0.1.0's tuner section
+             "pruner_reduction_factor", "warm_start", "ensemble")  # not in 0.1.0's tuner section
     tuner = {k: v for k, v in dataclasses.asdict(exp.tuner).items() if k not in later}
     sections = {
         "search space": [{k: v for k, v in dataclasses.asdict(p).items() if k != "when"} for p in space.params],
