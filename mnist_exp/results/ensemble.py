@@ -161,14 +161,23 @@ def _same_digits(sweep: str, runs: list, loaded: list, split: str) -> None:
 # --- the ensemble run and its model (inside the promotion lock) -------------------------------------------
 
 
+def finished(p: Plan, experiment_id: str, runs: list | None = None) -> Built | None:
+    """The FINISHED ensemble run of ``p`` an earlier promotion built, or None (reads only)."""
+    runs = tracking.ensemble_runs(experiment_id, p.parent_run_id, p.identity()) if runs is None else runs
+    done = [r for r in runs if r.info.status == keys.FINISHED and keys.TAG_MODEL_URI in r.data.tags]
+    if not done:
+        return None
+    r = min(done, key=lambda r: r.info.start_time)
+    return Built(r.info.run_id, r.data.tags[keys.TAG_MODEL_URI], dict(r.data.metrics))
+
+
 def build(p: Plan, experiment_id: str, best_single_uri: str) -> Built:
     """The FINISHED ensemble run of ``p``: found again, or built (an unfinished one left by a killed promotion
     is deleted first). ConfigError, nothing written, when a member's model cannot be read."""
     runs = tracking.ensemble_runs(experiment_id, p.parent_run_id, p.identity())
-    done = [r for r in runs if r.info.status == keys.FINISHED and keys.TAG_MODEL_URI in r.data.tags]
-    if done:
-        r = min(done, key=lambda r: r.info.start_time)
-        return Built(r.info.run_id, r.data.tags[keys.TAG_MODEL_URI], dict(r.data.metrics))
+    found = finished(p, experiment_id, runs)
+    if found:
+        return found
     for r in runs:  # killed while it was being built: this promotion holds the lock, so nobody else builds it
         tracking.client().delete_run(r.info.run_id)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line of output, not a bar per file

@@ -184,7 +184,7 @@ def promote(uri: str, experiment_id: str, sweep: str | None, model_name: str, al
     client = tracking.client()
     cand = best_candidate(experiment_id, sweep)
     plan = _ensemble_plan(experiment_id, cand, ensemble_of)
-    single, cand = cand, (_ensemble_candidate(plan, cand, _built(experiment_id, plan)) if plan else cand)
+    single, cand = cand, (_ensemble_candidate(plan, cand, ensemble.finished(plan, experiment_id)) if plan else cand)
     if dry_run:  # reads only, so no lock (a lock is a write, and a dry run may face a read-only store)
         return cand, _judge(client, cand, model_name, alias, force, dry_run=True)[1]
     with promotion_lock(client, model_name, cand.sweep) as lock:
@@ -222,13 +222,6 @@ def _ensemble_plan(experiment_id: str, single: Candidate, ensemble_of: int | Non
         return None
     maximize = single.tags.get(keys.TAG_OBJECTIVE, "max:").startswith("max:")
     return ensemble.plan(experiment_id, parent, k, single.objective, maximize)
-
-
-def _built(experiment_id: str, plan) -> ensemble.Built | None:
-    """The ensemble's FINISHED run when an earlier promotion built it (read only)."""
-    done = [r for r in tracking.ensemble_runs(experiment_id, plan.parent_run_id, plan.identity())
-            if r.info.status == keys.FINISHED and keys.TAG_MODEL_URI in r.data.tags]
-    return ensemble.Built(done[0].info.run_id, done[0].data.tags[keys.TAG_MODEL_URI], {}) if done else None
 
 
 def _ensemble_candidate(plan, single: Candidate, built) -> Candidate:

@@ -6,8 +6,8 @@
 """
 
 from helpers.commands import ROOT, SWEEP_YAML, TINY, TINY_SWEEP, VENV_BIN, cli, pruned_sweep, write_yaml
-from helpers.servers import Output, free_port, wait_http
+from helpers.servers import Output, free_port, served_predictions, wait_http
 from helpers.stores import runs, wait_for_store
 
 __all__ = ["ROOT", "SWEEP_YAML", "TINY", "TINY_SWEEP", "VENV_BIN", "Output", "cli", "free_port", "pruned_sweep",
-           "runs", "wait_for_store", "wait_http", "write_yaml"]
+           "runs", "served_predictions", "wait_for_store", "wait_http", "write_yaml"]

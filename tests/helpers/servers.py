@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -76,3 +77,31 @@ class Output:
         except subprocess.TimeoutExpired:
             os.killpg(self.p.pid, signal.SIGKILL)
             raise AssertionError(f"{self.name} still running after {timeout} s:\n{self.out[-4000:]}") from None
+
+
+def served_predictions(model_uri: str, x, venv_bin: Path):
+    """``x``'s answer from a real ``mlflow models serve`` of ``model_uri`` on 127.0.0.1 (its REST /invocations),
+    as a NumPy array; the server is stopped before returning. ``mlflow`` runs from the venv's bin, with that bin
+    on PATH (where it finds uvicorn); ``--env-manager local`` (it would otherwise look for pyenv or conda)."""
+    import json
+
+    import numpy as np
+
+    port = free_port()
+    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}"}
+    server = subprocess.Popen(
+        [str(venv_bin / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1",
+         "-p", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/ping", server)
+        req = urllib.request.Request(f"{url}/invocations", data=json.dumps({"inputs": x.tolist()}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return np.asarray(json.loads(resp.read())["predictions"])
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()

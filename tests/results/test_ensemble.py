@@ -4,9 +4,7 @@ the guard, built exactly once whatever fails."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from mlflow import MlflowClient
 from mnist_exp.cli import main
 from mnist_exp.results import ensemble_select
 
-from helpers import ROOT, VENV_BIN, cli, free_port, runs, wait_http, write_yaml
+from helpers import ROOT, VENV_BIN, cli, runs, served_predictions, write_yaml
 
 ENSEMBLE_SWEEP = f"""# mnist-exp sweep ens.yaml
 name: ens
@@ -188,32 +186,10 @@ def test_promote_ensemble_registers_one_model_that_averages_its_members(ens_stor
     proc = cli("predict", ens_store / "digits.npz", "--json", check=0)
     answers = [json.loads(ln) for ln in proc.stdout.splitlines()]
     assert len(answers) == 3 and all(len(a["probabilities"]) == 10 for a in answers)
-    served = _served(x[:8])
+    served = served_predictions("models:/mnist-cnn@champion", x[:8], VENV_BIN)
     assert served.shape == (8, 10)  # the single model's answer shape
     np.testing.assert_allclose(served, got[:8], atol=1e-5)
 
-
-def _served(x):
-    """The champion's answer to ``x`` through a real ``mlflow models serve`` on 127.0.0.1 (REST)."""
-    import urllib.request
-
-    port = free_port()
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-    server = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "models", "serve", "-m", "models:/mnist-cnn@champion", "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/ping", server)
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": x.tolist()}).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return np.asarray(json.loads(resp.read())["predictions"])
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 @pytest.mark.slow
