@@ -1,5 +1,5 @@
 """The oracle as mnist-exp builds it (mnist_exp/search/oracle.py): the same seed proposes the same trials. The real
-Keras Tuner oracle of experiments/best.yaml is driven trial by trial (scores reported as a worker would), no
+Keras Tuner oracle of experiments/best.yaml (as Hyperband over 27 epochs, and as itself: random) is driven trial by trial (scores reported as a worker would), no
 training: what is checked is which configurations it hands out, in which order, with which Hyperband epochs."""
 
 import pytest
@@ -26,10 +26,12 @@ def proposals(tmp_path, overrides, n):
 
 @pytest.mark.parametrize("kind", ["hyperband", "random"])
 def test_the_same_seed_proposes_the_same_trials_and_another_seed_others(tmp_path, kind):
-    n = 40  # best.yaml's Hyperband: 27 one-epoch trials, then the 9 best continued to 3 epochs, ...
-    first = proposals(tmp_path / "a", [f"tuner.kind={kind}", "tuner.max_trials=40"], n)
-    again = proposals(tmp_path / "b", [f"tuner.kind={kind}", "tuner.max_trials=40"], n)
-    other = proposals(tmp_path / "c", [f"tuner.kind={kind}", "tuner.max_trials=40", "seed=43"], n)
+    n = 40  # Hyperband over 27 epochs: 27 one-epoch trials, then the 9 best continued to 3 epochs, ...
+    tuner = [f"tuner.kind={kind}", "tuner.max_trials=40"]
+    tuner += ["tuner.max_epochs=27", "tuner.factor=3"] if kind == "hyperband" else []
+    first = proposals(tmp_path / "a", tuner, n)
+    again = proposals(tmp_path / "b", tuner, n)
+    other = proposals(tmp_path / "c", [*tuner, "seed=43"], n)
     assert first == again
     assert first != other
     searched = [k for k in first[0] if not k.startswith("tuner/")]
