@@ -14,6 +14,7 @@ from pathlib import Path
 from mnist_exp._version import __version__
 from mnist_exp.runtime.errors import ConfigError, DiskFull, MnistExpError
 from mnist_exp.spec.experiment import TUNER_KINDS
+from mnist_exp.server.users import LEVELS as USER_LEVELS
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -128,6 +129,23 @@ def _server_parsers(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface, for other machines)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--workers", type=int, default=2, help="MLflow server worker processes (default 2)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="no sign-in (MLflow's basic-auth app is on by default); loopback addresses only")
+
+    p = sub.add_parser("server-users", help="users of a team server and what each may do (run on the server's machine)")
+    p.add_argument("dir", metavar="DIR", help="the server's folder (its admin credentials are DIR/credentials)")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("add", help="a new user; their password is written to DIR/users/NAME (0600), never shown")
+    a.add_argument("name")
+    a.add_argument("--level", default="read", choices=USER_LEVELS, help="what they may do (default read)")
+    a = actions.add_parser("grant", help="set a user's level: read, run (sweeps), promote (move aliases) or admin")
+    a.add_argument("name")
+    a.add_argument("level", choices=USER_LEVELS)
+    a = actions.add_parser("passwd", help="a new password for a user (admin: DIR/credentials), written to their file")
+    a.add_argument("name")
+    a = actions.add_parser("remove", help="delete a user")
+    a.add_argument("name")
+    actions.add_parser("list", help="every user and their level")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.flush()
             os._exit(e.exit_code)
         return e.exit_code
+    except Exception as e:
+        code = _refused_by_server(args.command, e)
+        if code is None:
+            raise
+        return code
     except KeyboardInterrupt as e:
         from mnist_exp.runtime import signals
 
@@ -152,6 +175,25 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:  # stderr gone with the terminal
             pass
         return signals.exit_code(e)  # 128 + signal: SIGINT 130, SIGTERM 143, SIGHUP 129
+
+
+def _refused_by_server(command: str, e: Exception) -> int | None:
+    """A tracking server with auth that refused the user (401: exit 2) or the request (403: exit 1), said in
+    one line; None for any other error."""
+    if not type(e).__module__.startswith("mlflow"):
+        return None
+    from mnist_exp.tracking import server_store
+
+    status = server_store.http_status(e)
+    if status is None:
+        return None
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    line = (server_store.unauthenticated(uri) if status == 401
+            else server_store.permission_denied(uri, "promote" if command == "promote" else "run"))
+    print(f"mnist-exp {command}: error: {line}", file=sys.stderr)
+    return 2 if status == 401 else 1
 
 
 def _overrides(args) -> list[str]:
@@ -324,13 +366,20 @@ def cmd_server(args) -> int:
     t0 = time.monotonic()
     with signals.handled():  # Ctrl-C / SIGTERM / SIGHUP: stop both servers, exit 0
         try:
-            srv = server.start(args.dir, host=args.host, port=args.port, workers=args.workers)
+            srv = server.start(args.dir, host=args.host, port=args.port, workers=args.workers,
+                               auth_on=not args.no_auth)
         except KeyboardInterrupt:
             print("mnist-exp server: interrupted while starting; nothing left running", file=sys.stderr)
             return 130
         try:
             print(f"MLflow tracking server on {srv.uri} (PostgreSQL in {srv.dir}/pgdata, port {srv.pg_port}; "
                   f"artifacts in {srv.dir}/artifacts), up in {time.monotonic() - t0:.1f} s; Ctrl-C stops it", flush=True)
+            if srv.auth:
+                made = "made now; " if srv.credentials_made else ""
+                print(f"auth on: the admin's credentials are in {srv.credentials} ({made}mode 0600, MLflow's format: copy "
+                      f"to ~/.mlflow/credentials); users: mnist-exp server-users {srv.dir} add NAME", flush=True)
+            else:
+                print("auth off (--no-auth): anyone who can reach this address may read, write and promote", flush=True)
             print(f"export MLFLOW_TRACKING_URI={srv.uri}", flush=True)
             if args.host not in server.LOOPBACK:
                 print(f"  from other machines: export MLFLOW_TRACKING_URI=http://{socket.getfqdn()}:{srv.port}", flush=True)
@@ -345,6 +394,28 @@ def cmd_server(args) -> int:
                 srv.stop()
 
 
+def cmd_server_users(args) -> int:
+    from mnist_exp.server.users import Team
+
+    with Team(args.dir) as team:
+        if args.action == "list":
+            for name, level in team.users():
+                print(f"{name}\t{level}")
+        elif args.action == "add":
+            path = team.add(args.name, args.level)
+            print(f"user {args.name} added ({args.level}); their credentials: {path} (give them this file for "
+                  "~/.mlflow/credentials)")
+        elif args.action == "grant":
+            team.grant(args.name, args.level)
+            print(f"user {args.name}: {args.level}")
+        elif args.action == "passwd":
+            print(f"user {args.name}: new password written to {team.passwd(args.name)}")
+        elif args.action == "remove":
+            team.remove(args.name)
+            print(f"user {args.name} removed")
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "sweep": cmd_sweep,
@@ -354,6 +425,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "ui": cmd_ui,
     "server": cmd_server,
+    "server-users": cmd_server_users,
 }
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def tracking_server(tmp_path_factory):
         folder.chmod(0o711)
     else:
         folder = tmp_path_factory.mktemp("server")
-    srv = server.start(folder / "srv", port=free_port(), pg_port=free_port())
+    srv = server.start(folder / "srv", port=free_port(), pg_port=free_port(), auth_on=False)  # auth: test_server_auth
     try:
         yield srv
     finally:
@@ -153,7 +153,7 @@ def tracking_server(tmp_path_factory):
 # (``--dist loadgroup``) those tests run on one worker, so each fixture is built once, not once per worker.
 # The first fixture an item uses decides (a module-scoped server keeps its module's tests together).
 SHARED_FIXTURE_GROUPS = {"swept_template": "swept", "race": "promote-race", "tracking_server": "server",
-                         "ens_template": "ensemble"}
+                         "ens_template": "ensemble", "team": "auth-server"}
 
 
 def pytest_itemcollected(item):

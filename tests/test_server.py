@@ -2,6 +2,7 @@
 predict and ui through the CLI against a real one, nothing but the tuner's own state written locally, and a restart
 (through the CLI) that keeps everything."""
 
+import base64
 import json
 import signal
 import socket
@@ -100,12 +101,15 @@ def test_ui_on_a_tracking_server_prints_its_own_addresses_and_starts_nothing(tra
 
 
 @pytest.mark.slow
-def test_restart_through_the_cli_keeps_runs_models_and_artifacts(tracking_server, project, client, tmp_path):
-    """Last in this module: it stops the shared server and starts `mnist-exp server` on the same folder."""
+def test_restart_through_the_cli_keeps_runs_models_and_artifacts(tracking_server, project, client, tmp_path,
+                                                                 monkeypatch):
+    """Last in this module: it stops the shared server (started without auth, as releases before 0.9.0 ran) and
+    starts `mnist-exp server` on the same folder, on every interface: auth comes on, and everything is kept."""
     import mlflow
     from mlflow import MlflowClient
 
-    from mnist_exp import server
+    from mnist_exp.server.files import read_credentials
+    from mnist_exp.server.postgres import Postgres
 
     _, [parent], trials = sweep_runs(client)
     before = {r.info.run_id: r.info.status for r in [parent, *trials]}
@@ -123,11 +127,21 @@ def test_restart_through_the_cli_keeps_runs_models_and_artifacts(tracking_server
             if line.startswith("export MLFLOW_TRACKING_URI="):
                 break
         assert lines and lines[-1] == f"export MLFLOW_TRACKING_URI={tracking_server.uri}\n", "".join(lines)
+        credentials = folder / "credentials"
+        assert f"auth on: the admin's credentials are in {credentials} (made now; mode 0600" in "".join(lines)
+        assert credentials.stat().st_mode & 0o777 == 0o600
+        user, password = read_credentials(credentials)
+        with pytest.raises(urllib.error.HTTPError) as anonymous:  # the folder's runs are no longer open to all
+            urllib.request.urlopen(f"{tracking_server.uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+        assert anonymous.value.code == 401
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+        basic = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         remote = f"from other machines: export MLFLOW_TRACKING_URI=http://{socket.getfqdn()}:{port}"
         assert remote in proc.stdout.readline()
         api = f"{tracking_server.uri}/api/2.0/mlflow/experiments/search?max_results=1"
         for host, status in ((socket.gethostname(), 200), ("elsewhere.example.com", 403)):  # MLflow's Host check
-            request = urllib.request.Request(api, headers={"Host": f"{host}:{port}"})
+            request = urllib.request.Request(api, headers={"Host": f"{host}:{port}", "Authorization": basic})
             try:
                 assert urllib.request.urlopen(request, timeout=10).status == status
             except urllib.error.HTTPError as e:
@@ -144,6 +158,6 @@ def test_restart_through_the_cli_keeps_runs_models_and_artifacts(tracking_server
         rest = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, rest
     assert "stopping" in rest
-    assert not server._Postgres(folder).running() and not (folder / "mlflow.pid").exists()
+    assert not Postgres(folder).running() and not (folder / "mlflow.pid").exists()
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{tracking_server.uri}/health", timeout=2)

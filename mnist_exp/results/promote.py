@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from mnist_exp import tracking
 from mnist_exp._version import __version__
 from mnist_exp.results import compare, describe, ensemble
-from mnist_exp.runtime.errors import ConfigError, PromotionRefused
+from mnist_exp.runtime.errors import ConfigError, PermissionRefused, PromotionRefused
 from mnist_exp.spec import names
 from mnist_exp.spec.levers import HP_DEFAULTS
-from mnist_exp.tracking import keys, readers
+from mnist_exp.tracking import keys, readers, team
 from mnist_exp.tracking.registry_lock import Busy, RegistryLock
 
 
@@ -187,6 +187,11 @@ def promote(uri: str, experiment_id: str, sweep: str | None, model_name: str, al
     single, cand = cand, (_ensemble_candidate(plan, cand, ensemble.finished(plan, experiment_id)) if plan else cand)
     if dry_run:  # reads only, so no lock (a lock is a write, and a dry run may face a read-only store)
         return cand, _judge(client, cand, model_name, alias, force, dry_run=True)[1]
+    registry = mlflow.get_registry_uri()
+    if not team.may_promote(registry, model_name):
+        user = team.signed_in_user(registry)
+        raise PermissionRefused(f"user {user} may not promote to {model_name} on {registry} (read only); an admin "
+                                f"grants it: mnist-exp server-users DIR grant {user} promote")
     with promotion_lock(client, model_name, cand.sweep) as lock:
         champion, why = _judge(client, cand, model_name, alias, force)
         built = None
@@ -205,6 +210,9 @@ def promote(uri: str, experiment_id: str, sweep: str | None, model_name: str, al
                     else describe.model_version_description(cand, experiment_id))
             client.update_model_version(model_name, version.version, description=text)
         client.set_model_version_tag(model_name, version.version, keys.TAG_PROMOTED_AT, str(int(time.time())))
+        user = team.signed_in_user(mlflow.get_registry_uri())
+        if user:
+            client.set_model_version_tag(model_name, version.version, keys.TAG_PROMOTED_BY, user)
         if why:
             client.set_model_version_tag(model_name, version.version, keys.TAG_FORCED, why[:5000])
         elif keys.TAG_FORCED in (version.tags or {}):  # forced once, promoted on its merit now

@@ -56,3 +56,9 @@ class PromotionRefused(MnistExpError):
     """The candidate is not at least as good as the current champion."""
 
     exit_code = 1
+
+
+class PermissionRefused(MnistExpError):
+    """The tracking server's auth app does not let the signed-in user do this (a grant is missing)."""
+
+    exit_code = 1

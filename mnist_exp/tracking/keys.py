@@ -63,12 +63,17 @@ TAG_RUN_ID = "mnist_exp.run_id"  # the run whose model the version is
 TAG_HYPERPARAMETERS = "mnist_exp.hyperparameters"  # JSON
 TAG_PROMOTED_AT = "mnist_exp.promoted_at"
 TAG_FORCED = "mnist_exp.forced"  # why a guard was overridden with --force
+TAG_PROMOTED_BY = "mnist_exp.promoted_by"  # the signed-in user who promoted it (a server with auth)
 
 # --- locks kept as registered models (tracking/registry_lock.py) ------------------------------------------
 TAG_LOCK_TOKEN = "mnist_exp.lock.token"
 TAG_LOCK_SINCE = "mnist_exp.lock.since"
 TAG_LOCK_SWEEP = "mnist_exp.lock.sweep"  # promotion lock: the sweep being promoted
 TAG_LOCK_COMMAND = "mnist_exp.lock.command"  # sweep lock: the command holding it
+
+# --- the team roster of a server with auth (tracking/team.py, server/users.py) ----------------------------
+TEAM_MODEL = "mnist-exp.team"  # a registered model the admin keeps: one tag per user who may run sweeps
+TAG_TEAM_PREFIX = "mnist_exp.team."  # + a username: its level (run, promote, admin)
 
 # --- metrics written by one module and read by others -----------------------------------------------------
 METRIC_OBJECTIVE = "objective"  # a trial's objective value (its best epoch's)

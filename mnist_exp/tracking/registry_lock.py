@@ -22,7 +22,7 @@ import threading
 import time
 
 from mnist_exp.runtime.errors import ConfigError
-from mnist_exp.tracking import keys, liveness
+from mnist_exp.tracking import keys, liveness, team
 
 
 def _code(e) -> str:
@@ -39,13 +39,16 @@ class Busy(Exception):
 
 class RegistryLock:
     def __init__(self, client, name: str, description: str, ttl_s: float, heartbeat_s: float | None = None,
-                 tags: dict | None = None, who: str = "mnist-exp", kind: str = "lock", about=None, announce=True):
+                 tags: dict | None = None, who: str = "mnist-exp", kind: str = "lock", about=None, announce=True,
+                 uri: str | None = None):
         """``who``: the command, ``kind``: what the lock is ("promotion lock"), for the messages; ``about``:
-        tags -> words on what the holder does (" promoting sweep a"), after its host."""
+        tags -> words on what the holder does (" promoting sweep a"), after its host. ``uri``: a tracking server
+        with auth, whose team roster may break the lock when its holder dies (team.share)."""
         self.client, self.name, self.description = client, name, description
         self.ttl_s, self.heartbeat_s, self.extra = ttl_s, heartbeat_s, dict(tags or {})
         self.who, self.kind, self.about = who, kind, about or (lambda tags: "")
         self.announce = announce  # False: the caller says it, from the holder acquire() returns
+        self.uri = uri
         self.token: str | None = None
         self._stop = threading.Event()
 
@@ -130,7 +133,7 @@ class RegistryLock:
             if why:
                 if self.announce:
                     print(f"{self.who}: breaking the {self.kind} {self.name}: {why}", file=sys.stderr, flush=True)
-                self._delete_if(holder[keys.TAG_LOCK_TOKEN])
+                self._break(holder, why)
                 broken = holder
                 continue
             left = deadline - time.monotonic()
@@ -139,6 +142,8 @@ class RegistryLock:
             time.sleep(min(left, delay * random.uniform(0.5, 1.5)))  # jitter: waiters do not poll in step
             delay = min(delay * 2, 2.0)
         self.token = token
+        if self.uri:
+            team.share(self.client, self.uri, self.name)
         if self.heartbeat_s:
             self._stop.clear()
             threading.Thread(target=self._beat, name=f"lock-{self.name}", daemon=True).start()
@@ -149,6 +154,18 @@ class RegistryLock:
         if self.token is not None:
             self._delete_if(self.token)
             self.token = None
+
+    def _break(self, holder: dict, why: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._delete_if(holder[keys.TAG_LOCK_TOKEN])
+        except MlflowException as e:
+            if _code(e) != "PERMISSION_DENIED":
+                raise
+            raise ConfigError(f"the {self.kind} {self.name} is stale ({why}) but this user may not break it: an admin "
+                              f"may delete the registered model {self.name}, or grant this user the sweep level "
+                              "(mnist-exp server-users DIR grant USER run)") from None
 
     def _delete_if(self, token: str) -> None:
         """Delete the lock if it still carries ``token`` (a lock taken over meanwhile is someone else's)."""

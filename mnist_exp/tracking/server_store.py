@@ -56,8 +56,10 @@ def check_server(uri: str, experiment: str = "mnist-exp", deadline_s: float = PR
             return
         except urllib.error.HTTPError as e:
             body = e.read(2000)
+            if e.code == 401:
+                raise StoreError(unauthenticated(uri)) from None
             if e.code < 500 and (e.code != 404 or b"error_code" in body):
-                return  # it answers as MLflow does (401/403 are left to MLflow's client to report)
+                return  # it answers as MLflow does (403 is left to the command that is refused)
             if e.code < 500:
                 raise StoreError(f"tracking server {uri} answered HTTP {e.code} to MLflow's REST API: not an MLflow "
                                  "tracking server? check --tracking-uri / MLFLOW_TRACKING_URI") from None
@@ -77,11 +79,46 @@ def check_server(uri: str, experiment: str = "mnist-exp", deadline_s: float = PR
         delay = min(delay * 2, 4.0)
 
 
+def unauthenticated(uri: str) -> str:
+    """The line for a server that answered 401: what to set, and whose password it refused."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    user = read_mlflow_creds().username
+    if not user:
+        return (f"tracking server {uri} requires a user: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                "(or write them to ~/.mlflow/credentials); an admin adds users: mnist-exp server-users DIR add NAME")
+    return (f"tracking server {uri} refused user {user} (HTTP 401: unknown user or wrong password): check "
+            "MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials)")
+
+
+def permission_denied(uri: str, level: str) -> str:
+    """The line for a request the server refused (403): who, and the grant that allows it."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    user = read_mlflow_creds().username or "(anonymous)"
+    return (f"tracking server {uri} refused user {user}: permission denied; an admin grants it: "
+            f"mnist-exp server-users DIR grant {user} {level}")
+
+
+def http_status(exc: BaseException) -> int | None:
+    """401 or 403 when ``exc`` is MLflow's client reporting that answer of the tracking server, else None."""
+    text = str(exc)
+    if getattr(exc, "error_code", "") == "PERMISSION_DENIED" or "error code 403" in text:
+        return 403
+    if getattr(exc, "error_code", "") == "UNAUTHENTICATED" or "error code 401" in text:
+        return 401
+    return None
+
+
 def _auth_headers() -> dict[str, str]:
-    """The credentials MLflow's client would send (basic auth or a bearer token from the environment)."""
+    """The credentials MLflow's client would send: basic auth from MLFLOW_TRACKING_USERNAME / _PASSWORD or
+    ~/.mlflow/credentials, or a bearer token from the environment."""
     import base64
 
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    creds = read_mlflow_creds()
+    user, password = creds.username, creds.password
     if user and password:
         return {"Authorization": "Basic " + base64.standard_b64encode(f"{user}:{password}".encode()).decode()}
     token = os.environ.get("MLFLOW_TRACKING_TOKEN")

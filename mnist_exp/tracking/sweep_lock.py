@@ -186,7 +186,7 @@ class RegistrySweepLock:
                        "is taken over by the next sweep of that name.")
         tags = {keys.TAG_LOCK_COMMAND: me.command} if me else {}
         return RegistryLock(mlflow_io.client(self.uri), self.PREFIX + name, description, ttl_s=liveness.STALE_S,
-                            heartbeat_s=liveness.HEARTBEAT_S, tags=tags, kind="sweep lock", announce=False)
+                            heartbeat_s=liveness.HEARTBEAT_S, tags=tags, kind="sweep lock", announce=False, uri=self.uri)
 
     def _holder(self, tags: dict | None) -> Holder | None:
 

@@ -1,6 +1,7 @@
 """The oracle as mnist-exp builds it (mnist_exp/search/oracle.py): the same seed proposes the same trials. The real
-Keras Tuner oracle of experiments/best.yaml (as Hyperband over 27 epochs, and as itself: random) is driven trial by trial (scores reported as a worker would), no
-training: what is checked is which configurations it hands out, in which order, with which Hyperband epochs."""
+Keras Tuner oracle of experiments/best.yaml (as Hyperband over 27 epochs, and as itself: random) is driven trial by
+trial (scores reported as a worker would), no training: what is checked is which configurations it hands out, in
+which order, with which Hyperband epochs."""
 
 import pytest
 

@@ -71,17 +71,22 @@ def lan(tmp_path):
         yield h
 
 
-def test_a_sweep_across_three_machines_survives_worker_and_chief_faults(lan, tmp_path):
+def test_a_sweep_across_three_machines_survives_worker_and_chief_faults(lan, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     from mnist_exp import server
     from mnist_exp.model.data import EMBEDDED_PATH
+    from mnist_exp.server.files import read_credentials
 
     h = lan
     folder = Path(tempfile.mkdtemp(prefix="mx-tracking-"))  # PostgreSQL's own user must reach it: not pytest's 0700 tree
     folder.chmod(0o755)
-    with server.start(folder, host=h.gateway, port=random.randint(20000, 40000)) as srv:
-        env = {"MLFLOW_TRACKING_URI": srv.uri, "MNIST_EXP_TOKEN": TOKEN, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with server.start(folder, host=h.gateway, port=random.randint(20000, 40000)) as srv:  # auth on: not loopback
+        user, password = read_credentials(srv.credentials)
+        signed_in = {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+        env = {"MLFLOW_TRACKING_URI": srv.uri, "MNIST_EXP_TOKEN": TOKEN, "TF_CPP_MIN_LOG_LEVEL": "2", **signed_in}
+        for k, v in signed_in.items():
+            monkeypatch.setenv(k, v)
         for name in h.names:  # each machine its own copy of the digits: nothing shared
             shutil.copy(EMBEDDED_PATH, h.home(name) / "digits.npz")
         exp = h.home("chief") / "mh.yaml"
