@@ -180,6 +180,24 @@ def promote(sweep: str | None = None, model_name: str = "mnist-cnn", alias: str 
                      bool(cand.tags.get(keys.TAG_REFIT_OF)), f"models:/{model_name}@{alias}", str(version), members)
 
 
+def gc(sweep: str, keep_top: int, dry_run: bool = False, tracking_uri: str | None = None,
+       experiment: str = "mnist-exp"):
+    """Delete the models and plots of ``sweep``'s trials but the ``keep_top`` best, registered ones and ensemble
+    members (results/gc.py); params, metrics and tags stay. Returns (the Collection, bytes freed: 0 on a dry run).
+    Holds the sweep's lock: SweepLocked (exit 2) while the sweep runs."""
+    from mnist_exp.results import gc as gc_mod
+    from mnist_exp.results import promote as promote_mod
+    from mnist_exp.tracking import sweep_lock
+
+    uri = open_store(tracking_uri, write=not dry_run, experiment=experiment, command=None if dry_run else "gc")
+    experiment_id = promote_mod.experiment_id(uri, experiment)
+    if dry_run:
+        return gc_mod.plan(experiment_id, sweep, keep_top), 0
+    with sweep_lock.acquire(uri, sweep):
+        c = gc_mod.plan(experiment_id, sweep, keep_top)
+        return c, gc_mod.collect(c)
+
+
 def predict(images: Sequence[str | Path], model: str = "models:/mnist-cnn@champion",
             tracking_uri: str | None = None):
     """Classify image files (PNG, JPEG, … or .npz arrays; brought to MNIST form first) with a registered model.

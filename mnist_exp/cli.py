@@ -109,6 +109,14 @@ def _results_parsers(sub) -> None:
     p.add_argument("--experiment-name", default="mnist-exp")
     _common(p)
 
+    p = sub.add_parser("gc", help="delete the models and plots of a sweep's trials but the best K (params, metrics, "
+                                  "tags and registered models kept)")
+    p.add_argument("sweep", help="sweep name")
+    p.add_argument("--keep-top", type=int, metavar="K", required=True, help="keep the K best trials whole")
+    p.add_argument("--dry-run", action="store_true", help="say what would be deleted and the bytes, change nothing")
+    p.add_argument("--experiment-name", default="mnist-exp")
+    _common(p)
+
     p = sub.add_parser("predict", help="classify PNG/JPEG digits (or an .npz of images) with a registered model")
     p.add_argument("images", nargs="+", help="image files or .npz files")
     p.add_argument("--model", default="models:/mnist-cnn@champion", help="model URI (default: the champion)")
@@ -129,6 +137,8 @@ def _server_parsers(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface, for other machines)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--workers", type=int, default=2, help="MLflow server worker processes (default 2)")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (chain); with --tls-key")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (keep it 0600)")
     p.add_argument("--no-auth", action="store_true",
                    help="no sign-in (MLflow's basic-auth app is on by default); loopback addresses only")
 
@@ -294,6 +304,21 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def cmd_gc(args) -> int:
+    from mnist_exp import api  # here, not at the top: --help stays instant
+
+    c, freed = api.gc(args.sweep, args.keep_top, dry_run=args.dry_run, tracking_uri=args.tracking_uri,
+                      experiment=args.experiment_name)
+    for run_id, why in sorted(c.kept.items(), key=lambda kv: kv[1]):
+        print(f"keep   run {run_id}: {why}")
+    for item in c.items:
+        print(f"{'would delete' if args.dry_run else 'deleted'} trial {item.trial} (run {item.run_id}): "
+              f"model and plots, {item.bytes / 1e6:.1f} MB")
+    total = c.bytes if args.dry_run else freed
+    print(f"sweep {c.sweep}: {len(c.items)} trial(s), {total / 1e6:.1f} MB {'would be ' if args.dry_run else ''}freed")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from mnist_exp import api  # here, not at the top: --help stays instant
     from mnist_exp.model import predict
@@ -367,7 +392,7 @@ def cmd_server(args) -> int:
     with signals.handled():  # Ctrl-C / SIGTERM / SIGHUP: stop both servers, exit 0
         try:
             srv = server.start(args.dir, host=args.host, port=args.port, workers=args.workers,
-                               auth_on=not args.no_auth)
+                               auth_on=not args.no_auth, tls_cert=args.tls_cert, tls_key=args.tls_key)
         except KeyboardInterrupt:
             print("mnist-exp server: interrupted while starting; nothing left running", file=sys.stderr)
             return 130
@@ -381,8 +406,12 @@ def cmd_server(args) -> int:
             else:
                 print("auth off (--no-auth): anyone who can reach this address may read, write and promote", flush=True)
             print(f"export MLFLOW_TRACKING_URI={srv.uri}", flush=True)
+            scheme = srv.uri.partition(":")[0]
             if args.host not in server.LOOPBACK:
-                print(f"  from other machines: export MLFLOW_TRACKING_URI=http://{socket.getfqdn()}:{srv.port}", flush=True)
+                print(f"  from other machines: export MLFLOW_TRACKING_URI={scheme}://{socket.getfqdn()}:{srv.port}",
+                      flush=True)
+            if scheme == "https":
+                print("  clients of a private CA: export MLFLOW_TRACKING_SERVER_CERT_PATH=/path/to/ca.pem", flush=True)
             code = srv.wait()
             print(f"mnist-exp server: the MLflow server exited ({code}); see {srv.dir}/mlflow.log", file=sys.stderr)
             return 1
@@ -425,6 +454,7 @@ COMMANDS = {
     "predict": cmd_predict,
     "ui": cmd_ui,
     "server": cmd_server,
+    "gc": cmd_gc,
     "server-users": cmd_server_users,
 }
 

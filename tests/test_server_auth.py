@@ -1,5 +1,6 @@
-"""A team server with auth (the default of ``mnist-exp server``): MLflow's basic-auth app on PostgreSQL, users made
-with ``mnist-exp server-users``, every command signing in by MLflow's own conventions. Strangers and wrong passwords
+"""A team server with auth (the default of ``mnist-exp server``) over HTTPS with a private CA made here: MLflow's
+basic-auth app on PostgreSQL, users made with ``mnist-exp server-users``, every command signing in and trusting the
+CA by MLflow's own conventions. A client that does not trust the CA is refused in one line. Strangers and wrong passwords
 are refused, a reader compares and predicts but cannot promote, a granted user promotes (the version says who),
 passwords rotate, a dead teammate's sweep lease is taken over, and no secret lands in a process list, a log or the
 store."""
@@ -10,6 +11,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 from PIL import Image
 
 from helpers import TINY_SWEEP, cli, free_port, write_yaml
+from helpers.tls import make_ca
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +36,14 @@ def team(tmp_path_factory, embedded):
 
     folder = Path(tempfile.mkdtemp(prefix="mnist-exp-auth-"))  # PostgreSQL's own user must enter it (see conftest)
     folder.chmod(0o711)
-    srv = server.start(folder / "srv", port=free_port(), pg_port=free_port())
+    tls = make_ca(folder / "tls")
+    srv = server.start(folder / "srv", port=free_port(), pg_port=free_port(), tls_cert=tls["cert"], tls_key=tls["key"])
     try:
+        assert srv.uri.startswith("https://127.0.0.1:")
         root = tmp_path_factory.mktemp("team")
         write_yaml(root / "tiny.yaml", TINY_SWEEP)
         Image.fromarray(embedded["x_test"][0]).save(root / "digit.png")
-        out = SimpleNamespace(srv=srv, root=root, dir=srv.dir, secrets=set(), added={})
+        out = SimpleNamespace(srv=srv, root=root, dir=srv.dir, secrets=set(), added={}, ca=tls["ca"])
         for name, level in (("reader", "read"), ("runner", "run"), ("runner2", "run"), ("promoter", "promote")):
             args = ["server-users", srv.dir, "add", name] + (["--level", level] if level != "read" else [])
             out.added[name] = cli(*args, check=0).stdout
@@ -47,7 +52,8 @@ def team(tmp_path_factory, embedded):
         out.secrets.add((srv.dir / "pg.password").read_text().strip())
 
         def as_user(name, password=None):
-            env = {"MLFLOW_TRACKING_URI": srv.uri, "TF_CPP_MIN_LOG_LEVEL": "2"}
+            env = {"MLFLOW_TRACKING_URI": srv.uri, "TF_CPP_MIN_LOG_LEVEL": "2",
+                   "MLFLOW_TRACKING_SERVER_CERT_PATH": str(tls["ca"])}
             if name:
                 path = srv.dir / "credentials" if name == "admin" else srv.dir / "users" / name
                 user, secret = read_credentials(path)
@@ -76,12 +82,14 @@ def admin_client(team, monkeypatch):
     return MlflowClient(team.srv.uri, registry_uri=team.srv.uri)
 
 
-def status(url, user=None, password=None) -> int:
+def status(url, ca, user=None, password=None) -> int:
+    import ssl
+
     request = urllib.request.Request(url)
     if user:
         request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
     try:
-        with urllib.request.urlopen(request, timeout=10) as r:
+        with urllib.request.urlopen(request, timeout=10, context=ssl.create_default_context(cafile=ca)) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -89,16 +97,20 @@ def status(url, user=None, password=None) -> int:
 
 def test_strangers_and_wrong_passwords_are_refused_in_one_line(team, monkeypatch):
     api = f"{team.srv.uri}/api/2.0/mlflow/experiments/search?max_results=5"
-    assert status(api) == 401
-    assert status(api, "reader", "not-the-password") == 401
-    assert status(api, "nobody", "whatever-it-is") == 401
-    assert status(f"{team.srv.uri}/health") == 200  # load balancers and our own start-up probe need no user
+    assert status(api, team.ca) == 401
+    assert status(api, team.ca, "reader", "not-the-password") == 401
+    assert status(api, team.ca, "nobody", "whatever-it-is") == 401
+    assert status(f"{team.srv.uri}/health", team.ca) == 200  # load balancers and our own start-up probe need no user
 
     monkeypatch.chdir(team.root)
     anonymous = cli("compare", "tiny", env=team.as_user(None), check=2)
     assert anonymous.stderr == (f"mnist-exp compare: error: tracking server {team.srv.uri} requires a user: set "
                                 "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or write them to "
                                 "~/.mlflow/credentials); an admin adds users: mnist-exp server-users DIR add NAME\n")
+    untrusting = cli("compare", "tiny", env={**team.as_user("reader"), "MLFLOW_TRACKING_SERVER_CERT_PATH": ""}, check=2)
+    assert re.fullmatch(rf"mnist-exp compare: error: tracking server {team.srv.uri}: TLS failed \(certificate verify "
+                        r"failed: .*\); a private CA: export MLFLOW_TRACKING_SERVER_CERT_PATH=/path/to/ca.pem\n",
+                        untrusting.stderr), untrusting.stderr
     wrong = cli("compare", "tiny", env=team.as_user("reader", password="not-the-password"), check=2)
     assert wrong.stderr == (f"mnist-exp compare: error: tracking server {team.srv.uri} refused user reader (HTTP 401: "
                             "unknown user or wrong password): check MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials)\n")
@@ -147,6 +159,7 @@ def test_a_granted_user_promotes_and_the_version_says_who(team, monkeypatch):
 
 
 def test_passwords_rotate(team):
+    from mnist_exp.server.auth import AUTH_CACHE_S
     from mnist_exp.server.files import read_credentials
 
     api = f"{team.srv.uri}/api/2.0/mlflow/experiments/search?max_results=1"
@@ -156,7 +169,11 @@ def test_passwords_rotate(team):
         assert out == f"user {name}: new password written to {path}\n"
         _, new = read_credentials(path)
         assert new != old and path.stat().st_mode & 0o777 == 0o600
-        assert status(api, name, old) == 401 and status(api, name, new) == 200
+        assert status(api, team.ca, name, new) == 200
+        deadline = time.monotonic() + AUTH_CACHE_S + 10  # a worker may remember the old one for AUTH_CACHE_S
+        while status(api, team.ca, name, old) != 401:
+            assert time.monotonic() < deadline, f"{name}'s old password still accepted"
+            time.sleep(1)
         team.secrets |= {new}
     assert cli("server-users", team.dir, "list", check=0).returncode == 0  # the admin signs in with the new one
 

@@ -115,7 +115,7 @@ def _library(experiment_id: str, parent_run_id: str, maximize: bool) -> list:
     sign = 1 if maximize else -1
     finished = [r for r in tracking.trial_runs(experiment_id, parent_run_id)
                 if r.info.status == keys.FINISHED and keys.METRIC_OBJECTIVE in r.data.metrics
-                and keys.TAG_MODEL_URI in r.data.tags]
+                and keys.TAG_MODEL_URI in r.data.tags and keys.TAG_GC not in r.data.tags]
     finished.sort(key=lambda r: (keys.TAG_PRUNED not in r.data.tags, sign * r.data.metrics[keys.METRIC_OBJECTIVE],
                                  -r.info.start_time), reverse=True)
     out, seen = [], set()

@@ -59,7 +59,7 @@ def best_candidate(experiment_id: str, sweep: str | None) -> Candidate:
     objective, maximize = compare.sweep_objectives([parent])[name]
     finished = [r for r in tracking.trial_runs(experiment_id, parent.info.run_id)
                 if r.info.status == keys.FINISHED and "objective" in r.data.metrics
-                and keys.TAG_MODEL_URI in r.data.tags]
+                and keys.TAG_MODEL_URI in r.data.tags and keys.TAG_GC not in r.data.tags]
     if not finished:
         raise ConfigError(f"sweep {name} has no finished trial with a logged model")
     sign = 1 if maximize else -1

@@ -25,6 +25,10 @@ ADMIN = "admin"
 CREDENTIALS = "credentials"  # DIR/credentials: the admin's, in MLflow's format
 CONFIG, SECRET_KEY = "auth.ini", "secret_key"
 DEFAULT_PERMISSION = "READ"
+# Each worker remembers a checked password this long: MLflow hashes it (PBKDF2) on every request otherwise, which a
+# sweep's stream of metric writes pays for in CPU on the server. A removed user or a rotated password is refused by
+# every worker within this long.
+AUTH_CACHE_S = 10
 
 
 def admin_credentials(folder: Path) -> tuple[str, str]:
@@ -45,6 +49,7 @@ def prepare(folder: Path, database_url: str) -> tuple[dict[str, str], bool]:
         "database_uri": database_url,
         "admin_username": ADMIN,
         "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        "auth_cache_ttl_seconds": str(AUTH_CACHE_S),
     }
     text = io.StringIO()
     config.write(text)

@@ -34,11 +34,11 @@ class Server:
     """A started server: ``.uri`` for clients, ``.stop()`` (or leave the ``with`` block) stops both processes."""
 
     def __init__(self, folder: Path, host: str, port: int, pg: Postgres, proc: subprocess.Popen, lock, auth_on: bool,
-                 credentials_made: bool = False):
+                 credentials_made: bool = False, scheme: str = "http"):
         self.dir, self.host, self.port, self.pg_port, self.proc = folder, host, port, pg.port, proc
         self._pg, self._lock = pg, lock
         self.auth, self.credentials_made = auth_on, credentials_made
-        self.uri = f"http://{_address(host)}:{port}"
+        self.uri = f"{scheme}://{_address(host)}:{port}"
         self.credentials = folder / auth.CREDENTIALS if auth_on else None
 
     def wait(self) -> int:
@@ -66,10 +66,11 @@ class Server:
 
 
 def start(folder, host: str = "127.0.0.1", port: int = 5000, workers: int = 2, pg_port: int | None = None,
-          auth_on: bool = True) -> Server:
+          auth_on: bool = True, tls_cert: str | None = None, tls_key: str | None = None) -> Server:
     """Start (creating on first use) the PostgreSQL cluster in ``folder`` and an MLflow server on host:port over it,
-    with MLflow's basic-auth app unless ``auth_on`` is False (loopback only), and wait until ``/health`` answers.
-    Restarting on the same folder keeps every run, model, artifact, user and permission."""
+    with MLflow's basic-auth app unless ``auth_on`` is False (loopback only), over HTTPS with ``tls_cert`` and
+    ``tls_key`` (PEM files), and wait until ``/health`` answers. Restarting on the same folder keeps every run,
+    model, artifact, user and permission."""
     import importlib.util
 
     folder = Path(folder).absolute()
@@ -82,6 +83,8 @@ def start(folder, host: str = "127.0.0.1", port: int = 5000, workers: int = 2, p
                           "(or serve on 127.0.0.1)")
     if workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1")
+    tls = _tls_files(tls_cert, tls_key)
+    scheme = "https" if tls else "http"
     check_port_free(host, port)  # else /health could answer from whatever holds the port
     folder.mkdir(parents=True, exist_ok=True)
     lock = _lock(folder)
@@ -95,10 +98,11 @@ def start(folder, host: str = "127.0.0.1", port: int = 5000, workers: int = 2, p
         if auth_on:
             auth_env, made = auth.prepare(folder, pg.url(AUTH_DATABASE))
             env.update(auth_env)
-        proc = _start_mlflow(folder, host, port, workers, pg.url(DATABASE), env, auth_on)
-        _wait_healthy(proc, f"http://{_address(host, connect=True)}:{port}/health", folder / "mlflow.log")
-        srv = Server(folder, host, port, pg, proc, lock, auth_on, made)
-        (folder / "server.url").write_text(f"http://{_address(host, connect=True)}:{port}\n")
+        proc = _start_mlflow(folder, host, port, workers, pg.url(DATABASE), env, auth_on, tls)
+        local = f"{scheme}://{_address(host, connect=True)}:{port}"
+        _wait_healthy(proc, f"{local}/health", folder / "mlflow.log")
+        srv = Server(folder, host, port, pg, proc, lock, auth_on, made, scheme)
+        (folder / "server.url").write_text(f"{local}\n")
         return srv
     except BaseException:  # Ctrl-C during start too: leave nothing running
         if proc is not None:
@@ -113,13 +117,18 @@ def start(folder, host: str = "127.0.0.1", port: int = 5000, workers: int = 2, p
 
 
 def _start_mlflow(folder: Path, host: str, port: int, workers: int, store_url: str, secrets: dict[str, str],
-                  auth_on: bool) -> subprocess.Popen:
+                  auth_on: bool, tls: tuple[Path, Path] | None) -> subprocess.Popen:
+    import shlex
+
     (folder / "artifacts").mkdir(exist_ok=True)
+    scheme = "https" if tls else "http"
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store_url,
            "--serve-artifacts", "--artifacts-destination", str(folder / "artifacts"),
-           "--host", host, "--port", str(port), "--workers", str(workers), *_security_options(host, port)]
+           "--host", host, "--port", str(port), "--workers", str(workers), *_security_options(host, port, scheme)]
     if auth_on:
         cmd += ["--app-name", "basic-auth"]
+    if tls:  # uvicorn serves HTTPS itself; the key file's path is no secret (its mode keeps it one)
+        cmd += ["--uvicorn-opts", f"--ssl-certfile {shlex.quote(str(tls[0]))} --ssl-keyfile {shlex.quote(str(tls[1]))}"]
     # Secrets (the database password, the auth app's key and admin password) reach the server through its
     # environment, never the command line (which `ps` shows everyone).
     # MLflow's job runner (GenAI scorers, prompt optimisation, trace jobs: nothing mnist-exp uses) is off unless the
@@ -135,7 +144,26 @@ def _start_mlflow(folder: Path, host: str, port: int, workers: int, store_url: s
     return proc
 
 
-def _security_options(host: str, port: int) -> list[str]:
+def _tls_files(cert: str | None, key: str | None) -> tuple[Path, Path] | None:
+    """(certificate, key) as absolute paths, checked readable; None for plain HTTP."""
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise ConfigError("--tls-cert and --tls-key: give both (PEM files: the certificate chain and its private key)")
+    out = []
+    for flag, value in (("--tls-cert", cert), ("--tls-key", key)):
+        path = Path(value).absolute()
+        try:
+            head = path.read_text(errors="replace")[:200]
+        except OSError as e:
+            raise ConfigError(f"{flag} {value}: cannot be read ({e.strerror})") from None
+        if "-----BEGIN" not in head:
+            raise ConfigError(f"{flag} {value}: not a PEM file (no -----BEGIN line)")
+        out.append(path)
+    return out[0], out[1]
+
+
+def _security_options(host: str, port: int, scheme: str = "http") -> list[str]:
     """MLflow 3.17 answers only Host headers of loopback and private addresses (DNS-rebinding guard), and refuses
     the UI's own writes from any other origin. Bound elsewhere, add the names clients will use: the address, this
     machine's names and, on a wildcard, its interface addresses. MLFLOW_SERVER_ALLOWED_HOSTS / _CORS_ALLOWED_ORIGINS,
@@ -158,19 +186,22 @@ def _security_options(host: str, port: int) -> list[str]:
         hosts = get_default_allowed_hosts() + [h for n in names for h in (n, f"{n}:{port}")]
         options += ["--allowed-hosts", ",".join(dict.fromkeys(hosts))]
     if not os.environ.get("MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"):
-        options += ["--cors-allowed-origins", ",".join(f"http://{n}:{port}" for n in names)]
+        options += ["--cors-allowed-origins", ",".join(f"{scheme}://{n}:{port}" for n in names)]
     return options
 
 
 def _wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> None:
+    import ssl
     import urllib.request
 
+    # Our own child on this machine: its certificate need not name the address we probe it on.
+    context = ssl._create_unverified_context() if url.startswith("https://") else None
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         if proc.poll() is not None:
             raise StoreError(f"the MLflow server exited ({proc.returncode}) before answering {url}: {_tail(log)}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2, context=context) as r:
                 if r.status == 200 and proc.poll() is None:
                     return
         except OSError:

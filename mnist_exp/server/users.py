@@ -50,6 +50,9 @@ class Team:
             raise ConfigError(f"{self.dir}: its server runs without auth (--no-auth): there are no users to manage")
         self.admin, password = auth.admin_credentials(self.dir)
         self._env = {"MLFLOW_TRACKING_USERNAME": self.admin, "MLFLOW_TRACKING_PASSWORD": password}
+        if self.uri.startswith("https://") and not os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+            # server.url is this machine's own loopback address of the server: its certificate need not name it
+            self._env["MLFLOW_TRACKING_INSECURE_TLS"] = "true"
         self._saved: dict = {}
 
     def __enter__(self) -> Team:

@@ -25,6 +25,7 @@ TAG_ERROR = "mnist_exp.error"  # why a run ended FAILED or KILLED
 TAG_FINGERPRINT = "mnist_exp.data_fingerprint"  # sha256 of the training + validation digits
 TAG_TEST_FINGERPRINT = "mnist_exp.test_fingerprint"
 TAG_MODEL_URI = "mnist_exp.model_uri"
+TAG_GC = "mnist_exp.gc"  # trial: its model and plots were deleted by `mnist-exp gc` (when, and what); never a candidate
 TAG_EXPERIMENT_FILE = "mnist_exp.experiment_file"  # `mnist-exp train`: the experiment file it ran
 PROBABILITIES_DIR = "probabilities"  # artifact folder: <split>.npy, the model's class probabilities (ensembles)
 

@@ -38,6 +38,7 @@ def check_server(uri: str, experiment: str = "mnist-exp", deadline_s: float = PR
     MLflow's REST API. Retries with backoff, so a server that is restarting gets a few seconds."""
     import http.client
     import socket
+    import ssl
     import urllib.error
     import urllib.parse
     import urllib.request
@@ -66,6 +67,9 @@ def check_server(uri: str, experiment: str = "mnist-exp", deadline_s: float = PR
             why = f"answered HTTP {e.code}"
         except (OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", e)
+            if isinstance(reason, ssl.SSLError):  # retrying will not make the certificate trusted
+                raise StoreError(f"tracking server {uri}: TLS failed ({getattr(reason, 'verify_message', None) or reason}); "
+                                 "a private CA: export MLFLOW_TRACKING_SERVER_CERT_PATH=/path/to/ca.pem") from None
             if isinstance(reason, (socket.timeout, TimeoutError)) or "timed out" in str(reason):
                 waited = max(waited, timeout)
                 why = f"did not answer within {waited:.0f} s"
