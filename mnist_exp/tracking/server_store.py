@@ -68,8 +68,10 @@ def check_server(uri: str, experiment: str = "mnist-exp", deadline_s: float = PR
         except (OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", e)
             if isinstance(reason, ssl.SSLError):  # retrying will not make the certificate trusted
-                raise StoreError(f"tracking server {uri}: TLS failed ({getattr(reason, 'verify_message', None) or reason}); "
-                                 "a private CA: export MLFLOW_TRACKING_SERVER_CERT_PATH=/path/to/ca.pem") from None
+                what = (f"its TLS certificate is not trusted ({reason.verify_message})"
+                        if isinstance(reason, ssl.SSLCertVerificationError) else f"TLS failed ({reason})")
+                raise StoreError(f"tracking server {uri}: {what}; a private CA: export "
+                                 "MLFLOW_TRACKING_SERVER_CERT_PATH=/path/to/ca.pem") from None
             if isinstance(reason, (socket.timeout, TimeoutError)) or "timed out" in str(reason):
                 waited = max(waited, timeout)
                 why = f"did not answer within {waited:.0f} s"
