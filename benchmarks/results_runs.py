@@ -14,6 +14,7 @@ and the command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -26,8 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def run_seed(exp: Path, data: str, seed: int, name: str) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
+def run_seed(exp: Path, data: str, seed: int, name: str, keep: Path | None = None) -> dict:
+    """``keep``: the project folder (its store) is kept under that folder, for analysis after the run."""
+    if keep:
+        keep.mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(tempfile.mkdtemp(dir=keep, prefix=f"{name}-")) if keep
+          else tempfile.TemporaryDirectory()) as tmp:
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlruns/mlflow.db"}
         (Path(tmp) / "mlruns").mkdir()
         t0 = time.perf_counter()
@@ -54,15 +59,19 @@ def champion(uri: str, name: str) -> dict:
                                        max_results=1000) if r.info.status == "FINISHED"]
     best = max(trials, key=lambda r: (r.data.metrics.get("objective", float("-inf")), -r.info.start_time))
     members = [m for m in v.tags.get("mnist_exp.ensemble_of", "").split(",") if m]
-    ensemble = c.get_run(v.tags["mnist_exp.run_id"]).data.metrics if members else {}
+    ensemble_run = c.get_run(v.tags["mnist_exp.run_id"]) if members else None
+    ensemble = ensemble_run.data.metrics if members else {}
     costs = {k: ensemble[k] for k in sorted(ensemble) if k.startswith(("size_bytes", "latency", "single_"))}
+    refits = [r for r in c.search_runs([eid], f"tags.`mnist_exp.sweep` = '{name}' and tags.`mnist_exp.kind` = 'refit'")
+              if r.info.status == "FINISHED"]
     return {
         "champion_test_accuracy": float(v.tags["metric.test_accuracy"]),
         "champion": f"ensemble of {len(members)}" if members else ("refit" if v.tags.get("mnist_exp.refit_of") else "trial"),
-        "members": [{"run_id": r.info.run_id, "trial": r.data.tags.get("mnist_exp.trial_id"),
-                     "val_accuracy": r.data.metrics.get("best_val_accuracy"),
-                     "test_accuracy": r.data.metrics.get("test_accuracy")}
-                    for r in trials if r.info.run_id in members],
+        # every member, a refit standing in for its trial included, with its weight (the ensemble run's params)
+        "members": [member(c, m, ensemble_run.data.params) for m in members],
+        "ensemble_validation": {k: ensemble.get(k) for k in ("val_accuracy", "val_loss") if k in ensemble},
+        "refit": [{"run_id": r.info.run_id, "of_trial_run": r.data.tags.get("mnist_exp.refit_of"),
+                   "test_accuracy": r.data.metrics.get("test_accuracy")} for r in refits],
         "best_single_trial": {"trial": best.data.tags.get("mnist_exp.trial_id"),
                               "objective": best.data.metrics.get("objective"),
                               "test_accuracy": best.data.metrics.get("test_accuracy")},
@@ -73,12 +82,21 @@ def champion(uri: str, name: str) -> dict:
     }
 
 
+def member(c, run_id: str, params: dict) -> dict:
+    r = c.get_run(run_id)
+    weight = next((v for k, v in params.items() if run_id in v or k.endswith(run_id)), None)
+    return {"run_id": run_id, "kind": r.data.tags.get("mnist_exp.kind"), "trial": r.data.tags.get("mnist_exp.trial_id"),
+            "val_accuracy": r.data.metrics.get("best_val_accuracy"), "test_accuracy": r.data.metrics.get("test_accuracy"),
+            "weight_param": weight}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("experiment")
     ap.add_argument("--data", required=True)
     ap.add_argument("--seeds", default="42,43,44")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--keep", type=Path, help="keep each seed's project folder (store, artifacts) under this folder")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO / "benchmarks"))
     import bench
@@ -88,7 +106,7 @@ def main() -> None:
     res = {"machine": bench.machine(), "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", *sys.argv]),
            "experiment": f"experiments/{exp.name}", "runs": []}
     for seed in (int(s) for s in args.seeds.split(",")):
-        row = run_seed(exp, str(Path(args.data).resolve()), seed, f"{name}-{seed}")
+        row = run_seed(exp, str(Path(args.data).resolve()), seed, f"{name}-{seed}", args.keep)
         print(f"seed {seed}: champion ({row['champion']}) {row['champion_test_accuracy']:.4f}, best single trial "
               f"{row['best_single_trial']['test_accuracy']:.4f}, {row['trials_finished']} trials, whole command "
               f"{row['whole_command_s']:.0f} s", flush=True)
