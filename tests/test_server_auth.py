@@ -26,7 +26,7 @@ from helpers.tls import make_ca
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even if its tests are not run back to back
 def team(tmp_path_factory, embedded):
     """The server, its users (reader, runner, runner2, promoter), a tiny sweep run by runner, promoted by promoter."""
     import shutil

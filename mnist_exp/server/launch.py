@@ -28,6 +28,7 @@ from mnist_exp.server.postgres import AUTH_DATABASE, DATABASE, START_TIMEOUT_S, 
 # 30 s; 30 writers were fine). 2 x 40 per worker, and PostgreSQL's max_connections sized to match.
 POOL_SIZE, POOL_OVERFLOW = 40, 40
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+GRACEFUL_S = 5  # uvicorn's --timeout-graceful-shutdown
 
 
 class Server:
@@ -127,8 +128,12 @@ def _start_mlflow(folder: Path, host: str, port: int, workers: int, store_url: s
            "--host", host, "--port", str(port), "--workers", str(workers), *_security_options(host, port, scheme)]
     if auth_on:
         cmd += ["--app-name", "basic-auth"]
-    if tls:  # uvicorn serves HTTPS itself; the key file's path is no secret (its mode keeps it one)
-        cmd += ["--uvicorn-opts", f"--ssl-certfile {shlex.quote(str(tls[0]))} --ssl-keyfile {shlex.quote(str(tls[1]))}"]
+    # A client's idle kept-alive HTTPS connection held uvicorn's graceful shutdown until SIGKILL (20 s): 5 s is enough
+    # for requests in flight. uvicorn serves HTTPS itself; the key file's path is no secret (its mode keeps it one).
+    uvicorn = f"--timeout-graceful-shutdown {GRACEFUL_S}"
+    if tls:
+        uvicorn += f" --ssl-certfile {shlex.quote(str(tls[0]))} --ssl-keyfile {shlex.quote(str(tls[1]))}"
+    cmd += ["--uvicorn-opts", uvicorn]
     # Secrets (the database password, the auth app's key and admin password) reach the server through its
     # environment, never the command line (which `ps` shows everyone).
     # MLflow's job runner (GenAI scorers, prompt optimisation, trace jobs: nothing mnist-exp uses) is off unless the

@@ -87,9 +87,7 @@ def check_server(uri: str, experiment: str = "mnist-exp", deadline_s: float = PR
 
 def unauthenticated(uri: str) -> str:
     """The line for a server that answered 401: what to set, and whose password it refused."""
-    from mlflow.utils.credentials import read_mlflow_creds
-
-    user = read_mlflow_creds().username
+    user = credentials()[0]
     if not user:
         return (f"tracking server {uri} requires a user: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
                 "(or write them to ~/.mlflow/credentials); an admin adds users: mnist-exp server-users DIR add NAME")
@@ -99,9 +97,7 @@ def unauthenticated(uri: str) -> str:
 
 def permission_denied(uri: str, level: str) -> str:
     """The line for a request the server refused (403): who, and the grant that allows it."""
-    from mlflow.utils.credentials import read_mlflow_creds
-
-    user = read_mlflow_creds().username or "(anonymous)"
+    user = credentials()[0] or "(anonymous)"
     return (f"tracking server {uri} refused user {user}: permission denied; an admin grants it: "
             f"mnist-exp server-users DIR grant {user} {level}")
 
@@ -121,14 +117,27 @@ def _auth_headers() -> dict[str, str]:
     ~/.mlflow/credentials, or a bearer token from the environment."""
     import base64
 
-    from mlflow.utils.credentials import read_mlflow_creds
-
-    creds = read_mlflow_creds()
-    user, password = creds.username, creds.password
+    user, password = credentials()
     if user and password:
         return {"Authorization": "Basic " + base64.standard_b64encode(f"{user}:{password}".encode()).decode()}
     token = os.environ.get("MLFLOW_TRACKING_TOKEN")
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def credentials() -> tuple[str | None, str | None]:
+    """(username, password) as MLflow 3.17's client reads them (mlflow.utils.credentials.read_mlflow_creds: each from
+    the environment, else from ~/.mlflow/credentials), without importing MLflow: the pre-flight check must answer
+    within seconds."""
+    import configparser
+
+    from_file: dict = {}
+    path = os.path.expanduser("~/.mlflow/credentials")
+    if os.path.exists(path):
+        parser = configparser.ConfigParser()
+        parser.read(path)
+        from_file = dict(parser["mlflow"]) if "mlflow" in parser else {}
+    return (os.environ.get("MLFLOW_TRACKING_USERNAME") or from_file.get("mlflow_tracking_username"),
+            os.environ.get("MLFLOW_TRACKING_PASSWORD") or from_file.get("mlflow_tracking_password"))
 
 
 def _ssl_context():

@@ -16,9 +16,9 @@ def signed_in_user(uri: str) -> str | None:
     """The username MLflow sends to ``uri`` (MLFLOW_TRACKING_USERNAME or ~/.mlflow/credentials), or None."""
     if not uri.startswith(("http://", "https://")):
         return None
-    from mlflow.utils.credentials import read_mlflow_creds
+    from mnist_exp.tracking.server_store import credentials
 
-    return read_mlflow_creds().username or None
+    return credentials()[0] or None
 
 
 def auth_client(uri: str):
