@@ -149,23 +149,9 @@ def tracking_server(tmp_path_factory):
             shutil.rmtree(folder, ignore_errors=True)
 
 
-# Fixtures that take tens of seconds to build, and the xdist group of the tests using them: under pytest-xdist
-# (``--dist loadgroup``) those tests run on one worker, so each fixture is built once, not once per worker.
-# The first fixture an item uses decides (a module-scoped server keeps its module's tests together).
-SHARED_FIXTURE_GROUPS = {"swept_template": "swept", "race": "promote-race", "tracking_server": "server",
-                         "ens_template": "ensemble", "team": "auth-server"}
-
-
-def pytest_itemcollected(item):
-    """Tests of a costly shared fixture get its xdist group (SHARED_FIXTURE_GROUPS) unless they name one: marked
-    as each is collected, before pytest-xdist reads the marks to name its work units."""
-    names = set(getattr(item, "fixturenames", ()))
-    group = next((g for f, g in SHARED_FIXTURE_GROUPS.items() if f in names), None)
-    if group and item.get_closest_marker("xdist_group") is None:
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 def pytest_collection_modifyitems(config, items):
-    """Slow tests first: under pytest-xdist (CI: ``-n 2 --dist loadgroup``) the long ones start early and the run
-    does not end waiting on one of them while the other worker is idle. The order is otherwise kept."""
+    """Slow tests first: under pytest-xdist (CI: ``-n 2 --dist loadscope --no-loadscope-reorder``, a module's tests on
+    one worker, so its module fixtures are built once; modules in the order of their first test) the long ones start
+    early and the run does not end waiting on one of them while the other worker is idle. The order is otherwise
+    kept."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -85,8 +85,10 @@ class Team:
         password = new_password()
         path = self.credentials_file(name)
         path.parent.mkdir(mode=0o700, exist_ok=True)
-        write_credentials(path, name, password)
+        staged = path.with_name(f".{path.name}.new")
+        write_credentials(staged, name, password)  # the file appears only for a user the server has
         self.auth.create_user(name, password)
+        staged.replace(path)
         self.grant(name, level)
         return path
 
