@@ -100,6 +100,13 @@ def _reap(uri: str, command: str) -> None:
               file=sys.stderr)
 
 
+def relocate(tracking_uri: str | None = None):
+    """Make a local store that was moved or copied to another folder record that folder (tracking/relocation.py):
+    database backed up, locations rewritten in one transaction, registered models' files checked. Returns what
+    was done (``Relocation``); a store that was not moved is left as it is."""
+    return store.relocate(store.resolve_tracking_uri(tracking_uri))
+
+
 def train(experiment: str | Path | None = None, overrides: Sequence[str] = (), tracking_uri: str | None = None,
           verbose: bool = False) -> TrainResult:
     """Train one model (the seed baseline by default) as one MLflow run; returns its run id and test metrics."""
@@ -118,7 +125,8 @@ def train(experiment: str | Path | None = None, overrides: Sequence[str] = (), t
 
 def sweep(experiment: str | Path | None = None, overrides: Sequence[str] = (), name: str | None = None,
           tracking_uri: str | None = None, overwrite: bool = False, verbose: bool = False, serve: str | None = None,
-          local_workers: int | None = None, lease_s: float = 30.0) -> SweepResult:
+          local_workers: int | None = None, lease_s: float = 30.0, tls_cert: str | None = None,
+          tls_key: str | None = None) -> SweepResult:
     """Run (or resume: the same call again) a Keras Tuner sweep; every trial is a nested MLflow run.
 
     Args:
@@ -127,12 +135,18 @@ def sweep(experiment: str | Path | None = None, overrides: Sequence[str] = (), n
         serve: ``HOST:PORT`` to be the chief that workers on other machines join (needs $MNIST_EXP_TOKEN).
         local_workers: with ``serve``, worker processes on this machine (default ``tuner.parallel_trials``).
         lease_s: a worker silent this long loses its trial to another.
+        tls_cert, tls_key: with ``serve``, the chief's certificate and key (PEM files): workers connect over TLS.
 
     Returns:
         The sweep's name, parent run id, trials completed and failed, and its best trial.
     """
     if name is not None:  # a string as given, even "2024" (checked by names.check)
         overrides = [*overrides, Override(f"name={json.dumps(name)}", "--name")]
+    from mnist_exp.search.distributed import wire  # ssl and sockets, not gRPC
+
+    tls = wire.server_tls(tls_cert, tls_key)
+    if tls is not None and serve is None:
+        raise ConfigError("--tls-cert: only with --serve (this machine's own workers need no TLS)")
     exp, space, ds = load(experiment, overrides, name)
     uri = open_store(tracking_uri, write=True, experiment=exp.mlflow_experiment)  # created once, atomically
     terminal.import_tensorflow()  # without its C++ start-up notices; after the store answered (seconds saved)
@@ -141,7 +155,7 @@ def sweep(experiment: str | Path | None = None, overrides: Sequence[str] = (), n
     with sweep_lock.acquire(uri, exp.name):  # one sweep of a name at a time; nothing of it is written before
         _reap(uri, "sweep")
         return run_sweep(exp, space, ds, uri, overwrite=overwrite, verbose=verbose, serve=serve,
-                         local_workers=local_workers, lease_s=lease_s)
+                         local_workers=local_workers, lease_s=lease_s, tls=tls)
 
 
 def compare(sweeps: Sequence[str] | None = None, tracking_uri: str | None = None,

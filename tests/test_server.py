@@ -4,6 +4,7 @@ predict and ui through the CLI against a real one, nothing but the tuner's own s
 
 import base64
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -98,6 +99,57 @@ def test_ui_on_a_tracking_server_prints_its_own_addresses_and_starts_nothing(tra
     assert f"{tracking_server.uri}/#/experiments/{exp.experiment_id}/runs?" in proc.stdout
     assert "viewStateShareKey=mnist-exp-sweeps" in proc.stdout and "nothing started here" in proc.stdout
     assert "mlflow.sharedViewState.mnist-exp-sweeps" in exp.tags  # the saved view, written to the server
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_on_one_machine_resumes_on_another_from_the_state_on_the_server(tracking_server, tmp_path,
+                                                                                        monkeypatch):
+    """The Keras Tuner state lives with the parent run (search/state_mirror.py). The sweep is killed on "machine" A
+    just after its state's archive reached the server and before the pointer moved to it (at the end of trial 0,
+    whose run is already FINISHED), then resumed from another folder B that has nothing of A's: B takes the server's
+    copy, records that trial without training it again, and ends with each trial once."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_server.uri)
+    machine_a, machine_b = tmp_path / "a", tmp_path / "b"
+    for m in (machine_a, machine_b):
+        m.mkdir()
+        write_yaml(m / "tiny.yaml", TINY_SWEEP)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    sweep = ["sweep", "tiny.yaml", "--name", "moved", "--max-trials", "3"]
+    monkeypatch.chdir(machine_a)
+    # the 4th push of the state is trial 0's end (its run FINISHED): killed there
+    killed = cli(*sweep, env={"MNIST_EXP_FAULT": "after_tuner_state_uploaded@4"})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
+    exp = client.get_experiment_by_name("mnist-exp")
+    [parent] = client.search_runs([exp.experiment_id], "tags.`mnist_exp.sweep` = 'moved' and "
+                                                       "tags.`mnist_exp.kind` = 'sweep'")
+    slot, version, sha = parent.data.tags["mnist_exp.tuner_state"].split()
+    assert (slot, version) == ("a", "3")  # v4's archive went to slot b; the pointer never moved to it
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "tuner_state")} == {
+        "tuner_state/a.tar.gz", "tuner_state/b.tar.gz"}
+
+    monkeypatch.chdir(machine_b)
+    # B killed while taking the server's copy (unpacked beside its cache, not yet renamed into place): harmless
+    cut = cli(*sweep, env={"MNIST_EXP_FAULT": "after_tuner_state_unpacked"})
+    assert cut.returncode == -signal.SIGKILL, cut.stdout[-2000:] + cut.stderr[-2000:]
+    assert (machine_b / "mlruns" / "tuner" / ".moved.restoring" / "oracle.json").is_file()
+    resumed = cli(*sweep, check=0)
+    assert "sweep moved: Keras Tuner state taken from the tracking server (version 3)" in resumed.stdout
+    assert re.search(r"trial 0: run \w+ had finished before the interruption .*; recorded, not trained again",
+                     resumed.stdout), resumed.stdout
+    assert "Downloading" not in resumed.stderr  # no progress bar among the sweep's lines
+    trials = client.search_runs([exp.experiment_id], "tags.`mnist_exp.sweep` = 'moved' and "
+                                                     "tags.`mnist_exp.kind` = 'trial'")
+    finished = sorted(t.data.tags["mnist_exp.trial_id"] for t in trials if t.info.status == "FINISHED")
+    assert finished == ["0", "1", "2"], [(t.data.tags["mnist_exp.trial_id"], t.info.status) for t in trials]
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    # B's cache is the server's copy again, and nothing else was needed from A
+    pointer = client.get_run(parent.info.run_id).data.tags["mnist_exp.tuner_state"].split()
+    assert int(pointer[1]) > 3
+    assert (machine_b / "mlruns" / "tuner" / "moved" / "oracle.json").is_file()
+    assert sorted(p.name for p in (machine_b / "mlruns" / "tuner").iterdir()) == ["moved"]
 
 
 @pytest.mark.slow

@@ -54,6 +54,9 @@ def _sweep_parser(sub) -> None:
     p.add_argument("--serve", metavar="[HOST:]PORT",
                    help="be the chief that workers on other machines join (mnist-exp worker), listening on that "
                         "address only (PORT alone: loopback); needs $MNIST_EXP_TOKEN")
+    p.add_argument("--tls-cert", metavar="PEM", help="with --serve: workers connect over TLS, to this certificate "
+                                                     "(chain); workers give its CA with --tls-ca")
+    p.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     p.add_argument("--lease-timeout", type=float, default=30.0, metavar="S",
                    help="a worker silent this long loses its trial to another worker (default 30)")
     p.add_argument("--overwrite", action="store_true", help="discard an existing sweep of that name and start afresh")
@@ -64,6 +67,8 @@ def _worker_parser(sub) -> None:
     p.add_argument("--tracking-uri", help="the sweep's tracking server (default: $MLFLOW_TRACKING_URI, else the one the "
                                           "chief uses when that is a server)")
     p.add_argument("--chief", required=True, metavar="HOST:PORT", help="the chief's address (its --serve)")
+    p.add_argument("--tls-ca", metavar="PEM", help="connect over TLS, trusting the chief's certificate if this CA "
+                                                   "signed it (a chief started with --tls-cert)")
     p.add_argument("--data", help="where this machine has the sweep's data (checked against the sweep's fingerprint)")
     p.add_argument("--id", help="this worker's id, stable across its restarts (default: the host name)")
     p.add_argument("--threads", type=int, help="TensorFlow threads (default: all cores)")
@@ -102,6 +107,10 @@ def _results_parsers(sub) -> None:
     p.add_argument("--keep-top", type=int, metavar="K", required=True, help="keep the K best trials whole")
     p.add_argument("--dry-run", action="store_true", help="say what would be deleted and the bytes, change nothing")
     p.add_argument("--experiment-name", default="mnist-exp")
+    _common(p)
+
+    p = sub.add_parser("relocate", help="make a local store moved or copied to another folder usable there "
+                                        "(backup, rewrite its recorded artifact locations, verify)")
     _common(p)
 
     p = sub.add_parser("predict", help="classify PNG/JPEG digits (or an .npz of images) with a registered model")
@@ -206,7 +215,8 @@ def cmd_sweep(args) -> int:
 
     result = api.sweep(args.experiment, _overrides(args), name=args.name, tracking_uri=args.tracking_uri,
                        overwrite=args.overwrite, verbose=args.verbose, serve=args.serve,
-                       local_workers=local_workers, lease_s=args.lease_timeout)
+                       local_workers=local_workers, lease_s=args.lease_timeout, tls_cert=args.tls_cert,
+                       tls_key=args.tls_key)
     return 0 if result.completed else 1
 
 
@@ -272,6 +282,19 @@ def cmd_gc(args) -> int:
     return 0
 
 
+def cmd_relocate(args) -> int:
+    from mnist_exp import api  # here, not at the top: --help stays instant
+
+    r = api.relocate(args.tracking_uri)
+    if not r.old:
+        print(f"nothing to do: the store records its own folder; {r.models_checked} registered model(s) found")
+        return 0
+    done = ", ".join(f"{n} {col}" for col, n in r.rewritten.items())
+    print(f"relocated from {', '.join(r.old)}: {done}; backup {r.backup}; verified: the store records its own "
+          f"folder, {r.models_checked} registered model(s) found")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from mnist_exp import api  # here, not at the top: --help stays instant
     from mnist_exp.model import predict
@@ -292,6 +315,7 @@ COMMANDS = {
     "ui": cmd_ui,
     "server": cmd_server,
     "gc": cmd_gc,
+    "relocate": cmd_relocate,
     "server-users": cmd_server_users,
 }
 

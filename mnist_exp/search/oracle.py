@@ -70,16 +70,18 @@ def _history(trial, objective: str) -> dict[int, float]:
 
 class SweepOracleMixin:
     """Oracle state and trial files written by rename: never half-written. With a ``budget`` it starts only
-    trials that should finish in time; ``on_trial_ended(oracle, trial)`` hears every trial's end."""
+    trials that should finish in time; ``on_trial_ended(oracle, trial)`` hears every trial's end; with a
+    ``mirror`` (state_mirror.StateMirror) every save reaches the tracking server before the oracle goes on."""
 
     def __init__(self, *args, budget=None, configured_epochs: int = 10, on_trial_ended=None,
-                 pruner: pruners.Pruner | None = None, warm_start=(), **kwargs):
+                 pruner: pruners.Pruner | None = None, warm_start=(), mirror=None, **kwargs):
         self.budget = budget  # budget.Budget, or None
         self.configured_epochs = configured_epochs  # training.epochs: trials whose length Hyperband does not set
         self._on_trial_ended = on_trial_ended
         self.pruner = pruner
         self.pruned: dict[str, int] = {}  # trial id -> the epoch (1-based) after which the pruner stopped it
         self.warm_start = [dict(c) for c in warm_start]  # the first trials' configurations (warm_start.py)
+        self._mirror = mirror
         super().__init__(*args, **kwargs)
 
     def populate_space(self, trial_id):
@@ -178,6 +180,8 @@ class SweepOracleMixin:
 
     def save(self):
         atomic_write_json(self._get_oracle_fname(), self.get_state())
+        if self._mirror is not None:
+            self._mirror.push()
 
     def _save_trial(self, trial):
         atomic_write_json(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), trial.get_state())
@@ -198,9 +202,9 @@ class SweepOracleMixin:
 
 
 def make_oracle(exp: Experiment, hyperparameters, budget=None, on_trial_ended=None, mixins: tuple = (),
-                warm_start=None):
+                warm_start=None, mirror=None):
     """The oracle of ``exp.tuner.kind``. ``mixins``: put before ours (a chief's trial leases); ``warm_start``:
-    what a warm-started sweep starts from (warm_start.WarmStart)."""
+    what a warm-started sweep starts from (warm_start.WarmStart); ``mirror``: the server's copy of its state."""
     oracle_cls, _ = KINDS[exp.tuner.kind]
     kwargs = dict(
         objective=kt.Objective(exp.objective.name, exp.objective.direction),
@@ -224,7 +228,7 @@ def make_oracle(exp: Experiment, hyperparameters, budget=None, on_trial_ended=No
     pruner = None if tu.pruner == "none" else pruners.Pruner(
         tu.pruner, exp.objective.direction, tu.pruner_warmup_epochs, tu.pruner_min_trials, tu.pruner_reduction_factor)
     return cls(budget=budget, configured_epochs=exp.training.epochs, on_trial_ended=on_trial_ended, pruner=pruner,
-               warm_start=warm_start.configs if warm_start is not None else (), **kwargs)
+               warm_start=warm_start.configs if warm_start is not None else (), mirror=mirror, **kwargs)
 
 
 def requeue_orphans(oracle, ids: list[str]) -> list[str]:

@@ -2,7 +2,9 @@
 
 State lives on disk and in MLflow, never only in this process: the Keras Tuner project
 (``<store>/tuner/<sweep>/``) holds the oracle, and ``mnist_exp_sweep.json`` beside it
-holds the parent run id and the sweep's identity. Running the same command again resumes.
+holds the parent run id and the sweep's identity. Running the same command again resumes. On a tracking
+server that folder is a cache of the copy kept with the parent run (state_mirror.py): the same command
+resumes the sweep on any machine.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from mnist_exp.model.data import Dataset
 from mnist_exp.results import compare, describe, importance
 from mnist_exp.runtime import faults, signals, terminal
 from mnist_exp.runtime.errors import ConfigError, DiskFull, SweepError, TrackingUnavailable
-from mnist_exp.search import sweep_budget, sweep_state, trial_resume
+from mnist_exp.search import state_mirror, sweep_budget, sweep_state, trial_resume
 from mnist_exp.search.distributed import oracle_chief, wire, worker_processes
 from mnist_exp.search.distributed.trial_leases import TrialLeaseOracleMixin
 from mnist_exp.search.distributed.worker_processes import ChiefEnvironment
@@ -48,17 +50,21 @@ class SweepResult:
 
 def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwrite: bool = False,
               verbose: bool = False, hypermodel=None, serve: str | None = None, local_workers: int | None = None,
-              lease_s: float = 30.0) -> SweepResult:
+              lease_s: float = 30.0, tls=None) -> SweepResult:
     """Run (or resume) the sweep. ``hypermodel`` replaces the CNN HyperModel (tests inject faults with it).
     Prints one line per epoch and per trial; ``verbose`` adds Keras's bars and Keras Tuner's tables (terminal.py).
     ``serve`` (HOST:PORT): be a chief that workers on other machines join (oracle_chief.py), with ``local_workers``
-    of its own (default tuner.parallel_trials); trials of a silent worker are re-run after ``lease_s``."""
+    of its own (default tuner.parallel_trials); trials of a silent worker are re-run after ``lease_s``; ``tls``
+    (wire.ServerTLS): serve it over TLS."""
     parallel = exp.tuner.parallel_trials > 1 or serve is not None
     if hypermodel is not None and parallel:  # workers build their own CNN; nothing else crosses
         raise ValueError("a custom hypermodel cannot reach parallel workers; use tuner.parallel_trials=1")
     if exp.objective.name.startswith("val_") and not len(ds.y_val):
         raise ConfigError(f"{exp.path}: data.validation_split: must be > 0 for the objective {exp.objective.name}")
     project = tuner_dir(uri) / exp.name
+    # On a tracking server the state kept with the sweep's parent run is the truth, the folder its cache.
+    remote = store.is_remote(uri)
+    pointer = state_mirror.restore(uri, exp.mlflow_experiment, exp.name, project) if remote and not overwrite else None
     # Read before anything is written: a state file this release cannot read stops here (sweep_state.py).
     prior = None if overwrite else sweep_state.read(project / STATE_FILE)
     training.set_seed_and_threads(exp)
@@ -75,6 +81,7 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     else:
         warm = warm_start.WarmStart()
     parent_run_id, resumed = _open_parent(exp, space, ds, experiment_id, project, ident, prior, warm)
+    mirror = state_mirror.StateMirror(parent_run_id, project, pointer) if remote else None
 
     fit_verbose = terminal.fit_verbose(verbose)
     # The chief of a parallel sweep trains nothing: its workers load the data themselves.
@@ -84,11 +91,11 @@ def run_sweep(exp: Experiment, space: SearchSpace, ds: Dataset, uri: str, overwr
     with ChiefEnvironment("127.0.0.1", 0) if parallel else contextlib.nullcontext():
         tuner = make_tuner(sw, space.to_hyperparameters(fixed=exp.hp), project.parent, hypermodel,
                            verbose=fit_verbose, budget=budget, on_trial_ended=progress_printer(sw),
-                           oracle_mixins=(TrialLeaseOracleMixin,) if parallel else (), warm_start=warm)
+                           oracle_mixins=(TrialLeaseOracleMixin,) if parallel else (), warm_start=warm, mirror=mirror)
     print(start_line(exp, ds, tuner.oracle, parent_run_id, resumed), flush=True)
     if parallel:
         return _finishing(exp, parent_run_id, lambda: _run_parallel(tuner, sw, uri, fit_verbose, project, serve,
-                                                                    local_workers, lease_s))
+                                                                    local_workers, lease_s, mirror, tls))
     requeue_orphans(tuner.oracle, [tuner.tuner_id])
     crashed = _search_here(tuner, sw, fit_verbose)
     return _finishing(exp, parent_run_id, lambda: _finish(tuner, sw, crashed))
@@ -155,7 +162,7 @@ def _stop_for_lost_store(exp, parent_run_id: str, why: str) -> TrackingUnavailab
 
 
 def _run_parallel(tuner, sw, uri: str, fit_verbose: int, project: Path, serve: str | None,
-                  local_workers: int | None, lease_s: float) -> SweepResult:
+                  local_workers: int | None, lease_s: float, mirror=None, tls=None) -> SweepResult:
     """Chief: serve the oracle (oracle_chief.py) to local worker processes and, with ``serve``, to workers
     elsewhere, until the oracle is done (or, without ``serve``, until the local workers have all stopped)."""
     import secrets
@@ -172,17 +179,18 @@ def _run_parallel(tuner, sw, uri: str, fit_verbose: int, project: Path, serve: s
     requeue_orphans(tuner.oracle, ids + (list(tuner.oracle.ongoing_trials) if serve else []))
     threads = worker_processes.threads_per_worker(max(n, 1), exp.training.threads)
     chief = oracle_chief.Chief(tuner.oracle, sw, uri, _description(sw, uri, project), token, lease_s)
-    port = chief.start(host, port)
+    port = chief.start(host, port, tls)
     address = wire.target(host, port)
     print(f"chief serving the oracle on {address}; {n} {'local ' if serve else ''}workers"
           f"{' (' + ', '.join(ids) + ')' if ids else ''}"
           f"{', ' + str(threads) + ' thread(s) each' if n else ''}", flush=True)
+    ca = " --tls-ca <its CA certificate>" if tls else ""
     if serve and store.is_remote(uri):
-        print(f"workers: {wire.TOKEN_ENV}=<the token> mnist-exp worker --chief {address} [--data PATH]", flush=True)
+        print(f"workers: {wire.TOKEN_ENV}=<the token> mnist-exp worker --chief {address}{ca} [--data PATH]", flush=True)
     elif serve:
-        print(f"workers: {wire.TOKEN_ENV}=<the token> mnist-exp worker --chief {address} --tracking-uri {uri} "
+        print(f"workers: {wire.TOKEN_ENV}=<the token> mnist-exp worker --chief {address}{ca} --tracking-uri {uri} "
               "(a store on this machine: workers elsewhere need a tracking server, see mnist-exp server)", flush=True)
-    local = wire.target("127.0.0.1" if host in ("0.0.0.0", "::") else host, port)
+    local = wire.target("127.0.0.1" if host in ("0.0.0.0", "::") or tls else host, chief.local_port)
     procs, codes = {}, {}
     try:
         with signals.handled():
@@ -190,6 +198,8 @@ def _run_parallel(tuner, sw, uri: str, fit_verbose: int, project: Path, serve: s
             waiting_said = False
             while True:
                 worker_processes.poll_workers(procs, codes)
+                if mirror is not None and mirror.failure:  # the server did not take the oracle's state
+                    raise StoreUnavailable(mirror.failure)
                 local_done = len(codes) == len(procs)
                 if local_done and (chief.done() or not serve):
                     break

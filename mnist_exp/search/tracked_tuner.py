@@ -320,16 +320,17 @@ def adopt_finished_run(sw: SweepContext, trial_id: str) -> dict | None:
 
 
 def make_tuner(sw: SweepContext, hyperparameters, directory: Path, hypermodel=None, verbose: int = 0,
-               mixins: tuple = (), budget=None, on_trial_ended=None, oracle_mixins: tuple = (), warm_start=None):
+               mixins: tuple = (), budget=None, on_trial_ended=None, oracle_mixins: tuple = (), warm_start=None,
+               mirror=None):
     """The sweep's Tuner over a fresh (or reloaded) oracle.
 
     Args:
         verbose: the fits' verbosity (terminal.fit_verbose); nonzero also shows Keras Tuner's own messages.
         mixins: tuner mixins put before ours (a worker's, distributed/worker.py).
-        budget, on_trial_ended, oracle_mixins, warm_start: for the oracle (oracle.make_oracle).
+        budget, on_trial_ended, oracle_mixins, warm_start, mirror: for the oracle (oracle.make_oracle).
     """
     exp = sw.exp
-    oracle = make_oracle(exp, hyperparameters, budget, on_trial_ended, oracle_mixins, warm_start)
+    oracle = make_oracle(exp, hyperparameters, budget, on_trial_ended, oracle_mixins, warm_start, mirror)
     tuner_cls = type(f"Tracked{KINDS[exp.tuner.kind][1].__name__}",
                      (*mixins, TrackedTunerMixin, KINDS[exp.tuner.kind][1]), {})
     # Keras Tuner prints "Reloading Tuner from …" on every resume; the sweep's own first line says so already

@@ -50,6 +50,7 @@ TAG_OBJECTIVE = "mnist_exp.objective"  # parent and version: "<max|min>:<metric>
 TAG_BEST_TRIAL = "mnist_exp.best_trial_id"  # parent
 TAG_SEARCHED = "mnist_exp.searched"  # parent: its searched hyperparameters, comma-separated (the UI view)
 TAG_SUPERSEDED = "mnist_exp.superseded"  # why an earlier parent run of a sweep name (and its trials) is history
+TAG_TUNER_STATE = "mnist_exp.tuner_state"  # parent: "<slot> <version> <sha256>" of its Keras Tuner state's archive
 TAG_WARM_START = "mnist_exp.warm_start"  # parent: the earlier sweeps whose configurations it began with
 TAG_BUDGET_STOP = "mnist_exp.budget_stop"  # parent, while the budget left trials unstarted
 TAG_REFIT_OF = "mnist_exp.refit_of"  # refit run (and its version): the trial run whose configuration it trained

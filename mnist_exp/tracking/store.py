@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from mnist_exp.runtime.errors import StoreError
+from mnist_exp.tracking import relocation
 from mnist_exp.tracking.server_store import check_server, set_http_limits
 
 DB_NAME = "mlflow.db"
@@ -174,9 +175,10 @@ def _create(path: Path, write: bool) -> None:
             lg.setLevel(level)
 
 
-def check_store(path: Path, write: bool) -> str:
+def check_store(path: Path, write: bool, moved_ok: bool = False) -> str:
     """Raise StoreError unless ``path`` is an MLflow store at the installed MLflow's schema head (and
-    writable when ``write``). Read-only, no MLflow import. Returns the schema revision."""
+    writable when ``write``), that records its own folder as its artifacts' home (unless ``moved_ok``:
+    relocation.py). Read-only, no MLflow import. Returns the schema revision."""
     import sqlite3
 
     path = Path(path).absolute()
@@ -203,6 +205,8 @@ def check_store(path: Path, write: bool) -> str:
             raise StoreError(f"{path} is an SQLite database without MLflow's tables, not an MLflow store "
                              "(nothing was changed); point --tracking-uri at the store, or move the file away")
         db.execute("select count(*) from experiments").fetchone()  # reads a table: a damaged page shows here
+        if not moved_ok:
+            relocation.check(db, path)
     except sqlite3.OperationalError as e:
         if "locked" in str(e):
             raise StoreError(f"{path}: the store stayed locked by another process for 30 s; try again") from None
@@ -290,3 +294,18 @@ def _mlflow_version() -> str:
 
 
 # --- tracking servers -----------------------------------------------------------------------------
+
+
+def relocate(uri: str) -> relocation.Relocation:
+    """``mnist-exp relocate``: the local store at ``uri`` made to record its own folder (relocation.py), under the
+    lock its creation takes, so no command creates or relocates it meanwhile."""
+    import fcntl
+
+    path = sqlite_path(uri)
+    if path is None or not path.exists():
+        raise StoreError(f"--tracking-uri {uri}: relocate works on a local sqlite store that exists "
+                         "(a tracking server keeps its own locations)")
+    check_store(path, write=True, moved_ok=True)
+    with open(path.parent / f"{path.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return relocation.relocate(path)

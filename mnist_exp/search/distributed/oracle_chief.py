@@ -12,7 +12,9 @@ lacks (its issue tracker: no liveness check, workers hanging on a dead chief, no
 - ``Claim`` asks, just before a worker marks its run FINISHED (the commit point, tracked_tuner.py), whether it
   still holds the trial: a claim and a revocation are serialised by one lock, so exactly one side wins;
 - ``Describe`` gives the sweep's definition (experiment, search space text, parent run, data
-  fingerprint, tracking URI), so a worker elsewhere needs no file of this machine.
+  fingerprint, tracking URI), so a worker elsewhere needs no file of this machine;
+- with TLS (``wire.ServerTLS``) the served address speaks TLS only; this machine's own workers reach the chief
+  on a second, plaintext port on loopback (``local_port``), the token still required.
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ class Chief:
         self._stop = threading.Event()
         self.server = None
         self.port = 0
+        self.local_port = 0  # where this machine's workers connect (the served port itself without TLS)
 
     # --- serving ------------------------------------------------------------------------------------
 
-    def start(self, host: str, port: int) -> int:
+    def start(self, host: str, port: int, tls: wire.ServerTLS | None = None) -> int:
         import grpc
         from keras_tuner.src import protos
 
@@ -63,7 +66,12 @@ class Chief:
                     for name in wire.METHODS}
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(wire.SERVICE, handlers),))
         try:
-            self.port = self.server.add_insecure_port(wire.target(host, port))
+            if tls is None:
+                self.port = self.local_port = self.server.add_insecure_port(wire.target(host, port))
+            else:
+                creds = grpc.ssl_server_credentials([(tls.key, tls.cert)])
+                self.port = self.server.add_secure_port(wire.target(host, port), creds)
+                self.local_port = self.server.add_insecure_port("127.0.0.1:0")
         except RuntimeError as e:  # grpc raises instead of returning 0 on some failures
             raise ConfigError(f"--serve {wire.target(host, port)}: cannot listen there ({e})") from None
         if not self.port:

@@ -4,7 +4,9 @@ Transport: Keras Tuner's gRPC ``Oracle`` service (create/update/end trial) on on
 ``mnist_exp.Sweep`` service of JSON methods on the same server: ``Describe`` (the sweep's definition,
 so a worker needs no file from the chief's machine), ``Renew`` (the worker's lease on its trial)
 and ``Claim`` (may this worker commit its trial's result?). Every call carries the shared token and
-the worker's id as gRPC metadata. The channel is not encrypted (README: "Sweeps across machines").
+the worker's id as gRPC metadata. With ``--tls-cert``/``--tls-key`` the chief serves gRPC's TLS and workers
+trust its certificate through ``--tls-ca``; a worker that speaks the other transport, or does not trust the
+certificate, is told so in one line before it waits (:func:`check_transport`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,11 @@ import collections
 import json
 import os
 import re
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from mnist_exp.runtime.errors import ConfigError
 
@@ -83,14 +90,101 @@ def client_interceptor(token: str, worker: str, max_timeout_s: float):
     return Interceptor()
 
 
-def channel(host: str, port: int, token: str, worker: str, max_timeout_s: float):
+def channel(host: str, port: int, token: str, worker: str, max_timeout_s: float, ca: bytes | None = None):
+    """A channel to the chief; ``ca``: TLS, trusting the certificates that CA (PEM) signed."""
     import grpc
 
     # Trials are small messages; keepalive notices a chief whose machine vanished without a FIN.
     options = [("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000),
                ("grpc.enable_http_proxy", 0)]
-    raw = grpc.insecure_channel(target(host, port), options=options)
+    if ca is None:
+        raw = grpc.insecure_channel(target(host, port), options=options)
+    else:
+        raw = grpc.secure_channel(target(host, port), grpc.ssl_channel_credentials(root_certificates=ca), options)
     return grpc.intercept_channel(raw, client_interceptor(token, worker, max_timeout_s))
+
+
+# --- TLS ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """The chief's certificate chain and private key (PEM), checked to be a pair."""
+
+    cert: bytes
+    key: bytes
+
+
+def _read_pem(path: str, flag: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot be read ({e.strerror or e})") from None
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{flag} {path}: not a PEM file (no -----BEGIN line)")
+    return data
+
+
+def server_tls(cert: str | None, key: str | None) -> ServerTLS | None:
+    """``--tls-cert``/``--tls-key`` read and checked (both or neither; a key that belongs to the certificate)."""
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise ConfigError(f"{'--tls-cert' if not cert else '--tls-key'}: needed with "
+                          f"{'--tls-key' if not cert else '--tls-cert'}")
+    cert_pem, key_pem = _read_pem(cert, "--tls-cert"), _read_pem(key, "--tls-key")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    except ssl.SSLError as e:
+        raise ConfigError(f"--tls-key {key}: not the private key of --tls-cert {cert} ({e.reason or e})") from None
+    return ServerTLS(cert_pem, key_pem)
+
+
+def client_ca(path: str | None) -> bytes | None:
+    """``--tls-ca``: the certificates a worker trusts (PEM), checked to load."""
+    if not path:
+        return None
+    data = _read_pem(path, "--tls-ca")
+    try:
+        ssl.create_default_context(cadata=data.decode("ascii", "replace"))
+    except (ssl.SSLError, ValueError) as e:
+        raise ConfigError(f"--tls-ca {path}: no certificate could be loaded ({e})") from None
+    return data
+
+
+def check_transport(host: str, port: int, ca: bytes | None, ca_path: str | None, address: str,
+                    wait_s: float) -> None:
+    """Once something answers at the chief's address, check that it speaks this worker's transport (TLS that
+    ``ca`` vouches for, or plaintext): a mismatch is one line now, where gRPC would retry until UNAVAILABLE.
+    Nothing answering within ``wait_s`` is left to gRPC to report."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=5)
+            break
+        except OSError:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.5)
+    ctx = ssl.create_default_context(cadata=ca.decode("ascii", "replace")) if ca else ssl._create_unverified_context()
+    ctx.set_alpn_protocols(["h2"])
+    untrusted = None
+    try:
+        with sock, ctx.wrap_socket(sock, server_hostname=host):
+            speaks_tls = True
+    except ssl.SSLCertVerificationError as e:
+        speaks_tls, untrusted = True, e.verify_message or str(e)
+    except (ssl.SSLError, OSError):
+        speaks_tls = False
+    if untrusted:
+        raise ConfigError(f"--tls-ca {ca_path}: does not vouch for the certificate of the chief at {address} "
+                          f"({untrusted}); give the CA that signed the chief's --tls-cert")
+    if ca and not speaks_tls:
+        raise ConfigError(f"--chief {address}: the chief does not speak TLS (started without --tls-cert); "
+                          "drop --tls-ca, or restart the chief with --tls-cert and --tls-key")
+    if not ca and speaks_tls:
+        raise ConfigError(f"--chief {address}: the chief speaks TLS; give the CA certificate that signed its "
+                          "--tls-cert with --tls-ca PEM")
 
 
 def json_method(chan, name: str):

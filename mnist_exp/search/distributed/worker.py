@@ -38,13 +38,16 @@ def check_id(worker: str) -> str:
     return worker
 
 
-def connect(address: str, token: str, worker: str, wait_s: float):
-    """(channel, description) of the chief at ``address``; one line if it does not answer in ``wait_s``.
-    On the channel returned no call waits longer than the lease: a worker of a dead chief stops that soon."""
+def connect(address: str, token: str, worker: str, wait_s: float, ca_path: str | None = None):
+    """(channel, description) of the chief at ``address``; one line if it does not answer in ``wait_s``, or speaks
+    another transport (TLS, or a certificate ``ca_path`` does not vouch for). On the channel returned no call
+    waits longer than the lease: a worker of a dead chief stops that soon."""
     import grpc
 
     host, port = wire.parse_address(address, "--chief")
-    chan = wire.channel(host, port, token, worker, wait_s)
+    ca = wire.client_ca(ca_path)
+    wire.check_transport(host, port, ca, ca_path, address, wait_s)
+    chan = wire.channel(host, port, token, worker, wait_s, ca)
     try:
         desc = wire.json_method(chan, "Describe")({}, timeout=wait_s, wait_for_ready=True)
     except grpc.RpcError as e:
@@ -56,7 +59,7 @@ def connect(address: str, token: str, worker: str, wait_s: float):
         raise ConfigError(f"--chief {address}: speaks protocol {desc.get('protocol')} (mnist-exp "
                           f"{desc.get('version')}), this worker {wire.PROTOCOL}: install the chief's release")
     chan.close()
-    return wire.channel(host, port, token, worker, float(desc["lease_s"])), desc
+    return wire.channel(host, port, token, worker, float(desc["lease_s"]), ca), desc
 
 
 def sweep_from(desc: dict, address: str, data: str | None, workdir: Path):
@@ -85,7 +88,7 @@ def tracking_uri(arg: str | None, desc: dict, address: str) -> str:
 def main(args) -> int:
     token = wire.token_from_env("a worker")
     worker = check_id(args.id or default_id())
-    chan, desc = connect(args.chief, token, worker, args.wait)
+    chan, desc = connect(args.chief, token, worker, args.wait, args.tls_ca)
     workdir = Path(tempfile.gettempdir()) / "mnist-exp-worker" / f"{desc['name']}-{desc['parent_run_id'][:8]}" / worker
     workdir.mkdir(parents=True, exist_ok=True)
     exp, space = sweep_from(desc, args.chief, args.data, workdir)

@@ -1,7 +1,9 @@
 """One sweep across "machines": a chief and two workers, each in its own network namespace (own address, own
 loopback), own folder and HOME, sharing no files, with a real MLflow tracking server on PostgreSQL (proxied
-artifacts) in the root namespace. Faults: a worker killed mid-trial, a worker cut off from the network and
-back, the chief killed and resumed. Every trial ends with exactly one FINISHED run."""
+artifacts, auth on) in the root namespace; the chief serves over TLS (a CA made in the test). Refused at once: a
+wrong token, a plaintext worker, a worker trusting another CA. Faults: a worker killed mid-trial, a worker cut off
+from the network and back, the chief killed on its machine and resumed on another ("chief2", a folder of its own:
+the Keras Tuner state comes from the tracking server). Every trial ends with exactly one FINISHED run."""
 
 from __future__ import annotations
 
@@ -25,10 +27,10 @@ TOKEN = "multi-host-token-0123456789abcdef"
 LEASE = 6
 PORT = 8470  # the chief's: each namespace has its own ports
 
-SWEEP = """# mnist-exp sweep mh.yaml --serve CHIEF:8470 --parallel 0
+SWEEP = """# mnist-exp sweep mh.yaml --serve CHIEF:8470 --parallel 0 --tls-cert chief.pem --tls-key chief.key
 name: mh
 search_space: SPACE
-data: {source: DATA, train_size: 200, test_size: 100, validation_split: 0.2}
+data: {source: embedded, train_size: 200, test_size: 100, validation_split: 0.2}
 training: {epochs: 12}
 tuner: {kind: random, max_trials: 10}
 """
@@ -67,7 +69,7 @@ def lan(tmp_path):
     from helpers import hosts
 
     hosts.require()
-    with hosts.Hosts(["chief", "w1", "w2"], base=tmp_path / "hosts") as h:
+    with hosts.Hosts(["chief", "chief2", "w1", "w2"], base=tmp_path / "hosts") as h:
         yield h
 
 
@@ -77,6 +79,7 @@ def test_a_sweep_across_three_machines_survives_worker_and_chief_faults(lan, tmp
     from mnist_exp import server
     from mnist_exp.model.data import EMBEDDED_PATH
     from mnist_exp.server.files import read_credentials
+    from helpers.tls import make_ca
 
     h = lan
     folder = Path(tempfile.mkdtemp(prefix="mx-tracking-"))  # PostgreSQL's own user must reach it: not pytest's 0700 tree
@@ -87,26 +90,39 @@ def test_a_sweep_across_three_machines_survives_worker_and_chief_faults(lan, tmp
         env = {"MLFLOW_TRACKING_URI": srv.uri, "MNIST_EXP_TOKEN": TOKEN, "TF_CPP_MIN_LOG_LEVEL": "2", **signed_in}
         for k, v in signed_in.items():
             monkeypatch.setenv(k, v)
-        for name in h.names:  # each machine its own copy of the digits: nothing shared
+        tls = make_ca(tmp_path / "ca", ips=(h.addr("chief"), h.addr("chief2")))
+        other_ca = make_ca(tmp_path / "other-ca")
+        for name in h.names:  # each machine its own copy of the digits and of the files it needs: nothing shared
             shutil.copy(EMBEDDED_PATH, h.home(name) / "digits.npz")
-        exp = h.home("chief") / "mh.yaml"
-        exp.write_text(SWEEP.replace("SPACE", str(ROOT / "search_spaces" / "small.yaml"))
-                       .replace("DATA", str(h.home("chief") / "digits.npz")))
+            for src, dst in ((tls["cert"], "chief.pem"), (tls["key"], "chief.key"), (tls["ca"], "ca.pem"),
+                             (other_ca["ca"], "other-ca.pem")):
+                shutil.copy(src, h.home(name) / dst)
+            (h.home(name) / "mh.yaml").write_text(SWEEP.replace("SPACE", str(ROOT / "search_spaces" / "small.yaml")))
         chief_addr = f"{h.addr('chief')}:{PORT}"
-        sweep_cmd = ["sweep", exp, "--serve", chief_addr, "--parallel", "0", "--lease-timeout", LEASE]
 
-        def worker(name):  # no --tracking-uri (nor the variable): the chief's Describe says where the runs go
+        def sweep_cmd(addr):  # relative paths: each machine's own files (its home is its cwd)
+            return ["sweep", "mh.yaml", "--serve", addr, "--parallel", "0", "--lease-timeout", LEASE,
+                    "--tls-cert", "chief.pem", "--tls-key", "chief.key"]
+
+        def worker(name, ca="ca.pem", id_=None):  # no --tracking-uri (nor the variable): Describe says where runs go
             w_env = {**env, "MLFLOW_TRACKING_URI": ""}
             return Proc(h, name, ["worker", "--chief", chief_addr, "--data", h.home(name) / "digits.npz",
-                                  "--id", name, "--threads", "1"], w_env)
+                                  "--id", id_ or name, "--threads", "1", *(["--tls-ca", ca] if ca else [])], w_env)
 
-        chief = Proc(h, "chief", sweep_cmd, env)
+        chief = Proc(h, "chief", sweep_cmd(chief_addr), env)
         chief.wait_for(r"chief serving the oracle on " + re.escape(chief_addr), 120)
-        intruder = Proc(h, "w2", ["worker", "--chief", chief_addr, "--id", "intruder"],
+        intruder = Proc(h, "w2", ["worker", "--chief", chief_addr, "--id", "intruder", "--tls-ca", "ca.pem"],
                         {"MNIST_EXP_TOKEN": "not-the-sweeps-token-0123456789"})
         assert intruder.p.wait(60) == 2, intruder.out
         assert re.fullmatch(rf"mnist-exp worker: error: --chief {re.escape(chief_addr)}: refused: wrong or missing "
                             r"token: set MNIST_EXP_TOKEN to the chief's\n", intruder.out), intruder.out
+        plaintext, untrusting = worker("w2", ca=None, id_="plain"), worker("w2", ca="other-ca.pem", id_="untrusting")
+        assert plaintext.p.wait(30) == 2 and untrusting.p.wait(30) == 2, plaintext.out + untrusting.out
+        assert plaintext.out == (f"mnist-exp worker: error: --chief {chief_addr}: the chief speaks TLS; give the CA "
+                                 "certificate that signed its --tls-cert with --tls-ca PEM\n"), plaintext.out
+        assert re.fullmatch(r"mnist-exp worker: error: --tls-ca other-ca.pem: does not vouch for the certificate of "
+                            rf"the chief at {re.escape(chief_addr)} \([^\n]+\); give the CA that signed the chief's "
+                            r"--tls-cert\n", untrusting.out), untrusting.out
         w1 = worker("w1")
         os.environ["MLFLOW_TRACKING_URI"] = srv.uri  # this process reads the server too
         try:
@@ -131,14 +147,17 @@ def test_a_sweep_across_three_machines_survives_worker_and_chief_faults(lan, tmp
             h.heal("w2")
             w2.wait_for(rf"trial {cut_trial} was given to another worker", 120)
 
-            # 3. the chief killed outright: both workers stop within a bound, then everything resumes
+            # 3. the chief's machine lost: both workers stop within a bound, then the sweep resumes on another
+            # machine, from the state kept with the sweep on the tracking server
             running_trial(client, experiment_id, None)
             h.kill_all("chief")
             t_kill = time.time()
             for w in (w1, w2):
                 w.wait(timeout=2 * LEASE + 30)
             stop_s = time.time() - t_kill
-            chief = Proc(h, "chief", sweep_cmd, env)
+            chief_addr = f"{h.addr('chief2')}:{PORT}"
+            chief = Proc(h, "chief2", sweep_cmd(chief_addr), env)
+            chief.wait_for(r"Keras Tuner state taken from the tracking server \(version \d+\)", 120)
             chief.wait_for(r"resuming, \d+ trial\(s\) done", 120)
             w1, w2 = worker("w1"), worker("w2")
             assert chief.wait(400) == 0, chief.out[-4000:]
