@@ -431,7 +431,7 @@ def main() -> None:
             (Path(tmp) / "mlruns").mkdir()
             done("f_latency", part_f(Path(tmp)))
     if "g" in parts:
-        done("g_time_to_99_2", "not measured by this script: `mnist-exp sweep experiments/fast.yaml` (README)")
+        done("g_time_to_99_2", "not measured by this script: `mnist-exp sweep experiments/fast.yaml` (docs/results-overview.md)")
     print()
     for row in table(res):
         print(f"{row[0]:<34} {row[1]:>16}  {row[2]}")

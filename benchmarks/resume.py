@@ -2,7 +2,7 @@
 
     python benchmarks/resume.py --data ../shared/data/mnist.npz --out benchmarks/resume.json
 
-The fit is best.yaml's refit as its seed-42 run chose it (README "Search power": trial 0039's configuration, 27
+The fit is best.yaml's refit as its seed-42 run chose it (docs/results-overview.md, "Search power": trial 0039's configuration, 27
 epochs on all 60,000 training digits), run as `mnist-exp train experiments/best.yaml …` in a store of its own:
 once uninterrupted, once killed at the end of epoch ``--kill-at`` (the fault point ``epoch_checkpointed``: the
 checkpoint written, the epoch's metrics not yet logged) and then run again with the same command. Reports the

@@ -130,12 +130,15 @@ def sweep(experiment: str | Path | None = None, overrides: Sequence[str] = (), n
     """Run (or resume: the same call again) a Keras Tuner sweep; every trial is a nested MLflow run.
 
     Args:
-        experiment, overrides: as ``load``; ``name`` renames the sweep (``--name``).
+        experiment: the experiment file, as ``load`` takes it.
+        overrides: ``--set`` items, as ``load`` takes them.
+        name: renames the sweep (``--name``).
         overwrite: discard an existing sweep of that name and start afresh.
         serve: ``HOST:PORT`` to be the chief that workers on other machines join (needs $MNIST_EXP_TOKEN).
         local_workers: with ``serve``, worker processes on this machine (default ``tuner.parallel_trials``).
         lease_s: a worker silent this long loses its trial to another.
-        tls_cert, tls_key: with ``serve``, the chief's certificate and key (PEM files): workers connect over TLS.
+        tls_cert: with ``serve``, the chief's certificate (PEM file): workers connect over TLS.
+        tls_key: the private key of ``tls_cert`` (PEM file).
 
     Returns:
         The sweep's name, parent run id, trials completed and failed, and its best trial.

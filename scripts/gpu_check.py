@@ -5,7 +5,7 @@ and mixed_bfloat16, at batch 16 and 128, on the embedded digits. Prints a table 
     python scripts/gpu_check.py --out gpu.json                       # TensorFlow with CUDA
 
 Keras 3 runs the same model code on TensorFlow or JAX; the lent GPU machines carry JAX, not a
-CUDA build of TensorFlow, so the measured run used JAX (see README "GPU").
+CUDA build of TensorFlow, so the measured run used JAX (see docs/gpu.md).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ after every epoch, images/s, time to 99.5%), and best.yaml-sized trials several 
 
 Parts, in order, each skipped when --budget-s would be overrun (JSON rewritten after every epoch):
   seed      the seed baseline exactly (build_model()), batch 16, 10 epochs on all 60,000 training digits
-  champion  best.yaml run 1's chosen configuration (README "Search power"), one-cycle over --epochs (27,
+  champion  best.yaml run 1's chosen configuration (docs/results-overview.md, "Search power"), one-cycle over --epochs (27,
             the refit's length) on all 60,000 training digits
   share     N processes at once (--share 1,2,4), each running --trials best.yaml-sized one-epoch trials:
             a fresh model, fit on 54,000 digits with the 6,000-digit validation split, test on 10,000
@@ -179,7 +179,7 @@ def main() -> None:
     ap.add_argument("--tmp", default="/tmp/gpu_power")
     ap.add_argument("--out", default="gpu_power.json")
     ap.add_argument("--no-aug", action="store_true",
-                    help="champion without its augmentation (Keras's image layers are slow under JAX: README)")
+                    help="champion without its augmentation (Keras's image layers are slow under JAX: docs/gpu.md)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ready", help=argparse.SUPPRESS)
     ap.add_argument("--go", help=argparse.SUPPRESS)

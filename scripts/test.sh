@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Sets up .venv with the test extras and the Debian packages the tests need (below), checks the code (ruff, the
-# import layering), then runs pytest. Usage: bash scripts/test.sh [pytest args]; the fast tier: -m "not slow".
+# Sets up .venv with the test and docs extras and the Debian packages the tests need (below), checks the code (ruff,
+# the import layering), builds the documentation site (mkdocs build --strict: a dead link or a missing page fails),
+# then runs pytest. Usage: bash scripts/test.sh [pytest args]; the fast tier: -m "not slow".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test,docs]"
 # Debian packages the tests use: Chromium (the browser test), PostgreSQL (the tracking server's tests), iproute2
 # (network namespaces for the multi-machine tests); installed with apt only when missing.
 APT=()
@@ -21,4 +22,5 @@ if [ ${#APT[@]} -gt 0 ]; then
 fi
 .venv/bin/ruff check --quiet mnist_exp tests scripts benchmarks
 .venv/bin/lint-imports --no-cache >/dev/null || .venv/bin/lint-imports --no-cache  # quiet unless a contract breaks
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 exec .venv/bin/python -m pytest "$@"

@@ -6,7 +6,7 @@ seconds) and training speed on this machine (a short timed fit), for a few candi
 
 Accuracy per epoch does not depend on the hardware (up to seed noise), speed does: the two together
 estimate the wall time a recipe needs on the 2-core machine; `mnist-exp sweep experiments/fast.yaml`
-then measures it for real (README "Performance", part (g)).
+then measures it for real (docs/performance-overview.md, part (g)).
 """
 
 from __future__ import annotations

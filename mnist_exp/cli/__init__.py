@@ -91,14 +91,14 @@ def _results_parsers(sub) -> None:
 
     p = sub.add_parser("promote", help="register a sweep's best trial and move the champion alias to it")
     p.add_argument("sweep", nargs="?", help="sweep name (default: the most recent sweep)")
-    p.add_argument("--model-name", default="mnist-cnn")
-    p.add_argument("--alias", default="champion")
+    p.add_argument("--model-name", default="mnist-cnn", help="the registered model (default mnist-cnn)")
+    p.add_argument("--alias", default="champion", help="the alias moved to the new version (default champion)")
     p.add_argument("--dry-run", action="store_true", help="say what would happen, change nothing")
     p.add_argument("--force", action="store_true", help="promote even if the champion's test accuracy is higher")
     p.add_argument("--ensemble", type=int, metavar="K", default=None,
                    help="average up to K trials, chosen on validation, as one model (default: the sweep's "
                         "tuner.ensemble; 1: the best trial alone)")
-    p.add_argument("--experiment-name", default="mnist-exp")
+    p.add_argument("--experiment-name", default="mnist-exp", help="MLflow experiment (default mnist-exp)")
     _common(p)
 
     p = sub.add_parser("gc", help="delete the models and plots of a sweep's trials but the best K (params, metrics, "
@@ -106,7 +106,7 @@ def _results_parsers(sub) -> None:
     p.add_argument("sweep", help="sweep name")
     p.add_argument("--keep-top", type=int, metavar="K", required=True, help="keep the K best trials whole")
     p.add_argument("--dry-run", action="store_true", help="say what would be deleted and the bytes, change nothing")
-    p.add_argument("--experiment-name", default="mnist-exp")
+    p.add_argument("--experiment-name", default="mnist-exp", help="MLflow experiment (default mnist-exp)")
     _common(p)
 
     p = sub.add_parser("relocate", help="make a local store moved or copied to another folder usable there "

@@ -13,8 +13,8 @@ from mnist_exp.server.users import LEVELS as USER_LEVELS
 
 def server_parsers(sub) -> None:
     p = sub.add_parser("ui", help="start the MLflow UI on the store")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1", help="address the UI listens on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000, help="port of the UI (default 5000)")
     p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1: quick to start)")
     p.add_argument("--no-browser", action="store_true", help="print the address only (the default where there is no display)")
     _common(p)
@@ -22,7 +22,7 @@ def server_parsers(sub) -> None:
     p = sub.add_parser("server", help="a team MLflow tracking server on PostgreSQL, artifacts proxied (all kept in DIR)")
     p.add_argument("dir", metavar="DIR", help="folder for the PostgreSQL cluster, artifacts and logs (made on first use)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface, for other machines)")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=5000, help="port of the tracking server (default 5000)")
     p.add_argument("--workers", type=int, default=2, help="MLflow server worker processes (default 2)")
     p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (chain); with --tls-key")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (keep it 0600)")
@@ -31,17 +31,18 @@ def server_parsers(sub) -> None:
 
     p = sub.add_parser("server-users", help="users of a team server and what each may do (run on the server's machine)")
     p.add_argument("dir", metavar="DIR", help="the server's folder (its admin credentials are DIR/credentials)")
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION",
+                               help="add, grant, passwd, remove or list (each with its own --help)")
     a = actions.add_parser("add", help="a new user; their password is written to DIR/users/NAME (0600), never shown")
-    a.add_argument("name")
+    a.add_argument("name", help="the user's name")
     a.add_argument("--level", default="read", choices=USER_LEVELS, help="what they may do (default read)")
     a = actions.add_parser("grant", help="set a user's level: read, run (sweeps), promote (move aliases) or admin")
-    a.add_argument("name")
-    a.add_argument("level", choices=USER_LEVELS)
+    a.add_argument("name", help="the user's name")
+    a.add_argument("level", choices=USER_LEVELS, help="their new level")
     a = actions.add_parser("passwd", help="a new password for a user (admin: DIR/credentials), written to their file")
-    a.add_argument("name")
+    a.add_argument("name", help="the user's name")
     a = actions.add_parser("remove", help="delete a user")
-    a.add_argument("name")
+    a.add_argument("name", help="the user's name")
     actions.add_parser("list", help="every user and their level")
 
 

@@ -113,7 +113,7 @@ def _optimizer(keras, v, steps: int | None):
         return keras.optimizers.SGD(learning_rate=lr, momentum=SGD_MOMENTUM, nesterov=True, weight_decay=wd)
     if name == "adamw":
         return keras.optimizers.AdamW(learning_rate=lr, weight_decay=v["weight_decay"])
-    # Keras 3 applies weight_decay the decoupled way in every optimizer: adam with decay is AdamW (README)
+    # Keras 3 applies weight_decay the decoupled way in every optimizer: adam with decay is AdamW (docs/experiments.md)
     return keras.optimizers.Adam(learning_rate=lr, weight_decay=wd)
 
 

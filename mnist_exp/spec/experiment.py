@@ -41,33 +41,32 @@ def training_too_small(n_train: int, validation_split: float) -> str:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "embedded"  # embedded | mnist | a path to an .npz or an IDX folder
-    train_size: int | None = None  # stratified subset of the training part
-    test_size: int | None = None
+    source: str = "embedded"  # embedded (3,000 + 1,000 digits in the package) | mnist | a path to an .npz or an IDX folder
+    train_size: int | None = None  # stratified subset of the training part; null: all of it
+    test_size: int | None = None  # stratified subset of the test part; null: all of it
     validation_split: float = 0.1  # carved from the training part, seeded, stratified
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    epochs: int = 10
-    # Batches per call into TensorFlow; the optimisation is unchanged. 8: 529 against 462 images/s at 1
-    # on the 2-core development machine once the input pipeline stopped stalling (benchmarks/bench.py).
+    epochs: int = 10  # epochs per trial (under hyperband, the tuner decides each trial's)
+    # Batches per call into TensorFlow: fewer round trips, the same optimisation (docs/performance-overview.md).
     steps_per_execution: int = 8
-    early_stopping_patience: int | None = None  # on the objective; None = off
-    threads: int | None = None  # TF intra-op threads; None = all cores
+    early_stopping_patience: int | None = None  # stop a trial after this many epochs without a better objective; null: off
+    threads: int | None = None  # TensorFlow's threads; null: all cores (parallel workers share them out)
     # null (float32), mixed_float16 (NVIDIA GPUs) or mixed_bfloat16 (CPUs/TPUs with bfloat16 units)
     mixed_precision: str | None = None
 
 
 @dataclass(frozen=True)
 class TunerConfig:
-    kind: str = "random"
-    max_trials: int = 10
-    executions_per_trial: int = 1
-    max_epochs: int = 10  # hyperband
-    factor: int = 3  # hyperband
-    hyperband_iterations: int = 1  # hyperband
-    max_consecutive_failed_trials: int = 3
+    kind: str = "random"  # the search: random, bayesian (Gaussian process), hyperband, grid or tpe (Optuna's sampler)
+    max_trials: int = 10  # trials to run (not hyperband: its brackets decide); raising it extends a sweep
+    executions_per_trial: int = 1  # fits per trial, their objective averaged
+    max_epochs: int = 10  # hyperband: the most epochs a trial trains
+    factor: int = 3  # hyperband: 1/factor of the trials go on to the next round
+    hyperband_iterations: int = 1  # hyperband: how many times the whole set of brackets runs
+    max_consecutive_failed_trials: int = 3  # the sweep stops after this many failed trials in a row
     # Trials at once, each in a Keras Tuner worker process with a share of the cores. Not part of the
     # sweep's identity: a sweep may be resumed with another number.
     parallel_trials: int = 1
@@ -81,9 +80,9 @@ class TunerConfig:
     # stops trials itself. No decision before warm-up epochs, nor while fewer than min_trials others reached
     # the epoch; asha keeps the top 1/reduction_factor at each rung.
     pruner: str = "none"
-    pruner_warmup_epochs: int = 1
-    pruner_min_trials: int = 3
-    pruner_reduction_factor: int = 3
+    pruner_warmup_epochs: int = 1  # epochs before the pruner's first decision on a trial
+    pruner_min_trials: int = 3  # other trials that must have reached an epoch before a trial is judged there
+    pruner_reduction_factor: int = 3  # asha: the top 1/reduction_factor of a rung go on
     # Earlier sweeps ("a,b") whose best configurations that fit the space are the first trials (random, bayesian
     # and tpe; search/warm_start.py). Chosen once, when the sweep is created; not part of its identity.
     warm_start: str | None = None
@@ -95,22 +94,22 @@ class TunerConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    name: str = "val_accuracy"
-    direction: str = "max"
+    name: str = "val_accuracy"  # the metric that ranks trials: val_accuracy, val_loss, accuracy or loss
+    direction: str = "max"  # max or min
 
 
 @dataclass(frozen=True)
 class Experiment:
-    name: str
+    name: str  # the sweep's name (--name overrides it): its parent run, its state, its lease
     path: str | None = None  # the YAML file it came from
-    search_space: str | None = None  # resolved path, relative paths taken from the YAML's folder
-    mlflow_experiment: str = "mnist-exp"
-    seed: int = 42
+    search_space: str | None = None  # the search space file; a relative path is taken from the experiment file's folder
+    mlflow_experiment: str = "mnist-exp"  # the MLflow experiment its runs go to
+    seed: int = 42  # seeds the data split, the search and the weights
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     tuner: TunerConfig = field(default_factory=TunerConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    hp: dict = field(default_factory=dict)  # fixed hyperparameter values (train, and not tuned)
+    hp: dict = field(default_factory=dict)  # hyperparameters fixed to a value, not searched (docs: reference, hyperparameters)
 
     def as_params(self) -> dict[str, Any]:
         """Flat run settings for MLflow params: data.train_size, training.epochs, ..."""

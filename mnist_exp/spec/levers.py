@@ -9,30 +9,30 @@ from __future__ import annotations
 
 # name -> (python type, default). Defaults reproduce the seed baseline exactly.
 HP_DEFAULTS: dict[str, tuple[type, object]] = {
-    "learning_rate": (float, 1e-3),  # the peak when a schedule is on
-    "filters_1": (int, 128),
-    "filters_2": (int, 64),
-    "filters_3": (int, 64),
-    "dropout_1": (float, 0.5),
-    "dropout_2": (float, 0.5),
-    "dense_units": (int, 128),
-    "activation": (str, "relu"),
-    "batch_norm": (bool, False),
-    "batch_size": (int, 16),
+    "learning_rate": (float, 1e-3),  # the optimizer's step size (the peak when a schedule is on)
+    "filters_1": (int, 128),  # filters of the first convolution (deep: of the first block)
+    "filters_2": (int, 64),  # filters of the second convolution (deep: of the second block)
+    "filters_3": (int, 64),  # filters of the third convolution (seed blocks only)
+    "dropout_1": (float, 0.5),  # dropout after the first pooling
+    "dropout_2": (float, 0.5),  # dropout after the second pooling
+    "dense_units": (int, 128),  # units of the dense layer before the output
+    "activation": (str, "relu"),  # the activation of every hidden layer
+    "batch_norm": (bool, False),  # batch normalisation after each convolution
+    "batch_size": (int, 16),  # digits per training step
     # architecture
-    "conv_blocks": (str, "seed"),  # seed: the seed's three convolutions; deep: two batch-normalised blocks
-    "kernel_size": (int, 3),
-    "pooling": (str, "flatten"),  # flatten | global_avg, before the dense head
+    "conv_blocks": (str, "seed"),  # seed: the baseline's three convolutions; deep: two batch-normalised blocks
+    "kernel_size": (int, 3),  # the convolutions' kernel, k x k
+    "pooling": (str, "flatten"),  # how the feature maps reach the dense head: flatten or global average pooling
     # optimisation
-    "optimizer": (str, "adam"),
-    "weight_decay": (float, 0.0),  # decoupled, in every optimizer
-    "lr_schedule": (str, "constant"),
+    "optimizer": (str, "adam"),  # adam, adamw or sgd (with Nesterov momentum 0.9)
+    "weight_decay": (float, 0.0),  # decoupled weight decay, in every optimizer
+    "lr_schedule": (str, "constant"),  # how the learning rate moves over the epochs
     "warmup_fraction": (float, 0.0),  # cosine: share of the steps spent ramping up to learning_rate
-    "label_smoothing": (float, 0.0),
+    "label_smoothing": (float, 0.0),  # share of each target spread over the other classes
     # augmentation, training only (Keras preprocessing layers are identities at inference)
-    "rotation": (float, 0.0),  # degrees, either way
-    "translation": (float, 0.0),  # fraction of the image, either way
-    "zoom": (float, 0.0),  # fraction, in or out
+    "rotation": (float, 0.0),  # random rotation while training, in degrees either way
+    "translation": (float, 0.0),  # random shift while training, a fraction of the image either way
+    "zoom": (float, 0.0),  # random zoom while training, a fraction in or out
 }
 ACTIVATIONS = ("relu", "elu", "selu", "gelu", "swish", "silu", "tanh", "sigmoid", "leaky_relu", "mish", "softplus")
 CHOICES: dict[str, tuple[str, ...]] = {

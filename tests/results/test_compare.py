@@ -81,7 +81,7 @@ def _normalised(runs):
 
 @pytest.mark.slow
 def test_the_sqlite_reader_reads_what_mlflow_reads(swept_store):
-    """compare reads a local store without MLflow (README "Performance"); it must see the same runs."""
+    """compare reads a local store without MLflow (docs/performance-overview.md); it must see the same runs."""
     from mlflow import MlflowClient
 
     from mnist_exp.results import compare

@@ -1,7 +1,7 @@
 """The MLflow UI as a user sees it: headless Chromium (Debian's package) driven by Playwright.
 
 A person starts at the UI's home page and clicks; a second, fresh browser opens the address ``mnist-exp ui``
-printed. Set MNIST_EXP_SCREENSHOTS=DIR to keep the screenshots (the README's come from here).
+printed. Set MNIST_EXP_SCREENSHOTS=DIR to keep the screenshots (docs/img/ comes from here).
 """
 
 import json
