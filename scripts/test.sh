@@ -20,7 +20,7 @@ if [ ${#APT[@]} -gt 0 ]; then
   $SUDO apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${APT[@]}" >/dev/null
 fi
-.venv/bin/ruff check --quiet mnist_exp tests scripts benchmarks
+.venv/bin/ruff check --quiet mnist_exp tests scripts benchmarks docs/hooks
 .venv/bin/lint-imports --no-cache >/dev/null || .venv/bin/lint-imports --no-cache  # quiet unless a contract breaks
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 exec .venv/bin/python -m pytest "$@"

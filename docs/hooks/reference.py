@@ -187,8 +187,8 @@ def tests_table() -> str:
     rows = []
     for r in [*d["runs"], *d["fast_tier"]]:
         note = HASH.sub("", re.sub(r",? ?\(?(fixed|then) in [0-9a-f]{7,40}\)?", "", r.get("note", r.get("source", ""))))
-        rows.append(f"| {r['date']} | `{_cell(r['command'])}` | {r['tests']} ({r.get('passed', '?')}) | {r.get('pytest_s', '')} s | "
-                    f"{_minutes(r.get('whole_s'))} | {_cell(note)} |")
+        rows.append(f"| {r['date']} | `{_cell(r['command'])}` | {r['tests']} ({r.get('passed', '?')}) | "
+                    f"{r.get('pytest_s', '')} s | {_minutes(r.get('whole_s'))} | {_cell(note)} |")
     return head + "\n".join(rows) + "\n"
 
 
