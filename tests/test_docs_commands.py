@@ -1,0 +1,97 @@
+"""The command blocks of README.md and docs/getting-started.md run as written (in a temporary folder, on the data
+that ships with mnist-exp, the sweep shortened with --set as the page says), and every line of the output each page
+shows still has its shape: a renamed flag or a changed output fails here."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from helpers import ROOT, VENV_BIN, Output, free_port
+
+pytestmark = pytest.mark.slow
+
+BLOCK = re.compile(r"^```(bash|text)\n(.*?)^```", re.S | re.M)
+SETUP = ("python3.11 -m venv", "source .venv/bin/activate", "bash scripts/test.sh")  # this checkout's venv is used
+SHORT = "--set tuner.max_trials=2 --epochs 1"
+
+
+def blocks(page):
+    """[(bash, [text, ...])]: each command block and the output blocks shown after it."""
+    out = []
+    for kind, body in BLOCK.findall((ROOT / page).read_text()):
+        if kind == "bash":
+            out.append((body, []))
+        elif out:
+            out[-1][1].append(body)
+    return out
+
+
+def shape(line: str) -> re.Pattern:
+    """A shown output line as a pattern: numbers, run ids and elisions (…) vary, spacing may."""
+    pattern = ""
+    for token in re.split(r"(<run id>|…|\d+(?:\.\d+)?|\s+)", line.strip()):
+        if token == "<run id>":
+            pattern += r"\w+"
+        elif token == "…":
+            pattern += r".*"
+        elif re.fullmatch(r"\d+(?:\.\d+)?", token or "x"):
+            pattern += r"[\d.]+"
+        elif token and token.isspace():
+            pattern += r"\s+"
+        else:
+            pattern += re.escape(token)
+    return re.compile(pattern, re.M)
+
+
+def run(script: str, cwd, env, port: int) -> str:
+    lines = [ln for ln in script.splitlines() if not ln.startswith(SETUP)]
+    if any(ln.startswith("mnist-exp ui") for ln in lines):  # serves until stopped: run it, read its lines, stop it
+        ui = Output(subprocess.Popen([str(VENV_BIN / "mnist-exp"), "ui", "--no-browser", "--port", str(port)], cwd=cwd,
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True))
+        try:
+            ui.wait_for(r"Ctrl-C stops it", 120)
+        finally:
+            os.killpg(ui.p.pid, signal.SIGTERM)
+            ui.p.wait(30)
+        return ui.out
+    text = "\n".join(lines).replace("mnist-exp sweep experiments/quick.yaml", f"mnist-exp sweep experiments/quick.yaml "
+                                                                               f"{SHORT}").replace("5001", str(port))
+    proc = subprocess.run(["bash", "-c", "set -euo pipefail\n" + text], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, f"{text}\nexit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/getting-started.md"])
+def test_the_pages_commands_run_and_print_what_the_page_shows(page, tmp_path, embedded):
+    from PIL import Image
+
+    for folder in ("experiments", "search_spaces"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    (tmp_path / "mnist_exp" / "resources").mkdir(parents=True)
+    shutil.copy(ROOT / "mnist_exp" / "resources" / "mnist_subset.npz", tmp_path / "mnist_exp" / "resources")
+    Image.fromarray(embedded["x_test"][0]).save(tmp_path / "my_digit.png")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "VIRTUAL_ENV")}
+    env.update(PATH=f"{VENV_BIN}:{env['PATH']}", TF_CPP_MIN_LOG_LEVEL="2")
+    ran = 0
+    for script, shown in blocks(page):
+        if all(ln.startswith(SETUP) or not ln.strip() for ln in script.splitlines()):
+            continue
+        t = time.monotonic()
+        out = run(script, tmp_path, env, free_port())
+        ran += 1
+        for text in shown:
+            for line in text.splitlines():
+                if line.strip() and line.strip() != "…":
+                    assert shape(line).search(out), f"{page}: no line shaped like\n  {line}\nin the output of\n{script}\n" \
+                                                    f"({time.monotonic() - t:.0f} s):\n{out[-4000:]}"
+    assert ran >= 3
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
