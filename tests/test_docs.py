@@ -83,3 +83,30 @@ def test_the_readme_is_short_and_no_page_but_the_changelog_carries_a_commit_hash
                                                                     p.read_text())))
               for p in pages if p.name != "changelog.md"}
     assert {k: v for k, v in hashes.items() if v} == {}
+
+
+def test_every_commands_help_ends_with_examples_that_parse():
+    import contextlib
+    import io
+    import shlex
+
+    from mnist_exp.cli import build_parser
+
+    parser = build_parser()
+    commands = [("", parser), *_parsers("", parser)]
+    assert len(commands) >= 17
+    for name, p in commands:
+        help_ = p.format_help()
+        examples = help_.rstrip("\n").split("\nexamples:\n", 1)[1].splitlines()
+        assert 1 <= len(examples) <= 2, (name, examples)
+        for line in examples:
+            for cmd in line.strip().split(" && "):
+                argv = shlex.split(cmd, comments=True)
+                if argv[0] != "mnist-exp" or "COMMAND" in argv:
+                    continue
+                with contextlib.redirect_stderr(io.StringIO()) as err:
+                    try:
+                        parser.parse_args(argv[1:])
+                    except SystemExit:
+                        raise AssertionError(f"mnist-exp {name} --help: example {cmd!r} does not parse: "
+                                             f"{err.getvalue()}") from None

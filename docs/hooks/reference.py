@@ -141,7 +141,10 @@ def _commands(prefix: str, parser: argparse.ArgumentParser, out: list) -> None:
                     label += f" {a.metavar or a.dest.upper()}"
                 choices = f" (one of: {', '.join(map(str, a.choices))})" if a.choices and a.nargs != 0 else ""
                 flags.append((label, (a.help or "") % {"default": a.default} + choices))
-            out.append((f"{prefix}{name}", helps.get(name, ""), flags))
+            examples = (p.epilog or "").partition("examples:\n")[2]
+            text = helps.get(name, "") + (f"\n\n```bash\n{examples.replace(chr(10) + '  ', chr(10)).strip()}\n```" if examples
+                                          else "")
+            out.append((f"{prefix}{name}", text, flags))
             _commands(f"{prefix}{name} ", p, out)
 
 

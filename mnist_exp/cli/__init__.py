@@ -14,6 +14,7 @@ from pathlib import Path
 from mnist_exp._version import __version__
 from mnist_exp.runtime.errors import ConfigError, DiskFull, MnistExpError
 from mnist_exp.spec.experiment import TUNER_KINDS
+from mnist_exp.cli.examples import add_examples
 from mnist_exp.cli.options import common as _common
 from mnist_exp.cli.options import run_options as _run_options
 from mnist_exp.cli.server_commands import cmd_server, cmd_server_users, cmd_ui, server_parsers as _server_parsers
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     _worker_parser(sub)
     _results_parsers(sub)
     _server_parsers(sub)
+    add_examples(ap)  # every command's --help ends with its examples (examples.py)
     return ap
 
 
