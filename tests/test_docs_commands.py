@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 BLOCK = re.compile(r"^```(bash|text)\n(.*?)^```", re.S | re.M)
 SETUP = ("python3.11 -m venv", "source .venv/bin/activate", "bash scripts/test.sh")  # this checkout's venv is used
-SHORT = "--set tuner.max_trials=2 --epochs 1"
+SHORT = "--set tuner.max_trials=1 --epochs 1 --set data.train_size=300 --set data.test_size=100"  # as the pages say
 
 
 def blocks(page):
