@@ -110,3 +110,12 @@ def test_every_commands_help_ends_with_examples_that_parse():
                     except SystemExit:
                         raise AssertionError(f"mnist-exp {name} --help: example {cmd!r} does not parse: "
                                              f"{err.getvalue()}") from None
+
+
+def test_every_figure_marker_renders_a_table_from_its_json(ref):
+    markers = [(p, m) for p in (ROOT / "docs").rglob("*.md")
+               for m in re.findall(r"^<!-- figures: .* -->$", p.read_text(), flags=re.M)]
+    assert len(markers) >= 5
+    for page, marker in markers:
+        out = ref.on_page_markdown(marker, None, None, None)
+        assert out.count("\n| ") >= 2 and "AMD EPYC" in out, (page, marker, out[:300])

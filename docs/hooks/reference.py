@@ -195,13 +195,53 @@ def tests_table() -> str:
     return head + "\n".join(rows) + "\n"
 
 
-FIGURES = {"tests": tests_table}
+def _machine(d: dict) -> str:
+    m = d.get("machine", {})
+    return ", ".join(str(x) for x in (m.get("cpu"), f"{m['cores']} cores" if "cores" in m else None,
+                                     f"TensorFlow {m['tensorflow']}" if "tensorflow" in m else None) if x)
+
+
+def runs_table(name: str, part: str = "") -> str:
+    """Real runs written by benchmarks/results_runs.py (``part``: a nested set of runs, e.g. ``earlier``)."""
+    d = json.loads((ROOT / "benchmarks" / name).read_text())
+    runs = (d[part] if part else d)["runs"]
+    head = (f"`benchmarks/{name}`{' (' + part + ')' if part else ''}: {_machine(d)}; {d.get('date', '')}; "
+            f"`{d.get('command', '')}`" + (f"; {_cell(d['conditions'])}" if d.get("conditions") else "") + "\n\n")
+    rows = ["| seed | champion | champion's test accuracy | best single trial (by validation): test accuracy | trials "
+            "| whole command (sweep + promote) |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        best = r.get("best_single_trial", {})
+        rows.append(f"| {r['seed']} | {r.get('champion', '')} | **{r['champion_test_accuracy']:.4f}** | "
+                    f"{best.get('test_accuracy', float('nan')):.4f} (trial {best.get('trial', '?')}) | "
+                    f"{r.get('trials_finished', '')} | {r['whole_command_s']:.0f} s ({r.get('sweep_s', 0):.0f} + "
+                    f"{r.get('promote_s', 0):.0f}) |")
+    return head + "\n".join(rows) + "\n"
+
+
+def costs_table(name: str) -> str:
+    """Size and latency per image of each run's ensemble against its best single model (results_runs.py)."""
+    d = json.loads((ROOT / "benchmarks" / name).read_text())
+    rows = ["| seed | ensemble size | single model size | ensemble, batch 1 | single, batch 1 | ensemble, batch 256 "
+            "| single, batch 256 |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(d["runs"], key=lambda r: r["seed"]):
+        c = r.get("ensemble_costs") or {}
+        if not c:
+            continue
+        rows.append(f"| {r['seed']} | {c.get('size_bytes', 0) / 1e6:.1f} MB | {c.get('single_size_bytes', 0) / 1e6:.1f} MB | "
+                    f"{c.get('latency_ms_per_image_batch1', 0):.1f} ms | {c.get('single_latency_ms_per_image_batch1', 0):.1f} ms"
+                    f" | {c.get('latency_ms_per_image_batch256', 0):.3f} ms | "
+                    f"{c.get('single_latency_ms_per_image_batch256', 0):.3f} ms |")
+    return f"`benchmarks/{name}`: {_machine(d)}; {d.get('date', '')}\n\n" + "\n".join(rows) + "\n"
+
+
+FIGURES = {"tests": tests_table, "runs": runs_table, "costs": costs_table}
 HASH = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b")  # a commit: provenance stays in the JSON
 
 
 def on_page_markdown(markdown, page, config, files):
     """``<!-- figures: NAME -->`` lines replaced by their tables."""
-    return re.sub(r"^<!-- figures: (\w+) -->$", lambda m: FIGURES[m.group(1)](), markdown, flags=re.M)
+    return re.sub(r"^<!-- figures: ([\w-]+)((?: \S+)*) -->$", lambda m: FIGURES[m.group(1)](*m.group(2).split()),
+                  markdown, flags=re.M)
 
 
 GENERATORS = {"reference/experiment.md": experiment_page, "reference/hyperparameters.md": hyperparameters_page,
