@@ -48,7 +48,11 @@ def relocate(root: Path, old_root: str, files: list[str]) -> list[str]:
 
 
 def test_the_previous_release_has_its_fixture():
-    assert {FIXTURES / "0.1.0.tar.gz", FIXTURES / "0.4.0.tar.gz"} <= set(ARCHIVES)  # the first release and the one before this
+    from mnist_exp._version import __version__
+
+    releases = re.findall(r"^## (\d+\.\d+\.\d+)$", (Path(__file__).parents[1] / "CHANGELOG.md").read_text(), flags=re.M)
+    assert releases[0] == __version__  # the CHANGELOG's newest entry is this release
+    assert {FIXTURES / "0.1.0.tar.gz", FIXTURES / f"{releases[1]}.tar.gz"} <= set(ARCHIVES)  # the first, the one before
 
 
 @pytest.fixture(params=ARCHIVES, ids=[a.name.removesuffix(".tar.gz") for a in ARCHIVES])
