@@ -151,6 +151,16 @@ def test_a_sweep_killed_on_one_machine_resumes_on_another_from_the_state_on_the_
     assert (machine_b / "mlruns" / "tuner" / "moved" / "oracle.json").is_file()
     assert sorted(p.name for p in (machine_b / "mlruns" / "tuner").iterdir()) == ["moved"]
 
+    # a sweep whose state the server does not hold (as 0.9.0 left them) is not restarted from another machine
+    client.delete_tag(parent.info.run_id, "mnist_exp.tuner_state")
+    (tmp_path / "c").mkdir()
+    write_yaml(tmp_path / "c" / "tiny.yaml", TINY_SWEEP)
+    monkeypatch.chdir(tmp_path / "c")
+    elsewhere = cli(*sweep, check=2)
+    assert elsewhere.stderr == ("mnist-exp sweep: error: sweep moved: its Keras Tuner state is not on the tracking "
+                                "server (the sweep was started by mnist-exp 0.9.0 or earlier): resume it on the machine "
+                                "that ran it, or start afresh with --overwrite\n")
+
 
 @pytest.mark.slow
 def test_restart_through_the_cli_keeps_runs_models_and_artifacts(tracking_server, project, client, tmp_path,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -29,6 +30,7 @@ from pathlib import Path
 from mnist_exp import tracking
 from mnist_exp.runtime import faults
 from mnist_exp.runtime.errors import ConfigError
+from mnist_exp.search.sweep_state import STATE_FILE
 from mnist_exp.search.trial_failures import StoreUnavailable, first_line
 from mnist_exp.tracking import keys
 
@@ -93,13 +95,17 @@ class StateMirror:
         self.failure: str | None = None  # why the last push failed (the chief stops the sweep on it)
 
     def push(self) -> None:
-        """Write the state's archive to the free slot, then move the pointer; nothing when it is unchanged."""
+        """Write the state's archive to the free slot, then move the pointer; nothing when it is unchanged. Once a
+        push failed, every later one fails too (the sweep is stopping)."""
+        if self.failure:
+            raise StoreUnavailable(self.failure)
         data = archive(self.project)
         sha = digest(data)
         if self.pointer is not None and self.pointer.sha256 == sha:
             return
         new = self.pointer.next(sha) if self.pointer is not None else Pointer(SLOTS[0], 1, sha)
         try:
+            self._check_pointer(new)
             with tempfile.TemporaryDirectory(prefix="mnist-exp-state-") as tmp:
                 path = Path(tmp) / f"{new.slot}.tar.gz"
                 path.write_bytes(data)
@@ -111,6 +117,16 @@ class StateMirror:
                             f"({type(e).__name__}: {first_line(e)})")
             raise StoreUnavailable(self.failure) from e
         self.pointer = new
+
+    def _check_pointer(self, new: Pointer) -> None:
+        """The server's pointer must be the one this chief last wrote (or the one it is writing, when the last tag
+        reached the server but its answer did not): otherwise another chief writes this sweep's state, and the free
+        slot may be the one the server's pointer names."""
+        on_server = Pointer.parse(tracking.get_run(self.parent_run_id).data.tags.get(keys.TAG_TUNER_STATE))
+        if on_server == self.pointer:
+            return
+        raise RuntimeError(f"the state on the server is version {on_server.version if on_server else 'none'}, this "
+                           f"chief's {self.pointer.version if self.pointer else 'none'}: another chief of this sweep?")
 
 
 def active_parent(client, experiment_name: str, sweep: str):
@@ -126,13 +142,25 @@ def active_parent(client, experiment_name: str, sweep: str):
 
 def restore(uri: str, experiment_name: str, sweep: str, project: Path) -> Pointer | None:
     """Make ``project`` (the local cache) the server's copy of ``sweep``'s state; returns its pointer (None: the
-    server holds none, e.g. a sweep started by mnist-exp 0.9.0, whose folder is then used as it is)."""
+    server holds none). A cache of another parent run (a sweep since replaced with --overwrite) is set aside; a
+    sweep whose state the server does not hold (started by mnist-exp 0.9.0) resumes only where its folder is."""
     project = Path(project)
-    _remove(project.parent / f".{project.name}.old")  # what a kill during an earlier swap left
+    for leftover in (f".{project.name}.old", f".{project.name}.restoring"):  # what a kill during a swap left
+        _remove(project.parent / leftover)
     client = tracking.client(uri)
     parent = active_parent(client, experiment_name, sweep)
-    pointer = Pointer.parse(parent.data.tags.get(keys.TAG_TUNER_STATE)) if parent is not None else None
+    if parent is None:
+        return None
+    local_parent = _local_parent(project)
+    if local_parent is not None and local_parent != parent.info.run_id:
+        _remove(project)  # the state of a parent run that is no longer the sweep's
+        print(f"sweep {sweep}: the local Keras Tuner state was of an earlier run of this sweep: set aside", flush=True)
+    pointer = Pointer.parse(parent.data.tags.get(keys.TAG_TUNER_STATE))
     if pointer is None:
+        if not project.is_dir() and _has_trials(client, parent):
+            raise ConfigError(f"sweep {sweep}: its Keras Tuner state is not on the tracking server (the sweep was "
+                              "started by mnist-exp 0.9.0 or earlier): resume it on the machine that ran it, or start "
+                              "afresh with --overwrite")
         return None
     if project.is_dir() and digest(archive(project)) == pointer.sha256:
         return pointer
@@ -147,6 +175,20 @@ def restore(uri: str, experiment_name: str, sweep: str, project: Path) -> Pointe
     _swap_in(project, data)
     print(f"sweep {sweep}: Keras Tuner state taken from the tracking server (version {pointer.version})", flush=True)
     return pointer
+
+
+def _local_parent(project: Path) -> str | None:
+    """The parent run id the cached state names, if it can be read."""
+    try:
+        return json.loads((project / STATE_FILE).read_text(encoding="utf-8")).get("parent_run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _has_trials(client, parent) -> bool:
+    found = client.search_runs([parent.info.experiment_id], f"tags.`{keys.TAG_PARENT_RUN}` = '{parent.info.run_id}'",
+                               max_results=1)
+    return bool(found)
 
 
 def _swap_in(project: Path, data: bytes) -> None:

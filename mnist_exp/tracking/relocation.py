@@ -10,6 +10,7 @@ the records now say. A store whose artifacts never lay beside it (its folder has
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -32,13 +33,17 @@ def _path(location: str) -> Path | None:
     return Path(location) if location.startswith("/") else None
 
 
-def _artifacts_root(location: str) -> str | None:
-    """The store folder an mnist-exp artifact location lies in: ``<folder>`` of ``<folder>/artifacts[/...]``."""
+def _artifacts_root(location: str) -> Path | None:
+    """The store folder an mnist-exp artifact location lies in: ``<folder>`` of ``<folder>/artifacts`` or
+    ``<folder>/artifacts/<experiment id>``, as recorded; None for any other location."""
     path = _path(location)
     if path is None:
         return None
-    parts = path.parts
-    return str(Path(*parts[: parts.index("artifacts")])) if "artifacts" in parts else None
+    if path.name == "artifacts":
+        return path.parent
+    if path.parent.name == "artifacts":
+        return path.parent.parent
+    return None
 
 
 def moved_from(db: sqlite3.Connection, folder: Path) -> list[str]:
@@ -46,8 +51,9 @@ def moved_from(db: sqlite3.Connection, folder: Path) -> list[str]:
     has an ``artifacts/`` (the store moved with its artifacts); [] otherwise."""
     if not (folder / "artifacts").is_dir():
         return []
+    here = folder.resolve()
     roots = {_artifacts_root(loc) for (loc,) in db.execute("select artifact_location from experiments")}
-    return sorted(r for r in roots if r and Path(r) != folder)
+    return sorted(str(r) for r in roots if r is not None and r.resolve() != here)  # a symlink to here is here
 
 
 def check(db: sqlite3.Connection, path: Path) -> None:
@@ -70,15 +76,18 @@ class Relocation:
 def relocate(path: Path) -> Relocation:
     """Rewrite the store's recorded artifact locations from the old folder(s) to its own; see the module doc."""
     path = Path(path).absolute()
-    folder = path.parent
+    folder = path.parent.resolve()
     con = sqlite3.connect(path, timeout=30, isolation_level=None)
     try:
         old = moved_from(con, folder)
         if not old:
             return Relocation([], {}, None, _verify(con, folder))
-        backup = folder / f"{path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}"
-        with sqlite3.connect(backup) as copy:
+        backup = folder / f"{path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        copy = sqlite3.connect(backup)
+        try:
             con.backup(copy)
+        finally:
+            copy.close()
         tables = {t for (t,) in con.execute("select name from sqlite_master where type = 'table'")}
         rewritten: dict[str, int] = {}
         con.execute("BEGIN IMMEDIATE")
@@ -93,15 +102,18 @@ def relocate(path: Path) -> Relocation:
                                           f'WHERE substr("{column}", 1, ?) = ?',
                                           (prefix_new, len(prefix_old) + 1, len(prefix_old), prefix_old))
                         rewritten[f"{table}.{column}"] = rewritten.get(f"{table}.{column}", 0) + cur.rowcount
+            still = moved_from(con, folder)
+            if still:
+                raise StoreError(f"{path}: would still record {still[0]} after relocating; nothing was changed")
             faults.point("relocate_rewritten")
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        still = moved_from(con, folder)
-        if still:
-            raise StoreError(f"{path}: still records {still[0]} after relocating; restore {backup} and report this")
-        return Relocation(old, {k: v for k, v in rewritten.items() if v}, backup, _verify(con, folder))
+        try:
+            return Relocation(old, {k: v for k, v in rewritten.items() if v}, backup, _verify(con, folder))
+        except StoreError as e:
+            raise StoreError(f"{e} (the database before relocating: {backup})") from None
     finally:
         con.close()
 

@@ -14,13 +14,33 @@ from PIL import Image
 
 from helpers import cli
 
-pytestmark = pytest.mark.slow
-
-
 def files(folder):
     return {p for p in folder.rglob("*") if p.is_file()}
 
 
+def _db(tmp_path, *locations):
+    con = sqlite3.connect(":memory:")
+    con.execute("create table experiments (artifact_location text)")
+    con.executemany("insert into experiments values (?)", [(loc,) for loc in locations])
+    return con
+
+
+def test_only_a_store_that_records_another_folder_as_its_home_counts_as_moved(tmp_path):
+    from mnist_exp.tracking.relocation import moved_from
+
+    here = tmp_path / "artifacts" / "p" / "mlruns"  # "artifacts" higher up in its own path
+    (here / "artifacts").mkdir(parents=True)
+    own = [(here / "artifacts").as_uri(), (here / "artifacts" / "1").as_uri(), str(here / "artifacts" / "2")]
+    assert moved_from(_db(tmp_path, *own), here) == []
+    (tmp_path / "link").symlink_to(here, target_is_directory=True)  # the same folder through a symlink
+    assert moved_from(_db(tmp_path, *own), tmp_path / "link") == []
+    assert moved_from(_db(tmp_path, "s3://bucket/x", "mlflow-artifacts:/1"), here) == []  # not local: not ours
+    old = tmp_path / "old" / "mlruns"
+    assert moved_from(_db(tmp_path, *own, (old / "artifacts" / "3").as_uri()), here) == [str(old)]
+    assert moved_from(_db(tmp_path, (old / "artifacts").as_uri()), tmp_path / "no-artifacts-here") == []
+
+
+@pytest.mark.slow
 def test_a_copied_store_is_refused_then_relocated_resumed_promoted_and_used(swept_template, embedded, tmp_path,
                                                                               monkeypatch):
     from mnist_exp.cli import main

@@ -72,6 +72,8 @@ class Chief:
                 creds = grpc.ssl_server_credentials([(tls.key, tls.cert)])
                 self.port = self.server.add_secure_port(wire.target(host, port), creds)
                 self.local_port = self.server.add_insecure_port("127.0.0.1:0")
+                if not self.local_port:
+                    raise RuntimeError("no loopback port for this machine's workers")
         except RuntimeError as e:  # grpc raises instead of returning 0 on some failures
             raise ConfigError(f"--serve {wire.target(host, port)}: cannot listen there ({e})") from None
         if not self.port:
@@ -120,19 +122,27 @@ class Chief:
 
     def _watch_leases(self) -> None:
         while not self._stop.wait(min(1.0, self.renew_s)):
-            now = time.monotonic()
-            with self.lock:
-                silent = [w for w, t in self.seen.items() if now - t > self.lease_s]
-                lost = []
-                for w in silent:
-                    del self.seen[w]
-                    trial = self.oracle.revoke(w)
-                    if trial is not None:
-                        lost.append((w, trial.trial_id))
-            for w, trial_id in lost:
-                print(f"[sweep {self.sw.exp.name}] worker {w} silent for more than {self.lease_s:.0f} s: "
-                      f"trial {trial_id} goes back to the queue", flush=True)
-                self._kill_runs(w, trial_id)
+            try:
+                self._expire_silent()
+            except Exception as e:  # e.g. the tracking server did not take the state: the sweep stops on it
+                print(f"[sweep {self.sw.exp.name}] warning: leases not checked: {type(e).__name__}: {str(e)[:200]}",
+                      file=sys.stderr, flush=True)
+
+    def _expire_silent(self) -> None:
+        """Silent workers lose their trials (to the retry queue) and their runs end KILLED."""
+        now = time.monotonic()
+        with self.lock:
+            silent = [w for w, t in self.seen.items() if now - t > self.lease_s]
+            lost = []
+            for w in silent:
+                del self.seen[w]
+                trial = self.oracle.revoke(w)
+                if trial is not None:
+                    lost.append((w, trial.trial_id))
+        for w, trial_id in lost:
+            print(f"[sweep {self.sw.exp.name}] worker {w} silent for more than {self.lease_s:.0f} s: "
+                  f"trial {trial_id} goes back to the queue", flush=True)
+            self._kill_runs(w, trial_id)
 
     def _kill_runs(self, worker: str, trial_id: str) -> None:
         """The silent worker's run of the trial ends KILLED: the trial is run again by another worker."""

@@ -133,10 +133,14 @@ def server_tls(cert: str | None, key: str | None) -> ServerTLS | None:
         raise ConfigError(f"{'--tls-cert' if not cert else '--tls-key'}: needed with "
                           f"{'--tls-key' if not cert else '--tls-cert'}")
     cert_pem, key_pem = _read_pem(cert, "--tls-cert"), _read_pem(key, "--tls-key")
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key)
+    if b"ENCRYPTED" in key_pem:
+        raise ConfigError(f"--tls-key {key}: encrypted with a passphrase, which gRPC cannot use; give the key "
+                          "unencrypted (e.g. openssl pkey -in KEY -out KEY.plain), readable by this user only")
+    try:  # the password callable: never a prompt on the terminal
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=lambda: b"")
     except ssl.SSLError as e:
-        raise ConfigError(f"--tls-key {key}: not the private key of --tls-cert {cert} ({e.reason or e})") from None
+        raise ConfigError(f"--tls-key {key}: not the private key of --tls-cert {cert}, or not a certificate and "
+                          f"key in PEM ({e.reason or e})") from None
     return ServerTLS(cert_pem, key_pem)
 
 
