@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import select
 import subprocess
 import sys
@@ -103,7 +104,9 @@ def test_runs_are_judged_by_pid_on_this_machine_and_by_heartbeat_from_others(sto
         assert {k for k, s in status.items() if s == "RUNNING"} == {"fresh", "legacy", "alive", "resumed"}
         error = {k: c.get_run(rid).data.tags.get("mnist_exp.error") for k, rid in ids.items()}
         prefix = "marked KILLED by mnist-exp promote: "
-        assert error["stale"] == prefix + "no heartbeat from its process (pid 4242 on host elsewhere) for 1000 s"
+        # 1000 s when it was made, a little more by now on a loaded machine
+        assert re.fullmatch(re.escape(prefix + "no heartbeat from its process (pid 4242 on host elsewhere) for ") +
+                            r"10[0-5]\d s", error["stale"]), error["stale"]
         assert error["no_beat"] == prefix + "its process (pid 4242 on host elsewhere) recorded no heartbeat"
         assert error["gone"] == prefix + f"its process (pid {gone_pid} on host {liveness.HOST}) is gone"
         assert error["reused"] == prefix + (f"its process (pid {os.getpid()} on host {liveness.HOST}) is gone "
