@@ -23,6 +23,9 @@ import numpy as np
 
 
 def replay(db: str, sweep: str, k: int) -> dict:
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient
 
     from mnist_exp import tracking
