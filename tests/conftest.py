@@ -153,18 +153,5 @@ def pytest_collection_modifyitems(config, items):
     """Slow tests first: under pytest-xdist (CI: ``-n 2 --dist loadscope --no-loadscope-reorder``, a module's tests on
     one worker, so its module fixtures are built once; modules in the order of their first test) the long ones start
     early and the run does not end waiting on one of them while the other worker is idle. The order is otherwise
-    kept, but for the modules of HEAVY, which go first, the longest first (so two workers finish close together)."""
-    weight = {module: i for i, module in enumerate(HEAVY)}
-    items.sort(key=lambda item: (item.get_closest_marker("slow") is None,
-                                 weight.get(item.nodeid.split("::", 1)[0], len(HEAVY))))
-
-
-# The longest test modules, longest first: their summed test times in CI (benchmarks/tests.json, 2026-12-07: 288 s
-# down to 62 s). Data for the ordering above only; a module missing here runs after them, as collected.
-HEAVY = (
-    "tests/search/test_faults.py", "tests/search/distributed/test_multihost.py",
-    "tests/search/distributed/test_parallel.py", "tests/search/test_sweep.py", "tests/test_server_auth.py",
-    "tests/test_server.py", "tests/results/test_ensemble.py", "tests/search/test_refit.py",
-    "tests/search/distributed/test_cluster.py", "tests/model/test_resume.py", "tests/search/test_budget_plan.py",
-    "tests/search/distributed/test_launch.py", "tests/test_docs_commands.py", "tests/search/test_budget.py",
-)
+    kept."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
