@@ -38,7 +38,8 @@ def machine() -> dict:
                 if ln.startswith("model name")), platform.processor())
     import tensorflow as tf
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "tensorflow": tf.__version__,
+    flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    return {"cpu": cpu, "avx512": " avx512f" in flags, "cores": os.cpu_count(), "tensorflow": tf.__version__,
             "tf_build": "cuda" if tf.test.is_built_with_cuda() else "cpu", "python": platform.python_version()}
 
 
@@ -391,7 +392,8 @@ def main() -> None:
     if args.only and out.exists():  # a partial rerun updates the parts it ran, keeps the others
         res = json.loads(out.read_text())
     res.update({"machine": machine(), "mode": "quick" if args.quick else "full", "n_train": n_train or "all",
-                "epochs": epochs, "steps_per_execution": _spe()})
+                "epochs": epochs, "steps_per_execution": _spe(),
+                "command": "python benchmarks/bench.py " + " ".join(sys.argv[1:])})
     res.setdefault("measured", {})
     print(f"machine: {res['machine']}; mode {res['mode']}: {n_train or 'all'} training digits, {epochs} epoch(s)",
           flush=True)

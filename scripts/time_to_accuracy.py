@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -106,7 +108,11 @@ def main() -> None:
     import keras
 
     names = args.recipes.split(",")
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
     res = {"what": args.what, "backend": keras.backend.backend(), "recipes": {n: RECIPES[n] for n in names},
+           "machine": {"cpu": cpu, "cores": os.cpu_count(), "keras": keras.__version__},
+           "date": time.strftime("%Y-%m-%d"), "command": "python scripts/time_to_accuracy.py " + " ".join(sys.argv[1:]),
            "result": (curves if args.what == "curves" else speed)(args, names)}
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))

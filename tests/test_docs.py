@@ -14,12 +14,16 @@ import pytest
 from helpers import ROOT
 
 
-@pytest.fixture(scope="module")
-def ref():
-    spec = importlib.util.spec_from_file_location("docs_reference", ROOT / "docs" / "hooks" / "reference.py")
+def _hook(name: str):
+    spec = importlib.util.spec_from_file_location(f"docs_{name}", ROOT / "docs" / "hooks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return _hook("reference")
 
 
 def test_every_experiment_key_is_in_the_reference_with_a_meaning(ref):
@@ -112,10 +116,11 @@ def test_every_commands_help_ends_with_examples_that_parse():
                                              f"{err.getvalue()}") from None
 
 
-def test_every_figure_marker_renders_a_table_from_its_json(ref):
+def test_every_figure_marker_renders_a_table_from_its_json():
+    figures = _hook("figures")
     markers = [(p, m) for p in (ROOT / "docs").rglob("*.md")
                for m in re.findall(r"^<!-- figures: .* -->$", p.read_text(), flags=re.M)]
     assert len(markers) >= 5
     for page, marker in markers:
-        out = ref.on_page_markdown(marker, None, None, None)
+        out = figures.on_page_markdown(marker, None, None, None)
         assert out.count("\n| ") >= 2 and "AMD EPYC" in out, (page, marker, out[:300])

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from helpers import TINY_SWEEP, VENV_BIN, cli, write_yaml
+from helpers import TINY_SWEEP, VENV_BIN, cli, cli_here, write_yaml
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def project(tracking_server, tmp_path_factory, embedded):
                            ("promote", ["promote", "tiny"]),
                            ("predict", ["predict", "--model", "models:/mnist-cnn@champion", "digit.png", "--json"])):
             t = time.monotonic()
-            setattr(out, name, cli(*args, check=0).stdout)
+            setattr(out, name, cli_here(*args, check=0).stdout)
             out.wall[name] = round(time.monotonic() - t, 1)
         print(f"wall times (s): {out.wall}")
         yield out
@@ -135,7 +135,7 @@ def test_a_sweep_killed_on_one_machine_resumes_on_another_from_the_state_on_the_
     cut = cli(*sweep, env={"MNIST_EXP_FAULT": "after_tuner_state_unpacked"})
     assert cut.returncode == -signal.SIGKILL, cut.stdout[-2000:] + cut.stderr[-2000:]
     assert (machine_b / "mlruns" / "tuner" / ".moved.restoring" / "oracle.json").is_file()
-    resumed = cli(*sweep, check=0)
+    resumed = cli_here(*sweep, check=0)
     assert "sweep moved: Keras Tuner state taken from the tracking server (version 3)" in resumed.stdout
     assert re.search(r"trial 0: run \w+ had finished before the interruption .*; recorded, not trained again",
                      resumed.stdout), resumed.stdout
@@ -156,7 +156,7 @@ def test_a_sweep_killed_on_one_machine_resumes_on_another_from_the_state_on_the_
     (tmp_path / "c").mkdir()
     write_yaml(tmp_path / "c" / "tiny.yaml", TINY_SWEEP)
     monkeypatch.chdir(tmp_path / "c")
-    elsewhere = cli(*sweep, check=2)
+    elsewhere = cli_here(*sweep, check=2)
     assert elsewhere.stderr == ("mnist-exp sweep: error: sweep moved: its Keras Tuner state is not on the tracking "
                                 "server (the sweep was started by mnist-exp 0.9.0 or earlier): resume it on the machine "
                                 "that ran it, or start afresh with --overwrite\n")

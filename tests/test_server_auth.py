@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from helpers import TINY_SWEEP, cli, free_port, write_yaml
+from helpers import TINY_SWEEP, cli_here, free_port, write_yaml
 from helpers.tls import make_ca
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def team(tmp_path_factory, embedded):
         out = SimpleNamespace(srv=srv, root=root, dir=srv.dir, secrets=set(), added={}, ca=tls["ca"])
         for name, level in (("reader", "read"), ("runner", "run"), ("runner2", "run"), ("promoter", "promote")):
             args = ["server-users", srv.dir, "add", name] + (["--level", level] if level != "read" else [])
-            out.added[name] = cli(*args, check=0).stdout
+            out.added[name] = cli_here(*args, check=0).stdout
         out.secrets = {read_credentials(p)[1] for p in [srv.dir / "credentials", *(srv.dir / "users").iterdir()]}
         out.secrets.add((srv.dir / "secret_key").read_text().strip())
         out.secrets.add((srv.dir / "pg.password").read_text().strip())
@@ -64,8 +64,8 @@ def team(tmp_path_factory, embedded):
         cwd = os.getcwd()
         os.chdir(root)
         try:
-            out.sweep = cli("sweep", "tiny.yaml", env=as_user("runner"), check=0)
-            out.promote = cli("promote", "tiny", env=as_user("promoter"), check=0)
+            out.sweep = cli_here("sweep", "tiny.yaml", env=as_user("runner"), check=0)
+            out.promote = cli_here("promote", "tiny", env=as_user("promoter"), check=0)
         finally:
             os.chdir(cwd)
         yield out
@@ -103,15 +103,15 @@ def test_strangers_and_wrong_passwords_are_refused_in_one_line(team, monkeypatch
     assert status(f"{team.srv.uri}/health", team.ca) == 200  # load balancers and our own start-up probe need no user
 
     monkeypatch.chdir(team.root)
-    anonymous = cli("compare", "tiny", env=team.as_user(None), check=2)
+    anonymous = cli_here("compare", "tiny", env=team.as_user(None), check=2)
     assert anonymous.stderr == (f"mnist-exp compare: error: tracking server {team.srv.uri} requires a user: set "
                                 "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or write them to "
                                 "~/.mlflow/credentials); an admin adds users: mnist-exp server-users DIR add NAME\n")
-    untrusting = cli("compare", "tiny", env={**team.as_user("reader"), "MLFLOW_TRACKING_SERVER_CERT_PATH": ""}, check=2)
+    untrusting = cli_here("compare", "tiny", env={**team.as_user("reader"), "MLFLOW_TRACKING_SERVER_CERT_PATH": ""}, check=2)
     assert untrusting.stderr == (f"mnist-exp compare: error: tracking server {team.srv.uri}: its TLS certificate is "
                                  "not trusted (unable to get local issuer certificate); a private CA: export "
                                  "MLFLOW_TRACKING_SERVER_CERT_PATH=/path/to/ca.pem\n")
-    wrong = cli("compare", "tiny", env=team.as_user("reader", password="not-the-password"), check=2)
+    wrong = cli_here("compare", "tiny", env=team.as_user("reader", password="not-the-password"), check=2)
     assert wrong.stderr == (f"mnist-exp compare: error: tracking server {team.srv.uri} refused user reader (HTTP 401: "
                             "unknown user or wrong password): check MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials)\n")
 
@@ -119,16 +119,16 @@ def test_strangers_and_wrong_passwords_are_refused_in_one_line(team, monkeypatch
 def test_a_reader_compares_and_predicts_but_cannot_promote(team, monkeypatch):
     client = admin_client(team, monkeypatch)
     monkeypatch.chdir(team.root)
-    compare = cli("compare", "tiny", env=team.as_user("reader"), check=0)
+    compare = cli_here("compare", "tiny", env=team.as_user("reader"), check=0)
     assert "sweep tiny: 2 finished trial(s)" in compare.stdout
-    predict = cli("predict", "--model", "models:/mnist-cnn@champion", "digit.png", "--json", env=team.as_user("reader"),
+    predict = cli_here("predict", "--model", "models:/mnist-cnn@champion", "digit.png", "--json", env=team.as_user("reader"),
                   check=0)
     assert '"probabilities"' in predict.stdout
 
     before = [(v.version, dict(v.tags)) for v in client.search_model_versions("name = 'mnist-cnn'")]
     champion = client.get_model_version_by_alias("mnist-cnn", "champion").version
     for model in ("mnist-cnn", "a-model-nobody-made"):  # MLflow lets anyone make a model: refused before that too
-        refused = cli("promote", "tiny", "--model-name", model, "--force", env=team.as_user("reader"), check=1)
+        refused = cli_here("promote", "tiny", "--model-name", model, "--force", env=team.as_user("reader"), check=1)
         assert refused.stderr == (f"mnist-exp promote: error: user reader may not promote to {model} on "
                                   f"{team.srv.uri} (read only); an admin grants it: mnist-exp server-users DIR grant "
                                   "reader promote\n"), refused.stderr
@@ -147,14 +147,14 @@ def test_a_granted_user_promotes_and_the_version_says_who(team, monkeypatch):
 
     # the admin grants promote to the reader: it may now move the team's alias; back to read, it may not
     monkeypatch.chdir(team.root)
-    cli("server-users", team.dir, "grant", "reader", "promote", check=0)
-    listed = cli("server-users", team.dir, "list", check=0).stdout
+    cli_here("server-users", team.dir, "grant", "reader", "promote", check=0)
+    listed = cli_here("server-users", team.dir, "list", check=0).stdout
     assert re.search(r"^reader\tpromote$", listed, re.M) and re.search(r"^admin\tadmin$", listed, re.M), listed
     assert re.search(r"^runner\trun$", listed, re.M), listed
-    cli("promote", "tiny", "--force", env=team.as_user("reader"), check=0)
+    cli_here("promote", "tiny", "--force", env=team.as_user("reader"), check=0)
     assert client.get_model_version_by_alias("mnist-cnn", "champion").tags["mnist_exp.promoted_by"] == "reader"
-    cli("server-users", team.dir, "grant", "reader", "read", check=0)
-    again = cli("promote", "tiny", "--force", env=team.as_user("reader"), check=1)
+    cli_here("server-users", team.dir, "grant", "reader", "read", check=0)
+    again = cli_here("promote", "tiny", "--force", env=team.as_user("reader"), check=1)
     assert "user reader may not promote to mnist-cnn" in again.stderr
 
 
@@ -165,7 +165,7 @@ def test_passwords_rotate(team):
     api = f"{team.srv.uri}/api/2.0/mlflow/experiments/search?max_results=1"
     for name, path in (("reader", team.dir / "users" / "reader"), ("admin", team.dir / "credentials")):
         _, old = read_credentials(path)
-        out = cli("server-users", team.dir, "passwd", name, check=0).stdout
+        out = cli_here("server-users", team.dir, "passwd", name, check=0).stdout
         assert out == f"user {name}: new password written to {path}\n"
         _, new = read_credentials(path)
         assert new != old and path.stat().st_mode & 0o777 == 0o600
@@ -175,7 +175,7 @@ def test_passwords_rotate(team):
             assert time.monotonic() < deadline, f"{name}'s old password still accepted"
             time.sleep(1)
         team.secrets |= {new}
-    assert cli("server-users", team.dir, "list", check=0).returncode == 0  # the admin signs in with the new one
+    assert cli_here("server-users", team.dir, "list", check=0).returncode == 0  # the admin signs in with the new one
 
 
 def test_a_dead_teammates_sweep_lease_is_taken_over(team, monkeypatch):

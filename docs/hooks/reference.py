@@ -8,8 +8,7 @@
 
 ``tests/test_docs.py`` checks that each page names every key, lever and flag the code has, each with a meaning.
 
-Figures are rendered from the JSON files the benchmarks write: a page line ``<!-- figures: NAME -->`` becomes the table
-``FIGURES[NAME]`` makes, each row with its machine, date and command.
+Figures (tables of measurements) are rendered by the other hook, ``figures.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import json
 import re
 import sys
 from pathlib import Path
@@ -174,74 +172,6 @@ def cli_page() -> str:
         rows = "\n".join(f"| `{_cell(f)}` | {_cell(h)} |" for f, h in flags)
         parts.append(f"\n## `mnist-exp {name}`\n\n{help_}\n\n| flag or argument | meaning |\n| --- | --- |\n{rows}\n")
     return "".join(parts)
-
-
-def _minutes(s) -> str:
-    return f"{int(s) // 60} min {int(s) % 60:02d} s" if isinstance(s, (int, float)) else ""
-
-
-def tests_table() -> str:
-    """Every measured run of the test suite (benchmarks/tests.json)."""
-    d = json.loads((ROOT / "benchmarks" / "tests.json").read_text())
-    m = d["machine"]
-    head = (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, TensorFlow "
-            f"{m['tensorflow']}, pip cache {m['pip_cache']}; fresh git clones.\n\n"
-            "| date | command | tests (passed) | pytest | whole command | note |\n| --- | --- | --- | --- | --- | --- |\n")
-    rows = []
-    for r in [*d["runs"], *d["fast_tier"]]:
-        note = HASH.sub("", re.sub(r",? ?\(?(fixed|then) in [0-9a-f]{7,40}\)?", "", r.get("note", r.get("source", ""))))
-        rows.append(f"| {r['date']} | `{_cell(r['command'])}` | {r['tests']} ({r.get('passed', '?')}) | "
-                    f"{r.get('pytest_s', '')} s | {_minutes(r.get('whole_s'))} | {_cell(note)} |")
-    return head + "\n".join(rows) + "\n"
-
-
-def _machine(d: dict) -> str:
-    m = d.get("machine", {})
-    return ", ".join(str(x) for x in (m.get("cpu"), f"{m['cores']} cores" if "cores" in m else None,
-                                     f"TensorFlow {m['tensorflow']}" if "tensorflow" in m else None) if x)
-
-
-def runs_table(name: str, part: str = "") -> str:
-    """Real runs written by benchmarks/results_runs.py (``part``: a nested set of runs, e.g. ``earlier``)."""
-    d = json.loads((ROOT / "benchmarks" / name).read_text())
-    runs = (d[part] if part else d)["runs"]
-    head = (f"`benchmarks/{name}`{' (' + part + ')' if part else ''}: {_machine(d)}; {d.get('date', '')}; "
-            f"`{d.get('command', '')}`" + (f"; {_cell(d['conditions'])}" if d.get("conditions") else "") + "\n\n")
-    rows = ["| seed | champion | champion's test accuracy | best single trial (by validation): test accuracy | trials "
-            "| whole command (sweep + promote) |", "| --- | --- | --- | --- | --- | --- |"]
-    for r in sorted(runs, key=lambda r: r["seed"]):
-        best = r.get("best_single_trial", {})
-        rows.append(f"| {r['seed']} | {r.get('champion', '')} | **{r['champion_test_accuracy']:.4f}** | "
-                    f"{best.get('test_accuracy', float('nan')):.4f} (trial {best.get('trial', '?')}) | "
-                    f"{r.get('trials_finished', '')} | {r['whole_command_s']:.0f} s ({r.get('sweep_s', 0):.0f} + "
-                    f"{r.get('promote_s', 0):.0f}) |")
-    return head + "\n".join(rows) + "\n"
-
-
-def costs_table(name: str) -> str:
-    """Size and latency per image of each run's ensemble against its best single model (results_runs.py)."""
-    d = json.loads((ROOT / "benchmarks" / name).read_text())
-    rows = ["| seed | ensemble size | single model size | ensemble, batch 1 | single, batch 1 | ensemble, batch 256 "
-            "| single, batch 256 |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in sorted(d["runs"], key=lambda r: r["seed"]):
-        c = r.get("ensemble_costs") or {}
-        if not c:
-            continue
-        rows.append(f"| {r['seed']} | {c.get('size_bytes', 0) / 1e6:.1f} MB | {c.get('single_size_bytes', 0) / 1e6:.1f} MB | "
-                    f"{c.get('latency_ms_per_image_batch1', 0):.1f} ms | {c.get('single_latency_ms_per_image_batch1', 0):.1f} ms"
-                    f" | {c.get('latency_ms_per_image_batch256', 0):.3f} ms | "
-                    f"{c.get('single_latency_ms_per_image_batch256', 0):.3f} ms |")
-    return f"`benchmarks/{name}`: {_machine(d)}; {d.get('date', '')}\n\n" + "\n".join(rows) + "\n"
-
-
-FIGURES = {"tests": tests_table, "runs": runs_table, "costs": costs_table}
-HASH = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b")  # a commit: provenance stays in the JSON
-
-
-def on_page_markdown(markdown, page, config, files):
-    """``<!-- figures: NAME -->`` lines replaced by their tables."""
-    return re.sub(r"^<!-- figures: ([\w-]+)((?: \S+)*) -->$", lambda m: FIGURES[m.group(1)](*m.group(2).split()),
-                  markdown, flags=re.M)
 
 
 GENERATORS = {"reference/experiment.md": experiment_page, "reference/hyperparameters.md": hyperparameters_page,

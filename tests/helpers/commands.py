@@ -1,4 +1,6 @@
-"""Running mnist-exp as a user does: the installed console script in a subprocess, and small experiment files."""
+"""Running mnist-exp as a user does: the installed console script in a subprocess (``cli``: for what needs a process
+of its own, such as signals, kills, start-up, ``ps``), the same command line in this process (``cli_here``: the same code
+path from the parser on, without paying TensorFlow's import again), and small experiment files."""
 
 from __future__ import annotations
 
@@ -17,6 +19,36 @@ def cli(*args, check=None, timeout=600, env=None):
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run([str(VENV_BIN / "mnist-exp"), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+    if check is not None:
+        assert proc.returncode == check, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def cli_here(*args, check=None, env=None):
+    """``mnist-exp ARGS`` through ``mnist_exp.cli.main`` in this process, its output captured; returns a
+    CompletedProcess as ``cli`` does (exit code, stdout, stderr). ``env``: variables set for the command only."""
+    import contextlib
+    import io
+
+    from mnist_exp.cli import main
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as e:  # argparse's errors and --help
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    proc = subprocess.CompletedProcess(["mnist-exp", *argv], code, out.getvalue(), err.getvalue())
     if check is not None:
         assert proc.returncode == check, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     return proc

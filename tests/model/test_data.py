@@ -8,7 +8,7 @@ from mnist_exp.spec.experiment import DataConfig
 from mnist_exp.model.data import EMBEDDED_PATH, load_data, read_idx
 from mnist_exp.runtime.errors import DataError
 
-from helpers import cli, runs
+from helpers import cli, cli_here, runs
 
 
 def write_npz(path, d, **replace):
@@ -123,7 +123,7 @@ def test_subset_larger_than_source_is_an_error():
 
 def test_cli_bad_data_exits_2_with_one_line_and_no_run(store, embedded):
     path = write_npz(store / "bad.npz", small(embedded), y_train=np.full(500, 11, np.uint8))
-    proc = cli("train", "--data", path, "--epochs", "1", check=2)
+    proc = cli_here("train", "--data", path, "--epochs", "1", check=2)
     err = proc.stderr.strip().splitlines()
     assert err[-1].startswith("mnist-exp train: error: ") and str(path) in err[-1] and "labels outside 0-9" in err[-1]
     assert runs() == []

@@ -8,7 +8,7 @@ from PIL import Image
 from mnist_exp.cli import main
 from mnist_exp.model.predict import to_mnist
 
-from helpers import cli
+from helpers import cli_here
 
 
 def corr(a, b):
@@ -82,7 +82,7 @@ def test_predict_cli_on_png_jpeg_and_npz_with_the_champion(swept_store, embedded
 def test_unreadable_image_is_one_line_exit_2(swept_store):
     bad = swept_store / "notes.png"
     bad.write_text("not an image")
-    proc = cli("predict", bad, check=2)
+    proc = cli_here("predict", bad, check=2)
     assert proc.stderr.strip().splitlines()[-1].startswith(f"mnist-exp predict: error: {bad}: not a readable image")
-    proc = cli("predict", swept_store / "missing.png", check=2)
+    proc = cli_here("predict", swept_store / "missing.png", check=2)
     assert "missing.png: no such file" in proc.stderr

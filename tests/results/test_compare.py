@@ -6,7 +6,7 @@ from PIL import Image
 
 from mnist_exp.cli import main
 
-from helpers import VENV_BIN, cli, free_port, wait_http
+from helpers import VENV_BIN, cli_here, free_port, wait_http
 from mnist_exp.tracking import keys
 import pytest
 
@@ -62,7 +62,7 @@ def test_compare_against_a_tracking_server(swept_store):
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/health", server)
-        proc = cli("compare", "a", "b", "--tracking-uri", url, check=0, env={"MLFLOW_TRACKING_URI": ""})
+        proc = cli_here("compare", "a", "b", "--tracking-uri", url, check=0, env={"MLFLOW_TRACKING_URI": ""})
         assert "== sweep a: 2 finished" in proc.stdout and "== sweep b: 2 finished" in proc.stdout
     finally:
         server.terminate()

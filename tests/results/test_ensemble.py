@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from mnist_exp.cli import main
 from mnist_exp.results import ensemble_select
 
-from helpers import ROOT, VENV_BIN, cli, runs, served_predictions, write_yaml
+from helpers import ROOT, VENV_BIN, cli, cli_here, runs, served_predictions, write_yaml
 
 ENSEMBLE_SWEEP = f"""# mnist-exp sweep ens.yaml
 name: ens
@@ -76,7 +76,7 @@ def ens_template(tmp_path_factory):
     root = tmp_path_factory.mktemp("ens")
     path = write_yaml(root / "ens.yaml", ENSEMBLE_SWEEP)
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"}
-    cli("sweep", path, check=0, env=env, timeout=900)
+    cli_here("sweep", path, check=0, env=env)
     return root
 
 
@@ -183,7 +183,7 @@ def test_promote_ensemble_registers_one_model_that_averages_its_members(ens_stor
 
     # mnist-exp predict and mlflow models serve answer with the ensemble as with any model
     np.savez(ens_store / "digits.npz", x=embedded["x_test"][:3])
-    proc = cli("predict", ens_store / "digits.npz", "--json", check=0)
+    proc = cli_here("predict", ens_store / "digits.npz", "--json", check=0)
     answers = [json.loads(ln) for ln in proc.stdout.splitlines()]
     assert len(answers) == 3 and all(len(a["probabilities"]) == 10 for a in answers)
     served = served_predictions("models:/mnist-cnn@champion", x[:8], VENV_BIN)
@@ -223,7 +223,7 @@ def test_a_member_without_its_model_is_one_line_and_nothing_registered(ens_store
     victim = plan.members[-1].run_id
     logged_model = plan.members[-1].model_uri.rsplit("/", 1)[-1]  # models:/m-…: MLflow 3 keeps it by its own id
     shutil.rmtree(ens_store / "mlruns" / "artifacts" / "models" / logged_model / "artifacts")
-    proc = cli("promote", "ens")
+    proc = cli_here("promote", "ens")
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and victim in err[0] and "nothing registered" in err[0]
@@ -236,7 +236,7 @@ def test_a_promotion_killed_while_building_the_ensemble_leaves_one_run_and_one_v
         proc = cli("promote", "ens", env={"MNIST_EXP_FAULT": point})
         assert proc.returncode == -9 and f"[fault point {point}: SIGKILL]" in proc.stderr
         assert not _versions() and not [r for r in _ensemble_runs() if r.info.status == "FINISHED"]
-    cli("promote", "ens", check=0)  # breaks the dead promotion's lock at once (same machine), builds again
+    cli_here("promote", "ens", check=0)  # breaks the dead promotion's lock at once (same machine), builds again
     ens = _ensemble_runs()
     assert [r.info.status for r in ens] == ["FINISHED"]  # the half-built runs are gone, not kept beside it
     [v] = _versions()
@@ -248,14 +248,14 @@ def test_the_guard_judges_the_ensemble_before_anything_is_built(ens_store):
     assert main(["promote", "ens", "--ensemble", "1"]) == 0
     [v] = _versions()
     MlflowClient().set_model_version_tag("mnist-cnn", v.version, "metric.test_accuracy", "1.0")  # a champion at 100%
-    proc = cli("promote", "ens")
+    proc = cli_here("promote", "ens")
     assert proc.returncode == 1 and "refused" in proc.stderr
     assert not _ensemble_runs() and len(_versions()) == 1
 
 
 @pytest.mark.slow
 def test_a_sweep_without_probabilities_is_one_line(swept_store):
-    proc = cli("promote", "a", "--ensemble", "3")
+    proc = cli_here("promote", "a", "--ensemble", "3")
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
     assert "kept validation probabilities" in line and "tuner.ensemble" in line

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY_SWEEP, cli, write_yaml
+from helpers import TINY_SWEEP, cli, cli_here, write_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -25,8 +25,8 @@ def project(tmp_path_factory):
         mp.chdir(root)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         write_yaml(root / "tiny.yaml", TINY_SWEEP.replace("max_trials: 2", "max_trials: 4"))
-        cli("sweep", "tiny.yaml", check=0)
-        cli("promote", "tiny", check=0)
+        cli_here("sweep", "tiny.yaml", check=0)
+        cli_here("promote", "tiny", check=0)
         yield root
 
 
@@ -46,7 +46,7 @@ def test_a_running_sweep_refuses_gc(project, monkeypatch):
     uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
     size0 = artifact_bytes(project)
     with sweep_lock.acquire(uri, "tiny"):
-        refused = cli("gc", "tiny", "--keep-top", "0", check=2)
+        refused = cli_here("gc", "tiny", "--keep-top", "0", check=2)
     assert "sweep tiny is already running" in refused.stderr and artifact_bytes(project) == size0
 
 
@@ -57,14 +57,14 @@ def test_gc_keeps_the_champion_and_the_top_k_and_survives_a_kill(project, monkey
     assert len(before) == 4 and champion in before
     size0 = artifact_bytes(project)
 
-    dry = cli("gc", "tiny", "--keep-top", "1", "--dry-run", check=0).stdout
+    dry = cli_here("gc", "tiny", "--keep-top", "1", "--dry-run", check=0).stdout
     assert artifact_bytes(project) == size0 and "would be freed" in dry
     planned = re.findall(r"would delete trial \d+ \(run (\w+)\)", dry)
     assert len(planned) == 3 and champion not in planned  # the champion is the best trial: top 1 and registered
 
     killed = cli("gc", "tiny", "--keep-top", "1", env={"MNIST_EXP_FAULT": "gc_tagged@2"})
     assert killed.returncode == -9, killed.stderr[-2000:]
-    done = cli("gc", "tiny", "--keep-top", "1", check=0).stdout  # the next gc finishes what the killed one began
+    done = cli_here("gc", "tiny", "--keep-top", "1", check=0).stdout  # the next gc finishes what the killed one began
     freed = float(re.search(r"(\d+\.\d) MB freed", done).group(1))
     _, after = trials(project)
     for run_id, run in before.items():  # nothing but files is lost, in any run
@@ -76,7 +76,7 @@ def test_gc_keeps_the_champion_and_the_top_k_and_survives_a_kill(project, monkey
         files = {p.name for p in (project / "mlruns").rglob("*") if run_id in p.parts}
         assert ("predictions.png" in files) == (run_id not in collected), run_id
     assert size0 - artifact_bytes(project) > 0.8 * freed * 1e6 > 0  # what it says it freed (this gc's part)
-    again = cli("gc", "tiny", "--keep-top", "1", check=0).stdout
+    again = cli_here("gc", "tiny", "--keep-top", "1", check=0).stdout
     assert "0 trial(s), 0.0 MB freed" in again  # nothing left to do
-    cli("promote", "tiny", check=0)  # the champion's model is whole
-    cli("compare", "tiny", check=0)
+    cli_here("promote", "tiny", check=0)  # the champion's model is whole
+    cli_here("compare", "tiny", check=0)

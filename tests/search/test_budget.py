@@ -9,7 +9,7 @@ import pytest
 from mnist_exp.search.budget import SAFETY, Budget
 from mnist_exp.spec.durations import parse_duration
 
-from helpers import ROOT, cli, runs
+from helpers import ROOT, cli_here, runs
 
 QUICK = ROOT / "experiments" / "quick.yaml"
 SWEEP = [QUICK, "--set", "data.train_size=300", "--set", "data.test_size=100", "--epochs", "2", "--max-trials", "5"]
@@ -219,7 +219,7 @@ def seconds(h, m, s) -> int:
 @pytest.mark.slow
 def test_a_budget_stops_the_sweep_between_trials_and_a_larger_one_finishes_it(store):
     # (a) 8 s: the first trial always starts (nothing is known yet); the sweep stops before five.
-    proc = cli("sweep", *SWEEP, "--budget", "8s", check=0)
+    proc = cli_here("sweep", *SWEEP, "--budget", "8s", check=0)
     m = STOP.search(proc.stdout)
     assert m, proc.stdout[-3000:]
     refused, need, left = m.group(2), seconds(*m.group(3, 4, 5)), seconds(*m.group(6, 7, 8))
@@ -238,14 +238,14 @@ def test_a_budget_stops_the_sweep_between_trials_and_a_larger_one_finishes_it(st
 
     # (a2) resumed with 1 s: the finished trials' runs tell this invocation how long a trial takes, so its
     # first trial is refused with an estimate ("needs ~"), not started blind ("cannot start" or a run).
-    proc = cli("sweep", *SWEEP, "--budget", "1s", check=0)
+    proc = cli_here("sweep", *SWEEP, "--budget", "1s", check=0)
     assert f"sweep quick: budget 0:00:01: trial {refused} needs ~" in proc.stdout, proc.stdout[-3000:]
     assert len(trial_runs()) == len(started)
     assert not runs(filter_string="attributes.status = 'RUNNING'")
 
     # (b) the same command with 10 minutes resumes: the refused trial runs first, nothing runs twice.
     before = {r.info.run_id for r in started}
-    proc = cli("sweep", *SWEEP, "--budget", "10m", check=0)
+    proc = cli_here("sweep", *SWEEP, "--budget", "10m", check=0)
     assert f"resuming, {len(started)} trial(s) done" in proc.stdout
     assert "not started" not in proc.stdout
     done = trial_runs()
@@ -262,7 +262,7 @@ def test_a_budget_stops_the_sweep_between_trials_and_a_larger_one_finishes_it(st
 
 @pytest.mark.parametrize("args", [["--budget", "2x"], ["--set", "tuner.budget=0"], ["--budget=-1h"]])
 def test_a_bad_budget_is_one_line_naming_tuner_budget_and_leaves_no_run(store, args):
-    proc = cli("sweep", QUICK, *args, check=2)
+    proc = cli_here("sweep", QUICK, *args, check=2)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "tuner.budget" in lines[0], proc.stderr
     assert not runs()

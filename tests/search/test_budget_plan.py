@@ -10,7 +10,7 @@ from mnist_exp.search.budget import Budget
 from mnist_exp.search.budget_plan import (bracket, check_start, first_bracket, iteration_epochs, num_brackets,
                                           plan_max_epochs)
 
-from helpers import ROOT, cli, runs
+from helpers import ROOT, cli_here, runs
 from helpers.oracles import drive
 
 BEST = ROOT / "experiments" / "best.yaml"
@@ -111,13 +111,13 @@ def test_a_short_budget_runs_a_real_search_of_1_to_9_epoch_trials_and_its_refit(
     stops at the start (exit 2, nothing written); a short one plans its brackets and refits the best."""
     args = [QUICK, "--set", "data.train_size=300", "--set", "data.test_size=100", "--set", "tuner.kind=hyperband",
             "--set", "tuner.max_epochs=9", "--set", "tuner.factor=3", "--set", "tuner.refit=true"]
-    proc = cli("sweep", *args, "--budget", "1s", check=2)
+    proc = cli_here("sweep", *args, "--budget", "1s", check=2)
     [line] = proc.stderr.strip().splitlines()  # one line
     assert re.fullmatch(rf"mnist-exp sweep: error: {re.escape(str(QUICK))}: tuner\.budget: 0:00:01 cannot hold one "
                         r"1-epoch trial and its refit on this machine; the smallest budget that can: \d+m", line), proc.stderr
     assert not runs() and not (store / "tuner").exists()
 
-    proc = cli("sweep", *args, "--budget", "50s", check=0)
+    proc = cli_here("sweep", *args, "--budget", "50s", check=0)
     m = re.search(r"Hyperband planned for max_epochs (\d+) \(9 configured\)", proc.stdout)
     assert m, proc.stdout[-3000:]
     planned = int(m.group(1))

@@ -8,7 +8,7 @@ import pytest
 
 from mnist_exp.search.pruners import Pruner, best_so_far, should_prune
 
-from helpers import ROOT, pruned_sweep
+from helpers import ROOT, cli_here, pruned_sweep
 
 
 def curves(*finals, epochs=9, slope=0.01):
@@ -226,9 +226,7 @@ def test_a_trial_behind_the_others_is_pruned_tagged_shown_and_never_the_best(sto
 
 @pytest.mark.slow
 def test_a_parallel_sweeps_workers_hear_the_chiefs_pruning_over_grpc(store):
-    from helpers import cli
-
-    cli("sweep", pruned_sweep(store, parallel=2, epochs=4), check=0)
+    cli_here("sweep", pruned_sweep(store, parallel=2, epochs=4), check=0)
     by_lr = trial_runs_by_lr()
     assert len(by_lr) == 3 and {r.info.status for r in by_lr.values()} == {"FINISHED"}
     # the last trial starts once a worker is free, so at least one trial has run its four epochs by then

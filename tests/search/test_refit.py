@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from mnist_exp.spec.levers import HP_DEFAULTS
 
-from helpers import ROOT, VENV_BIN, cli, runs
+from helpers import ROOT, VENV_BIN, cli_here, runs
 import pytest
 
 QUICK = ROOT / "experiments" / "quick.yaml"
@@ -29,7 +29,7 @@ def best_trial(trials):
 
 @pytest.mark.slow
 def test_refit_trains_the_best_trial_on_all_training_digits_once_and_promote_registers_it(store):
-    proc = cli("sweep", *SWEEP, check=0)
+    proc = cli_here("sweep", *SWEEP, check=0)
     [parent] = of_kind("sweep")
     trials = of_kind("trial")
     assert len(trials) == 2 and parent.info.status == "FINISHED"
@@ -56,14 +56,14 @@ def test_refit_trains_the_best_trial_on_all_training_digits_once_and_promote_reg
     assert f"refit of trial {t['mnist_exp.trial_id']}: test accuracy" in proc.stdout
 
     # the same command again: the sweep resumes, finds the refit done, trains nothing
-    proc = cli("sweep", *SWEEP, check=0)
+    proc = cli_here("sweep", *SWEEP, check=0)
     assert "resuming, 2 trial(s) done" in proc.stdout and "refit:" not in proc.stdout
     assert [r.info.run_id for r in of_kind("refit")] == [refit.info.run_id]
     assert len(of_kind("trial")) == 2
     assert of_kind("sweep")[0].data.metrics["test_accuracy"] == pytest.approx(m["test_accuracy"])  # still the refit's
 
     # promote registers the refit, not the trial it came from
-    proc = cli("promote", "quick", check=0)
+    proc = cli_here("promote", "quick", check=0)
     assert "refit" in proc.stdout and refit.info.run_id in proc.stdout
     v = MlflowClient().get_model_version_by_alias("mnist-cnn", "champion")
     assert v.run_id == refit.info.run_id
@@ -73,7 +73,7 @@ def test_refit_trains_the_best_trial_on_all_training_digits_once_and_promote_reg
 
 
 def test_refit_without_a_validation_split_is_a_config_error(store):
-    proc = cli("sweep", *SWEEP, "--set", "data.validation_split=0", check=2)
+    proc = cli_here("sweep", *SWEEP, "--set", "data.validation_split=0", check=2)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "tuner.refit" in lines[0], proc.stderr
     assert not runs()
@@ -106,12 +106,12 @@ def test_a_refit_killed_then_failing_keeps_the_sweep_and_the_next_run_refits(sto
     assert failed.info.status == "FAILED" and failed.info.run_id == dead.info.run_id
     assert failed.data.tags["mnist_exp.resumed_from_epoch"] == "1"
     [trial] = of_kind("trial")
-    out = cli("promote", check=0).stdout
+    out = cli_here("promote", check=0).stdout
     assert "refit" not in out and trial.info.run_id in out  # the trial's own model, not a failed refit's
 
-    proc = cli("sweep", *sweep, check=0)
+    proc = cli_here("sweep", *sweep, check=0)
     refits = {r.info.status: r for r in of_kind("refit")}
     assert sorted(refits) == ["FAILED", "FINISHED"]  # a failed run is never resumed: a new refit
     assert of_kind("sweep")[0].data.tags["mnist_exp.refit_run_id"] == refits["FINISHED"].info.run_id
     assert not runs(filter_string="attributes.status = 'RUNNING'")
-    assert "refit" in cli("promote", "--force", check=0).stdout  # however its accuracy compares
+    assert "refit" in cli_here("promote", "--force", check=0).stdout  # however its accuracy compares

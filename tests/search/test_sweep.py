@@ -16,7 +16,7 @@ from mnist_exp.spec.space import load_space
 from mnist_exp.search.sweep import run_sweep
 from mnist_exp.model.training import CNNHyperModel
 
-from helpers import ROOT, VENV_BIN, cli, runs, wait_for_store, write_yaml
+from helpers import ROOT, VENV_BIN, cli_here, runs, wait_for_store, write_yaml
 
 TINY = f"""# mnist-exp sweep tiny.yaml
 name: tiny
@@ -135,7 +135,7 @@ def assert_usage_logged(client, run):
 )
 def test_bad_experiment_exits_2_before_any_mlflow_write(store, override, message):
     exp_file = write_yaml(store / "tiny.yaml", TINY)
-    proc = cli("sweep", exp_file, "--set", override, check=2)
+    proc = cli_here("sweep", exp_file, "--set", override, check=2)
     assert message in proc.stderr.strip().splitlines()[-1]
     assert runs() == [] and not (store / "mlruns" / "tuner").exists()
 
@@ -143,7 +143,7 @@ def test_bad_experiment_exits_2_before_any_mlflow_write(store, override, message
 def test_bad_search_space_exits_2_naming_file_and_key(store):
     space = write_yaml(store / "space.yaml", "hyperparameters:\n  filters_1: {type: int, min: 64, max: 32}\n")
     exp_file = write_yaml(store / "tiny.yaml", TINY.replace(str(ROOT / "search_spaces" / "small.yaml"), str(space)))
-    proc = cli("sweep", exp_file, check=2)
+    proc = cli_here("sweep", exp_file, check=2)
     assert proc.stderr.strip() == f"mnist-exp sweep: error: {space}: hyperparameters.filters_1.min: min 64 > max 32"
     assert runs() == []
 
@@ -275,12 +275,12 @@ def test_resume_after_sigterm_and_sigkill_loses_nothing_and_duplicates_nothing(s
     assert all(t["status"] == "COMPLETED" for t in kt_trials(store, "resumable").values())
 
     # 4. A changed tuner is refused; nothing is written.
-    proc = cli("sweep", exp_file, "--tuner", "bayesian", check=2)
+    proc = cli_here("sweep", exp_file, "--tuner", "bayesian", check=2)
     assert "exists with a different tuner" in proc.stderr and "--overwrite" in proc.stderr
     assert len(sweep_runs("resumable")[1]) == 3
 
     # 5. A larger budget extends the same sweep by one trial.
-    cli("sweep", exp_file, "--max-trials", "4", check=0)
+    cli_here("sweep", exp_file, "--max-trials", "4", check=0)
     parents, children = sweep_runs("resumable")
     assert len(parents) == 1 and sorted(c.data.tags["mnist_exp.trial_id"] for c in children
                                         if c.info.status == "FINISHED") == ["0", "1", "2", "3"]

@@ -8,7 +8,7 @@ import pytest
 
 from mnist_exp.cli import main
 
-from helpers import ROOT, cli, runs, write_yaml
+from helpers import ROOT, cli_here, runs, write_yaml
 
 WARM = f"""# mnist-exp sweep warm.yaml
 name: warm
@@ -72,7 +72,7 @@ def test_model_based_sweeps_learn_from_the_earlier_trials_on_the_same_digits_onl
 ])
 def test_a_warm_start_that_cannot_be_is_one_line_and_writes_no_run(swept_store, setting, message):
     before = len(runs())
-    proc = cli("sweep", write_yaml(swept_store / "warm.yaml", WARM), "--set", setting, check=2)
+    proc = cli_here("sweep", write_yaml(swept_store / "warm.yaml", WARM), "--set", setting, check=2)
     [line] = proc.stderr.strip().splitlines()
     assert message in line, line
     assert len(runs()) == before

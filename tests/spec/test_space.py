@@ -3,7 +3,7 @@ import pytest
 from mnist_exp.runtime.errors import ConfigError
 from mnist_exp.spec.space import load_space, validate_fixed
 
-from helpers import ROOT, cli, runs, write_yaml
+from helpers import ROOT, cli_here, runs, write_yaml
 
 
 def test_baseline_space_is_centred_on_the_seed():
@@ -152,7 +152,7 @@ def test_every_lever_accepts_its_bounds():
     ],
 )
 def test_bad_lever_on_the_command_line_exits_2_naming_it_and_writes_no_run(store, setting, message):
-    proc = cli("train", "--set", setting, "--epochs", "1", check=2)
+    proc = cli_here("train", "--set", setting, "--epochs", "1", check=2)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"--set {setting}: {message}" in lines[0], proc.stderr
     assert proc.stdout == ""
@@ -222,7 +222,7 @@ def test_a_bad_condition_stops_the_sweep_command_before_anything_is_written(stor
     space = write_yaml(store / "bad.yaml", CONDITIONAL.replace("when: {lr_schedule: cosine}",
                                                               "when: {lr_schedule: cyclic}"))
     exp = write_yaml(store / "e.yaml", f"name: e\nsearch_space: {space}\n")
-    proc = cli("sweep", exp, check=2)
+    proc = cli_here("sweep", exp, check=2)
     assert proc.stderr.strip().splitlines() == [
         f"mnist-exp sweep: error: {space}: hyperparameters.warmup_fraction.when.lr_schedule: unknown lr_schedule "
         "'cyclic' (known: constant, cosine, one_cycle, plateau)"]

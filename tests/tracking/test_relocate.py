@@ -12,7 +12,7 @@ import sqlite3
 import pytest
 from PIL import Image
 
-from helpers import cli
+from helpers import cli, cli_here
 
 def files(folder):
     return {p for p in folder.rglob("*") if p.is_file()}
@@ -53,7 +53,7 @@ def test_a_copied_store_is_refused_then_relocated_resumed_promoted_and_used(swep
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     before = db.read_bytes()
 
-    refused = cli("compare", "a", check=2)
+    refused = cli_here("compare", "a", check=2)
     assert refused.stderr == (f"mnist-exp compare: error: {db}: this store was moved or copied here from "
                               f"{swept_template / 'mlruns'} and still records its artifacts there; run: mnist-exp "
                               f"relocate --tracking-uri sqlite:///{db} (backs the database up, rewrites the "
@@ -62,18 +62,18 @@ def test_a_copied_store_is_refused_then_relocated_resumed_promoted_and_used(swep
 
     killed = cli("relocate", env={"MNIST_EXP_FAULT": "relocate_rewritten"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert cli("compare", "a").returncode == 2  # the rewrite never committed: the store is as it was
+    assert cli_here("compare", "a").returncode == 2  # the rewrite never committed: the store is as it was
     [backup] = (moved / "mlruns").glob("mlflow.db.bak-*")
     assert sqlite3.connect(backup).execute("select count(*) from runs").fetchone()[0] > 0
 
-    done = cli("relocate", check=0).stdout
+    done = cli_here("relocate", check=0).stdout
     assert re.fullmatch(rf"relocated from {re.escape(str(swept_template / 'mlruns'))}: \d+ experiments.artifact_location, "
                         r"\d+ runs.artifact_uri, \d+ logged_models.artifact_location; backup .*mlflow.db.bak-\S+; "
                         r"verified: the store records its own folder, 0 registered model\(s\) found\n", done), done
     with sqlite3.connect(db) as con:
         for (uri,) in con.execute("select artifact_uri from runs"):
             assert uri.startswith((moved / "mlruns" / "artifacts").as_uri()), uri
-    assert cli("relocate", check=0).stdout.startswith("nothing to do: the store records its own folder")
+    assert cli_here("relocate", check=0).stdout.startswith("nothing to do: the store records its own folder")
 
     # resumed with one more trial, promoted, used: every new file lands in the new folder
     assert main(["sweep", "a.yaml", "--max-trials", "3"]) == 0
@@ -81,4 +81,4 @@ def test_a_copied_store_is_refused_then_relocated_resumed_promoted_and_used(swep
     Image.fromarray(embedded["x_test"][0]).save(moved / "digit.png")
     assert main(["predict", "digit.png", "--json"]) == 0
     assert files(swept_template / "mlruns" / "artifacts") == old_artifacts
-    assert cli("relocate", check=0).stdout.endswith("1 registered model(s) found\n")
+    assert cli_here("relocate", check=0).stdout.endswith("1 registered model(s) found\n")

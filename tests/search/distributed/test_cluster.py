@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from helpers import ROOT, VENV_BIN, free_port, runs, wait_for_store, write_yaml
+from helpers import ROOT, VENV_BIN, cli_here, free_port, runs, wait_for_store, write_yaml
 import pytest
 
 TOKEN = "t0k3n-for-tests-0123456789abcdef"
@@ -75,17 +75,15 @@ def once_each(n):
 
 @pytest.mark.slow
 def test_serve_needs_a_token_and_a_valid_address(store):
-    from helpers import cli
-
     exp = write_yaml(store / "cl.yaml", sweep_yaml(1, 1))
     env = {k: v for k, v in os.environ.items() if k != "MNIST_EXP_TOKEN"}
     p = subprocess.run([str(VENV_BIN / "mnist-exp"), "sweep", str(exp), "--serve", "127.0.0.1:1234"], env=env,
                        capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.startswith("mnist-exp sweep: error: MNIST_EXP_TOKEN: not set")
     for bad, why in (("localhost", "must be HOST:PORT"), ("127.0.0.1:99999", "port must be 1-65535")):
-        p = cli("sweep", exp, "--serve", bad, env={"MNIST_EXP_TOKEN": TOKEN})
+        p = cli_here("sweep", exp, "--serve", bad, env={"MNIST_EXP_TOKEN": TOKEN})
         assert p.returncode == 2 and why in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
-    p = cli("worker", "--chief", "127.0.0.1:1", env={"MNIST_EXP_TOKEN": "short"})
+    p = cli_here("worker", "--chief", "127.0.0.1:1", env={"MNIST_EXP_TOKEN": "short"})
     assert p.returncode == 2 and "MNIST_EXP_TOKEN: at least 16 characters" in p.stderr
     assert not (store / "mlruns" / "tuner" / "cl").exists()
 

@@ -1,0 +1,285 @@
+"""MkDocs hook: tables of measurements, rendered at every build from the JSON files the benchmarks and the real runs
+write (``benchmarks/*.json``), never typed by hand.
+
+A page line ``<!-- figures: KIND FILE [FILE ...] -->`` becomes the table ``FIGURES[KIND]`` makes from those files,
+with each file's machine, date and command. ``tests/test_docs.py`` renders every marker of every page.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HASH = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b")  # a commit: provenance stays in the JSON
+
+
+def _load(name: str) -> dict:
+    return json.loads((ROOT / "benchmarks" / name).read_text())
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _minutes(s) -> str:
+    return f"{int(s) // 60} min {int(s) % 60:02d} s" if isinstance(s, (int, float)) else ""
+
+
+def _machine(d: dict) -> str:
+    m = d.get("machine", {})
+    simd = {True: "AVX-512", False: "AVX2, no AVX-512"}.get(m.get("avx512"))  # two "AMD EPYC" seen, 1.5× apart
+    return ", ".join(str(x) for x in (m.get("cpu"), simd, m.get("gpu"), f"{m['cores']} cores" if "cores" in m else None,
+                                     f"TensorFlow {m['tensorflow']}" if "tensorflow" in m else None) if x)
+
+
+def _date(d: dict) -> str:
+    return d.get("date") or min(d.get("measured", {"": ""}).values())[:10]
+
+
+def _source(name: str, d: dict) -> str:
+    """One line: the file, its machine, its date and the command that wrote it."""
+    return f"`benchmarks/{name}`: {_machine(d)}; {_date(d)}; `{_cell(d.get('command', ''))}`"
+
+
+def tests_table() -> str:
+    """Every measured run of the test suite (benchmarks/tests.json)."""
+    d = _load("tests.json")
+    m = d["machine"]
+    head = (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, TensorFlow "
+            f"{m['tensorflow']}, pip cache {m['pip_cache']}; fresh git clones.\n\n"
+            "| date | machine | command | tests (passed) | pytest | whole command | note |\n"
+            "| --- | --- | --- | --- | --- | --- | --- |\n")
+    rows = []
+    for r in [*d["runs"], *d["fast_tier"]]:
+        note = HASH.sub("", re.sub(r",? ?\(?(fixed|then) in [0-9a-f]{7,40}\)?", "", r.get("note", r.get("source", ""))))
+        rows.append(f"| {r['date']} | {_cell(r.get('cpu', m['cpu'].split(' (')[0]))} | `{_cell(r['command'])}` | "
+                    f"{r['tests']} ({r.get('passed', '?')}) | {r.get('pytest_s', '')} s | {_minutes(r.get('whole_s'))} | "
+                    f"{_cell(note)} |")
+    return head + "\n".join(rows) + "\n"
+
+
+def runs_table(name: str, part: str = "") -> str:
+    """Real runs written by benchmarks/results_runs.py (``part``: a nested set of runs, e.g. ``earlier``)."""
+    d = _load(name)
+    runs = (d[part] if part else d)["runs"]
+    head = (f"{_source(name, d)}{' (' + part + ')' if part else ''}"
+            + (f"; {_cell(d['conditions'])}" if d.get("conditions") else "") + "\n\n")
+    refits = any(r.get("refit") for r in runs)
+    rows = ["| seed | champion | champion's test accuracy | best single trial (by validation): test accuracy "
+            + ("| refit of the best trial: test accuracy " if refits else "") + "| trials | whole command (sweep + promote) |",
+            "| --- " * (6 + refits) + "|"]
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        best = r.get("best_single_trial", {})
+        refit = f"{r['refit'][0]['test_accuracy']:.4f} | " if r.get("refit") else ("— | " if refits else "")
+        rows.append(f"| {r['seed']} | {r.get('champion', '')} | **{r['champion_test_accuracy']:.4f}** | "
+                    f"{best.get('test_accuracy', float('nan')):.4f} (trial {best.get('trial', '?')}) | {refit}"
+                    f"{r.get('trials_finished', '')} | {r['whole_command_s']:.0f} s ({r.get('sweep_s', 0):.0f} + "
+                    f"{r.get('promote_s', 0):.0f}) |")
+    return head + "\n".join(rows) + "\n"
+
+
+def costs_table(name: str) -> str:
+    """Size and latency per image of each run's ensemble against its best single model (results_runs.py)."""
+    d = _load(name)
+    rows = ["| seed | ensemble size | single model size | ensemble, batch 1 | single, batch 1 | ensemble, batch 256 "
+            "| single, batch 256 |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(d["runs"], key=lambda r: r["seed"]):
+        c = r.get("ensemble_costs") or {}
+        if not c:
+            continue
+        rows.append(f"| {r['seed']} | {c.get('size_bytes', 0) / 1e6:.1f} MB | {c.get('single_size_bytes', 0) / 1e6:.1f} MB | "
+                    f"{c.get('latency_ms_per_image_batch1', 0):.1f} ms | {c.get('single_latency_ms_per_image_batch1', 0):.1f} ms"
+                    f" | {c.get('latency_ms_per_image_batch256', 0):.3f} ms | "
+                    f"{c.get('single_latency_ms_per_image_batch256', 0):.3f} ms |")
+    return f"{_source(name, d)}\n\n" + "\n".join(rows) + "\n"
+
+
+def _mean(v) -> float:
+    return sum(v) / len(v) if isinstance(v, list) else v
+
+
+def _bench_rows(d: dict) -> list[tuple[str, str, str, str, str, bool | None]]:
+    """(part, suite, reference, ratio, target, met) for each part benchmarks/bench.py measured in ``d``."""
+    rows = []
+    if "a_throughput" in d:
+        a = d["a_throughput"]
+        n = sum(r["path"] == "suite" for r in a.get("rounds", [])) or "?"
+        ok = a["speedup"] >= 1.3 and abs(a["accuracy_delta_pp"]) <= 0.1
+        rows.append((f"(a) training throughput, batch 16, {d['n_train']} digits, {d['epochs']} epoch, median of {n} "
+                     "fresh processes: the suite against the seed's code",
+                     f"{a['suite']['images_per_s']:.0f} images/s, test acc {a['suite']['test_accuracy']:.4f}",
+                     f"{a['seed']['images_per_s']:.0f} images/s, test acc {a['seed']['test_accuracy']:.4f}",
+                     f"{a['speedup']:.2f}×, {a['accuracy_delta_pp']:+.2f} pp", "≥ 1.3×, accuracy within 0.1 pp", ok))
+    if "b_flops" in d:
+        b = d["b_flops"]
+        rows.append(("(b) training FLOP/s against the float32 matmul peak", f"{b['suite_training_gflops']:.0f} GFLOP/s",
+                     f"{b['matmul_peak_gflops']:.0f} GFLOP/s", f"{b['utilisation']:.0%}", "", None))
+    if "c_tracking" in d:
+        c = d["c_tracking"]
+        rows.append((f"(c) tracking overhead, one trial fitting {c['n_train']:,} digits: tracked against untracked",
+                     f"{c['tracked_s']:.1f} s", f"{c['untracked_s']:.1f} s", f"{c['overhead']:+.1%}", "≤ 2%",
+                     c["overhead"] <= 0.02))
+    for key, size, target in (("d_sweep", "tiny", None), ("d_sweep_30s", "~30-s", 0.05), ("d_sweep_5min", "~5-min", 0.02)):
+        if key in d:
+            s = d[key]
+            epochs = f" × {s['epochs']} epoch(s) × {s['n_fit']:,} digits" if "n_fit" in s else ""
+            rows.append((f"(d) `mnist-exp sweep` against bare Keras Tuner, {s['trials']} {size} trial(s){epochs}",
+                         f"{_mean(s.get('suite_mean_s', s['suite_s'])):.1f} s",
+                         f"{_mean(s.get('bare_mean_s', s['bare_keras_tuner_s'])):.1f} s", f"{s['overhead']:+.1%}",
+                         f"≤ {target:.0%}" if target else "", s["overhead"] <= target if target else None))
+    if "e_parallel_trials" in d:
+        e = d["e_parallel_trials"]
+        rows.append((f"(e) one sweep, {e['trials']} trials × {e['epochs']} epoch(s) × {e['n_fit']:,} digits: "
+                     "`--parallel 2` against one at a time", f"{e['workers_2']['images_per_s']:.0f} images/s",
+                     f"{e['workers_1']['images_per_s']:.0f} images/s", f"{e['speedup']:.2f}×", "≥ 1.3×",
+                     e["speedup"] >= 1.3))
+    if "f_latency" in d:
+        f = d["f_latency"]
+        rows.append(("(f) `mnist-exp --help`", f"{f['help_s_median']:.2f} s", "", "", "≤ 0.5 s",
+                     f["help_s_median"] <= 0.5))
+        rows.append(("(f) `mnist-exp compare` over 1,000 runs, whole process, against MLflow's client search alone",
+                     f"{f['compare_1000_runs_s_median']:.2f} s", f"{f['mlflow_client_search_1000_runs_s']:.2f} s",
+                     f"{f['compare_1000_runs_s_median'] / f['mlflow_client_search_1000_runs_s']:.2f}×", "≤ 2 s",
+                     f["compare_1000_runs_s_median"] <= 2))
+    return rows
+
+
+def bench_table(*names: str) -> str:
+    """benchmarks/bench.py's parts (a)-(f), from each file named, one row per part measured there (``FILE:d,e``: only
+    those parts of that file)."""
+    sources, rows = [], ["| part | mnist-exp | reference | ratio | target | met | file |",
+                         "| --- | --- | --- | --- | --- | --- | --- |"]
+    for spec in names:
+        name, _, only = spec.partition(":")
+        d = _load(name)
+        sources.append(f"- {_source(name, d)}")
+        for part, suite, ref, ratio, target, met in _bench_rows(d):
+            if only and part[1] not in only.split(","):
+                continue
+            verdict = "" if met is None else ("yes" if met else "**no**")
+            rows.append(f"| {part} | {suite} | {ref} | {ratio} | {target} | {verdict} | `{name}` |")
+    return "\n".join(sources) + "\n\n" + "\n".join(rows) + "\n"
+
+
+def recipes_table(speed: str, curves: str) -> str:
+    """Candidate recipes: test accuracy after each epoch (``curves``, hardware-independent up to seed noise) beside
+    their training speed on the CPU (``speed``), both written by scripts/time_to_accuracy.py."""
+    s, c = _load(speed), _load(curves)
+    rows = ["| recipe (changes to the baseline) | test accuracy after each epoch | CPU images/s | s per 60,000-digit epoch |",
+            "| --- | --- | --- | --- |"]
+    for name, changes in s["recipes"].items():
+        what = ", ".join(f"{k} {v}" for k, v in changes.items())
+        curve = " ".join(f"{a:.4f}" for a in c["result"].get(name, []))
+        rows.append(f"| {what} | {curve} | {s['result'][name]:.0f} | {60000 / s['result'][name]:.0f} |")
+    return f"- {_source(speed, s)}\n- {_source(curves, c)}\n\n" + "\n".join(rows) + "\n"
+
+
+def profile_table(name: str) -> str:
+    """Where one trial's time goes: benchmarks/profile_trial.py's phases (indented: inside the phase above)."""
+    d = _load(name)
+    rows = ["| phase | seconds |", "| --- | --- |"]
+    for phase, secs in d["phases_s"].items():
+        depth = (len(phase) - len(phase.lstrip())) // 2
+        rows.append(f"| {'— ' * depth}{_cell(phase)} | {secs:.2f} |")
+    rows += [f"| — {_cell(phase)} | {secs:.2f} |" for phase, secs in d.get("derived_s", {}).items()]
+    return (f"{_source(name, d)}; one trial of {d['n_train']:,} digits × {d['epochs']} epoch, under cProfile\n\n"
+            + "\n".join(rows) + "\n")
+
+
+def resume_table(name: str) -> str:
+    """A long fit uninterrupted against the same fit killed with SIGKILL and run again (benchmarks/resume.py)."""
+    d = _load(name)
+    u, i, c = d["uninterrupted"], d["interrupted"], d["checkpoint"]
+
+    def span(epochs: list[int]) -> str:
+        return f"{epochs[0]}–{epochs[-1]}" if epochs else "none"
+
+    rows = ["| fit | epochs each process trained | epochs trained twice | runs | test accuracy | wall |",
+            "| --- | --- | --- | --- | --- | --- |",
+            f"| uninterrupted | {span(list(range(1, u['epochs_logged'] + 1)))} | — | 1 | {u['test_accuracy']:.4f} | "
+            f"{u['wall_s']:,.0f} s |",
+            f"| killed after epoch {d['kill_at_epoch']}'s checkpoint, then the same command | "
+            f"{span(i['epochs_killed_process'])} (and {d['kill_at_epoch']}, killed before its line), then "
+            f"{span(i['epochs_resumed_process'])} | {span(i['epochs_trained_twice'])} | {i['runs']} ({i['status']}) | "
+            f"{i['test_accuracy']:.4f} | {i['killed_process_wall_s']:,.0f} s + {i['resumed_process_wall_s']:,.0f} s |"]
+    return (f"{_source(name, d)}; {_cell(d['fit'])}; a checkpoint: {c['version_bytes'] / 1e6:.1f} MB, "
+            f"{c['write_s_median']:.3f} s a write (median of {len(c['write_s'])})\n\n" + "\n".join(rows) + "\n")
+
+
+def search_table(name: str) -> str:
+    """Search strategies in the same budget (benchmarks/search.py), then per seed the comparisons its targets ask."""
+    d = _load(name)
+    rows = ["| seed | strategy | trials | pruned | epochs | best val | its test | min to random's best | wall |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    by = {}
+    for r in d["results"]:
+        strategy = r["kind"] + ("" if r["pruner"] == "none" else f" + {r['pruner']}")
+        by[(r["seed"], strategy)] = r
+        rows.append(f"| {r['seed']} | {strategy} | {r['trials_finished']} | {r['trials_pruned']} | {r['epochs_trained']} | "
+                    f"{r['best_val_accuracy']:.4f} | {r['best_test_accuracy']:.4f} | {r.get('minutes_to_unpruned_best', '')} | "
+                    f"{r['wall_s']:.0f} s |")
+    checks = ["| seed | trials, random + asha / random (target ≥ 2×) | best val, random + asha against random "
+              "| best val, tpe + asha against random + asha |", "| --- | --- | --- | --- |"]
+    for seed in sorted({s for s, _ in by}):
+        rnd, asha, tpe = (by.get((seed, k)) for k in ("random", "random + asha", "tpe + asha"))
+        if not (rnd and asha and tpe):
+            continue
+        checks.append(f"| {seed} | {asha['trials_finished'] / rnd['trials_finished']:.1f}× | "
+                      f"{asha['best_val_accuracy']:.4f} vs {rnd['best_val_accuracy']:.4f} | "
+                      f"{tpe['best_val_accuracy']:.4f} vs {asha['best_val_accuracy']:.4f} |")
+    tail = "\n\n" + "\n".join(checks) if len(checks) > 2 else ""
+    return f"{_source(name, d)}\n\n" + "\n".join(rows) + tail + "\n"
+
+
+def selection_table(name: str) -> str:
+    """Ensemble selection criteria replayed on a kept sweep's probabilities (benchmarks/ensemble_selection.py)."""
+    d = _load(name)
+    parts = [_source(name, d)]
+    for res in d["results"]:
+        rows = [f"Sweep `{res['sweep']}`; its trials: " + ", ".join(
+                    f"{t['trial']} (validation {t['val_accuracy']:.4f}, test {t['test_accuracy']:.4f}"
+                    + (", its refit's" if t.get("refit_on_test") else "") + ")" for t in res["library"]),
+                "", "| selection on the validation digits | validation accuracy | test accuracy | members (times chosen) |",
+                "| --- | --- | --- | --- |"]
+        for how, sel in res["selections"].items():
+            members = ", ".join(f"{t} ×{n}" for t, n in sel["members"].items())
+            rows.append(f"| {how} | {sel['val_accuracy']:.4f} | {sel['test_accuracy']:.4f} | {members} |")
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts) + "\n"
+
+
+def train_table(name: str) -> str:
+    """One tracked training run (``mnist-exp train``)."""
+    d = _load(name)
+    return (f"{_source(name, d)}; {_cell(d.get('conditions', ''))}\n\n| run | test accuracy | test loss | wall |\n"
+            f"| --- | --- | --- | --- |\n| {_cell(d['what'])} | **{d['test_accuracy']:.4f}** | {d['test_loss']:.4f} | "
+            f"{_minutes(d['wall_s'])} |\n")
+
+
+def summary_table(*specs: str) -> str:
+    """One row per shipped experiment against its target: ``FILE[,FILE...]:ACCURACY:SECONDS`` (the real runs of
+    benchmarks/results_runs.py; a target is met when every run reaches the accuracy within the seconds)."""
+    rows = ["| experiment | target | runs (seed: champion's test accuracy, whole command) | met | machine, date |",
+            "| --- | --- | --- | --- | --- |"]
+    for spec in specs:
+        names, acc, secs = spec.split(":")
+        data = [_load(n) for n in names.split(",")]
+        runs = [r for d in data for r in d["runs"]]
+        met = all(r["champion_test_accuracy"] >= float(acc) and r["whole_command_s"] <= float(secs) for r in runs)
+        listed = ", ".join(f"{r['seed']}: {r['champion_test_accuracy']:.4f} in {_minutes(r['whole_command_s'])}"
+                           for r in sorted(runs, key=lambda r: r["seed"]))
+        rows.append(f"| `{data[0].get('experiment', '')}` | ≥ {float(acc):.2%} in ≤ {_minutes(float(secs))} | {listed} "
+                    f"({', '.join(f'`{n}`' for n in names.split(','))}) | {'yes' if met else '**no**'} | "
+                    + "; ".join(f"{_machine(d)}, {_date(d)}" for d in data) + " |")
+    return "\n".join(rows) + "\n"
+
+
+FIGURES = {"train": train_table, "summary": summary_table, "selection": selection_table, "search": search_table, "profile": profile_table, "resume": resume_table, "tests": tests_table, "runs": runs_table, "costs": costs_table, "bench": bench_table, "recipes": recipes_table}
+
+
+def on_page_markdown(markdown, page, config, files):
+    """``<!-- figures: KIND FILE ... -->`` lines replaced by their tables."""
+    return re.sub(r"^<!-- figures: ([\w-]+)((?: \S+)*) -->$", lambda m: FIGURES[m.group(1)](*m.group(2).split()),
+                  markdown, flags=re.M)
