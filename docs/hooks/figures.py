@@ -24,7 +24,9 @@ def _cell(text: str) -> str:
 
 
 def _minutes(s) -> str:
-    return f"{int(s) // 60} min {int(s) % 60:02d} s" if isinstance(s, (int, float)) else ""
+    if not isinstance(s, (int, float)):
+        return ""
+    return f"{int(s) // 3600} h {int(s) % 3600 // 60:02d} min" if s >= 3600 else f"{int(s) // 60} min {int(s) % 60:02d} s"
 
 
 def _machine(d: dict) -> str:
@@ -276,7 +278,9 @@ def summary_table(*specs: str) -> str:
     return "\n".join(rows) + "\n"
 
 
-FIGURES = {"train": train_table, "summary": summary_table, "selection": selection_table, "search": search_table, "profile": profile_table, "resume": resume_table, "tests": tests_table, "runs": runs_table, "costs": costs_table, "bench": bench_table, "recipes": recipes_table}
+FIGURES = {"tests": tests_table, "runs": runs_table, "costs": costs_table, "bench": bench_table, "recipes": recipes_table,
+           "profile": profile_table, "resume": resume_table, "search": search_table, "selection": selection_table,
+           "train": train_table, "summary": summary_table}
 
 
 def on_page_markdown(markdown, page, config, files):

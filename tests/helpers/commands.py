@@ -26,15 +26,20 @@ def cli(*args, check=None, timeout=600, env=None):
 
 def cli_here(*args, check=None, env=None):
     """``mnist-exp ARGS`` through ``mnist_exp.cli.main`` in this process, its output captured; returns a
-    CompletedProcess as ``cli`` does (exit code, stdout, stderr). ``env``: variables set for the command only."""
+    CompletedProcess as ``cli`` does (exit code, stdout, stderr). ``env``: variables set for the command only.
+    What a command changes process-wide as a user's process would (os.environ, which MLflow's ``set_tracking_uri``
+    writes to; MLflow's tracking URI) is put back afterwards. Not for what needs a process of its own: a lock or a
+    run held by this process counts as the command's own."""
     import contextlib
     import io
+
+    import mlflow
 
     from mnist_exp.cli import main
 
     argv = [str(a) for a in args]
     out, err = io.StringIO(), io.StringIO()
-    saved = {k: os.environ.get(k) for k in (env or {})}
+    saved_env, saved_uri = dict(os.environ), _tracking_uri()
     os.environ.update(env or {})
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -43,15 +48,28 @@ def cli_here(*args, check=None, env=None):
             except SystemExit as e:  # argparse's errors and --help
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        if saved_uri:
+            mlflow.set_tracking_uri(saved_uri)
+        else:
+            _reset_tracking_uri()
+        os.environ.clear()  # after set_tracking_uri, which exports the variable: the environment as it was
+        os.environ.update(saved_env)
     proc = subprocess.CompletedProcess(["mnist-exp", *argv], code, out.getvalue(), err.getvalue())
     if check is not None:
         assert proc.returncode == check, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     return proc
+
+
+def _tracking_uri():
+    """MLflow's process-wide tracking URI as set by ``set_tracking_uri`` (None: unset, the variable decides)."""
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    return getattr(utils, "_tracking_uri", None)
+
+
+def _reset_tracking_uri():
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None:
+        utils._tracking_uri = None
 
 
 def write_yaml(path: Path, text: str) -> Path:

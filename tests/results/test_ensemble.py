@@ -76,7 +76,7 @@ def ens_template(tmp_path_factory):
     root = tmp_path_factory.mktemp("ens")
     path = write_yaml(root / "ens.yaml", ENSEMBLE_SWEEP)
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"}
-    cli_here("sweep", path, check=0, env=env)
+    cli("sweep", path, check=0, env=env, timeout=900)  # its own process: MLflow caches artifact stores by run id
     return root
 
 

@@ -46,7 +46,7 @@ def test_a_running_sweep_refuses_gc(project, monkeypatch):
     uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
     size0 = artifact_bytes(project)
     with sweep_lock.acquire(uri, "tiny"):
-        refused = cli_here("gc", "tiny", "--keep-top", "0", check=2)
+        refused = cli("gc", "tiny", "--keep-top", "0", check=2)
     assert "sweep tiny is already running" in refused.stderr and artifact_bytes(project) == size0
 
 
