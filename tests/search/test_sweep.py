@@ -4,7 +4,6 @@ import shlex
 import signal
 import subprocess
 import threading
-import time
 
 import pytest
 
@@ -16,7 +15,7 @@ from mnist_exp.spec.space import load_space
 from mnist_exp.search.sweep import run_sweep
 from mnist_exp.model.training import CNNHyperModel
 
-from helpers import ROOT, VENV_BIN, cli_here, runs, wait_for_store, write_yaml
+from helpers import ROOT, VENV_BIN, cli_here, runs, write_yaml
 
 TINY = f"""# mnist-exp sweep tiny.yaml
 name: tiny
@@ -214,61 +213,46 @@ def test_sweep_where_every_trial_fails_raises_with_the_first_error(store):
     assert {c.info.status for c in children} == {"FAILED"}
 
 
-def _wait_mid_trial(proc, min_finished, timeout=240):
-    """Poll the store until min_finished trials finished and another has logged an epoch."""
-    from mlflow import MlflowClient
-
-    wait_for_store(proc)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "sweep ended early"
-        _, children = sweep_runs("resumable")
-        finished = [c for c in children if c.info.status == "FINISHED"]
-        running = [c for c in children if c.info.status == "RUNNING"]
-        if len(finished) >= min_finished and running:
-            # mid-training, not already being evaluated (a trial evaluated when the signal comes finishes first)
-            if 1 <= len(MlflowClient().get_metric_history(running[0].info.run_id, "loss")) <= 12:
-                return running[0].info.run_id
-        time.sleep(0.3)
-    raise AssertionError("sweep did not reach the middle of a trial in time")
-
-
 @pytest.mark.slow
 def test_resume_after_sigterm_and_sigkill_loses_nothing_and_duplicates_nothing(store):
     text = TINY.replace("name: tiny", "name: resumable").replace("max_trials: 2", "max_trials: 3").replace(
-        "epochs: 1", "epochs: 20").replace("train_size: 200", "train_size: 400")
+        "epochs: 1", "epochs: 4")
     exp_file = write_yaml(store / "resumable.yaml", text)
     cmd = [str(VENV_BIN / "mnist-exp"), "sweep", str(exp_file)]
 
-    # 1. SIGTERM mid-trial: a clean stop, the trial's run and the parent end KILLED.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    first_victim = _wait_mid_trial(proc, min_finished=0)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 143  # 128 + SIGTERM
+    def sweep_until(fault: str) -> subprocess.CompletedProcess:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "MNIST_EXP_FAULT": fault})
+
+    # 1. SIGTERM mid-trial (after trial 0's second epoch): a clean stop, the trial's run and the parent end KILLED.
+    proc = sweep_until("epoch_logged@2:term")
+    assert proc.returncode == 143, proc.stdout[-2000:] + proc.stderr[-2000:]  # 128 + SIGTERM
     [parent], children = sweep_runs("resumable")
     assert parent.info.status == "KILLED"
-    assert {c.info.run_id: c.info.status for c in children}[first_victim] == "KILLED"
+    [first_victim] = [c.info.run_id for c in children if c.info.status == "KILLED"]
 
-    # 2. Resume, then kill -9 in the middle of a later trial: nothing gets to clean up.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    second_victim = _wait_mid_trial(proc, min_finished=1)
-    proc.kill()
-    proc.wait(timeout=30)
-    assert {c.info.run_id: c.info.status for c in sweep_runs("resumable")[1]}[second_victim] == "RUNNING"
+    # 2. Resume (trial 0 continues: epochs 3 and 4), then kill -9 after trial 1's second epoch: nothing cleans up.
+    proc = sweep_until("epoch_logged@4")
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-2000:] + proc.stderr[-2000:]
+    children = sweep_runs("resumable")[1]
+    assert {c.info.run_id: c.info.status for c in children}[first_victim] == "FINISHED"
+    [second_victim] = [c.info.run_id for c in children if c.info.status == "RUNNING"]
 
     # 3. Resume to the end.
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    done = cli_here("sweep", exp_file, check=0)
     assert "resuming" in done.stdout
     # the dead process's trial run, RUNNING until now, is marked KILLED before the resume (liveness.reap)
     assert f"run {second_victim} (trial " in done.stderr and "its process (pid" in done.stderr, done.stderr[-2000:]
     parents, children = sweep_runs("resumable")
     assert [p.info.run_id for p in parents] == [parent.info.run_id] and parents[0].info.status == "FINISHED"
     status = {c.info.run_id: c.info.status for c in children}
-    # both victims had logged an epoch: each continued in its own run from its last checkpoint
+    # both victims had logged an epoch: each continued in its own run from its last checkpoint, every epoch once
+    from mlflow import MlflowClient
+
     assert status[first_victim] == "FINISHED" and status[second_victim] == "FINISHED"
-    assert all("mnist_exp.resumed_from_epoch" in c.data.tags for c in children
-               if c.info.run_id in (first_victim, second_victim))
+    for c in children:
+        if c.info.run_id in (first_victim, second_victim):
+            assert c.data.tags["mnist_exp.resumed_from_epoch"] == "2"
+            assert sorted(m.step for m in MlflowClient().get_metric_history(c.info.run_id, "loss")) == [1, 2, 3, 4]
     finished = [c.data.tags["mnist_exp.trial_id"] for c in children if c.info.status == "FINISHED"]
     assert sorted(finished) == ["0", "1", "2"]  # every trial once, none twice
     assert len(children) == 3  # one run per trial

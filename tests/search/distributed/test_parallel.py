@@ -44,44 +44,10 @@ def test_state_file_experiment_round_trips(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_workers_run_trials_side_by_side(store):
-    exp_file = write_yaml(store / "par.yaml", PAR)
-    proc = subprocess.run([str(VENV_BIN / "mnist-exp"), "sweep", str(exp_file)], capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert re.search(r"2 workers \(tuner0, tuner1\), \d+ thread\(s\) each", proc.stdout)
-    assert "[sweep par] trial 4/4" in proc.stdout and "ETA" in proc.stdout
-    assert re.search(r"^\[sweep par tuner1\] trial \S+ epoch 1/2: loss ", proc.stdout, re.M)  # a worker's epoch line
-    assert "Search: Running Trial" not in proc.stdout and "oneDNN" not in proc.stderr  # the chief's oracle is quiet too
-
-    parent = parent_run()
-    children = trial_runs()
-    assert parent.info.status == "FINISHED"
-    assert sorted(c.data.tags["mnist_exp.trial_id"] for c in children) == ["0", "1", "2", "3"]
-    assert {c.info.status for c in children} == {"FINISHED"}
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
-    assert {c.data.tags["mnist_exp.tuner_id"] for c in children} == {"tuner0", "tuner1"}
-    for c in children:  # each trial fully tracked by the worker that ran it
-        assert 0 <= c.data.metrics["test_accuracy"] <= 1 and c.data.metrics["epochs_run"] == 2
-        assert len(MlflowClient().get_metric_history(c.info.run_id, "val_accuracy")) == 2
-        assert c.data.tags.get("mnist_exp.model_uri")
-        # the worker's own CPU time and memory, beside MLflow's machine-wide samples
-        assert MlflowClient().get_metric_history(c.info.run_id, "system/cpu_utilization_percentage")
-        assert c.data.metrics["process_cpu_s"] > 0 and c.data.metrics["process_peak_rss_mb"] >= 100
-    # side by side: some trial of tuner0 and some trial of tuner1 overlap in time
-    spans = {t: [(c.info.start_time, c.info.end_time) for c in children if c.data.tags["mnist_exp.tuner_id"] == t]
-             for t in ("tuner0", "tuner1")}
-    assert any(a0 < b1 and b0 < a1 for a0, a1 in spans["tuner0"] for b0, b1 in spans["tuner1"])
-    assert parent.data.metrics["trials_completed"] == 4
-    best = max(children, key=lambda c: (c.data.metrics["objective"], -int(c.data.tags["mnist_exp.trial_id"])))  # ties: the first
-    assert parent.data.metrics["objective"] == best.data.metrics["objective"]  # the sweep's own row in the UI
-    assert parent.data.metrics["test_accuracy"] == best.data.metrics["test_accuracy"]
-
-
-@pytest.mark.slow
-def test_interrupted_parallel_sweep_resumes_with_one_worker(store):
-    """SIGTERM to the chief stops its workers (their trials end KILLED); a resume with fewer workers
-    still runs the trials the missing worker held (Keras Tuner's retry queue), each exactly once."""
+def test_two_workers_run_trials_side_by_side_and_a_stopped_sweep_resumes_with_one(store):
+    """Two worker processes train trials side by side, each trial fully tracked by the worker that ran it; SIGTERM
+    to the chief stops its workers (their trials end KILLED); a resume with fewer workers still runs the trials the
+    missing worker held (Keras Tuner's retry queue), each exactly once."""
     exp_file = write_yaml(store / "par.yaml", PAR.replace("epochs: 2", "epochs: 20"))
     proc = subprocess.Popen([str(VENV_BIN / "mnist-exp"), "sweep", str(exp_file)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -99,11 +65,16 @@ def test_interrupted_parallel_sweep_resumes_with_one_worker(store):
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 143, out[-3000:]  # 128 + SIGTERM
+    assert re.search(r"2 workers \(tuner0, tuner1\), \d+ thread\(s\) each", out)
+    assert re.search(r"^\[sweep par tuner1\] trial \S+ epoch 1/20: loss ", out, re.M)  # a worker's epoch line
+    assert "Search: Running Trial" not in out and "oneDNN" not in out  # the chief's oracle is quiet too
     assert parent_run().info.status == "KILLED"
     assert not [c for c in trial_runs() if c.info.status == "RUNNING"]  # workers ended their runs
     ended = [(c.data.tags["mnist_exp.trial_id"], c.info.status, c.data.tags.get("mnist_exp.error")) for c in trial_runs()]
     killed = {tid for tid, status, _ in ended if status == "KILLED"}
     assert len(killed) == 2, (ended, out)
+    # side by side: the two trials the signal cut short were training at once, one in each worker
+    assert {c.data.tags["mnist_exp.tuner_id"] for c in trial_runs() if c.info.status == "KILLED"} == {"tuner0", "tuner1"}
     for c in trial_runs():  # a KILLED run keeps what it cost up to the signal, and nothing lands after its end
         if c.info.status == "KILLED":
             hist = MlflowClient().get_metric_history(c.info.run_id, "system/cpu_utilization_percentage")
@@ -120,6 +91,19 @@ def test_interrupted_parallel_sweep_resumes_with_one_worker(store):
     assert len(trial_runs()) == 4 and {c.data.tags["mnist_exp.trial_id"] for c in resumed} == killed  # in their runs
     for c in resumed:  # from their last epoch: each of the 20 epochs logged once
         assert sorted(m.step for m in MlflowClient().get_metric_history(c.info.run_id, "loss")) == list(range(1, 21))
+    parent, children = parent_run(), trial_runs()
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    for c in children:  # each trial fully tracked by the worker that ran it
+        assert 0 <= c.data.metrics["test_accuracy"] <= 1 and c.data.metrics["epochs_run"] == 20
+        assert len(MlflowClient().get_metric_history(c.info.run_id, "val_accuracy")) == 20
+        assert c.data.tags.get("mnist_exp.model_uri")
+        # the worker's own CPU time and memory, beside MLflow's machine-wide samples
+        assert MlflowClient().get_metric_history(c.info.run_id, "system/cpu_utilization_percentage")
+        assert c.data.metrics["process_cpu_s"] > 0 and c.data.metrics["process_peak_rss_mb"] >= 100
+    assert parent.data.metrics["trials_completed"] == 4
+    best = max(children, key=lambda c: (c.data.metrics["objective"], -int(c.data.tags["mnist_exp.trial_id"])))  # ties: the first
+    assert parent.data.metrics["objective"] == best.data.metrics["objective"]  # the sweep's own row in the UI
+    assert parent.data.metrics["test_accuracy"] == best.data.metrics["test_accuracy"]
 
 
 def test_an_injected_hypermodel_is_refused_before_anything_is_written(store):
