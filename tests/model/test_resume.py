@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import cli, runs
+from helpers import cli, cli_here, runs
 
 TRAIN = ["train", "--set", "data.train_size=300", "--set", "data.test_size=100", "--epochs", "4",
          "--set", "hp.filters_1=16"]
@@ -75,7 +75,7 @@ def test_a_damaged_then_a_foreign_checkpoint_is_skipped_with_one_line_and_the_fi
     state = json.loads((folder(second) / "state.json").read_text())
     (folder(second) / "state.json").write_text(json.dumps({**state, "identity": "another fit"}))  # foreign
 
-    proc = cli(*TRAIN, check=0)
+    proc = cli_here(*TRAIN, check=0)
     said = [ln for ln in proc.stdout.splitlines() if "is not used" in ln]
     assert said == [f"[train baseline]: the checkpoint of run {second.info.run_id} (epoch 1) is not used: it was made "
                     "for other hyperparameters or data; starting over"]

@@ -10,7 +10,7 @@ import pytest
 
 from mnist_exp.cli import main
 
-from helpers import TINY_SWEEP, VENV_BIN, pruned_sweep, runs, write_yaml
+from helpers import TINY_SWEEP, VENV_BIN, cli_here, pruned_sweep, runs, write_yaml
 
 TINY = TINY_SWEEP
 
@@ -264,8 +264,7 @@ def test_tracking_server_outages_short_ridden_through_long_stops_and_resumes(tmp
 
         # 3. Back again: the same command resumes and finishes, every trial once.
         server.start()
-        done = subprocess.run(cmd + ["--max-trials", "2"], capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        done = cli_here("sweep", exp_file, "--max-trials", "2", check=0)
         assert "resuming, 1 trial(s) done" in done.stdout
         import mlflow
 

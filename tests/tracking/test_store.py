@@ -25,7 +25,7 @@ from helpers import TINY, VENV_BIN, free_port
 
 pytestmark = pytest.mark.fresh_store  # these tests are about the store's creation and its files
 
-ROUNDS = 20  # of four commands started together on a new store (~1 s a round on 2 idle cores)
+ROUNDS = 8  # of four commands started together on a new store (before the fix: 8 rounds of 8 failed)
 
 
 def _state(db: Path) -> tuple[str | None, list[str], list]:
