@@ -123,4 +123,4 @@ def test_every_figure_marker_renders_a_table_from_its_json():
     assert len(markers) >= 5
     for page, marker in markers:
         out = figures.on_page_markdown(marker, None, None, None)
-        assert out.count("\n| ") >= 2 and "AMD EPYC" in out, (page, marker, out[:300])
+        assert out.count("\n| ") >= 2 and ("AMD EPYC" in out or "H200" in out), (page, marker, out[:300])  # the machine

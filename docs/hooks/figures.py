@@ -278,9 +278,55 @@ def summary_table(*specs: str) -> str:
     return "\n".join(rows) + "\n"
 
 
+def _gpu_source(name: str, d: dict, date: str = "2026-11-26") -> str:
+    dev = d.get("device") or ", ".join(d.get("devices", []))
+    return (f"`benchmarks/{name}`: {dev} (lent), Keras {d.get('keras')} on {d.get('backend')}, Python {d.get('python')}, "
+            f"steps_per_execution {d.get('spe')}; {d.get('date', date)}" + (f"; `{d['command']}`" if d.get("command") else ""))
+
+
+def gpu_table(name: str) -> str:
+    """Images/s by batch size and precision policy (scripts/gpu_check.py)."""
+    d = _load(name)
+    policies = list(dict.fromkeys(r["policy"] for r in d["rows"]))
+    rows = ["| batch | " + " | ".join(policies) + " | test accuracy |", "| --- " * (len(policies) + 2) + "|"]
+    for batch in sorted({r["batch"] for r in d["rows"]}):
+        got = {r["policy"]: r for r in d["rows"] if r["batch"] == batch}
+        accs = [got[p]["test_accuracy"] for p in policies if p in got]
+        rows.append(f"| {batch} | " + " | ".join(f"{got[p]['images_per_s']:,.0f}" if p in got else "" for p in policies)
+                    + f" | {min(accs):.4f}–{max(accs):.4f} |")
+    return (f"{_gpu_source(name, d)}; {d['n_train']:,} digits × {d['epochs']} epochs; images/s\n\n"
+            + "\n".join(rows) + "\n")
+
+
+def gpu_power_table(name: str) -> str:
+    """Seconds of training to test-accuracy levels, and trials sharing one GPU (scripts/gpu_power.py)."""
+    d = _load(name)
+    calls = [d[k] for k in sorted(d) if k.startswith("call")]
+    fits = ["| model | images/s | seconds of training to test accuracy ≥ 99.1% / 99.5% / 99.6% | after the last epoch |",
+            "| --- | --- | --- | --- |"]
+    share = ["| processes | trials | wall | trials per hour | training images/s | vs one |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    one = None
+    for call in calls:
+        for part, r in call["parts"].items():
+            if part == "share":
+                for run in r["runs"]:
+                    one = one or run["train_images_per_s"]
+                    share.append(f"| {run['processes']} | {run['trials']} | {run['wall_s']:.1f} s | {run['trials_per_hour']} | "
+                                 f"{run['train_images_per_s']:,} | {run['train_images_per_s'] / one:.2f}× |")
+                continue
+            to = " / ".join("never" if r.get(f"train_s_to_{lvl}") is None else f"{r[f'train_s_to_{lvl}']:.1f}"
+                            for lvl in ("0.991", "0.995", "0.996"))
+            what = (f"{part}, batch {r['batch']}, {r['epochs_planned']} epochs"
+                    + (", without its augmentation" if call.get("champion_augmentation") is False else ""))
+            fits.append(f"| {what} | {r['images_per_s']:,} | {to} | {r['final_test_accuracy']:.4f} |")
+    return (f"{_gpu_source(name, calls[0])}; {_cell(d.get('note', ''))}\n\n" + "\n".join(fits) + "\n\n"
+            + "\n".join(share) + "\n")
+
+
 FIGURES = {"tests": tests_table, "runs": runs_table, "costs": costs_table, "bench": bench_table, "recipes": recipes_table,
            "profile": profile_table, "resume": resume_table, "search": search_table, "selection": selection_table,
-           "train": train_table, "summary": summary_table}
+           "train": train_table, "summary": summary_table, "gpu": gpu_table, "gpu-power": gpu_power_table}
 
 
 def on_page_markdown(markdown, page, config, files):
