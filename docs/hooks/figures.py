@@ -45,8 +45,8 @@ def _source(name: str, d: dict) -> str:
     return f"`benchmarks/{name}`: {_machine(d)}; {_date(d)}; `{_cell(d.get('command', ''))}`"
 
 
-def tests_table() -> str:
-    """Every measured run of the test suite (benchmarks/tests.json)."""
+def tests_table(last: str = "10") -> str:
+    """The ``last`` measured runs of CI and the fast tier's (benchmarks/tests.json holds every one)."""
     d = _load("tests.json")
     m = d["machine"]
     head = (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}, TensorFlow "
@@ -54,11 +54,12 @@ def tests_table() -> str:
             "| date | machine | command | tests (passed) | pytest | whole command | note |\n"
             "| --- | --- | --- | --- | --- | --- | --- |\n")
     rows = []
-    for r in [*d["runs"], *d["fast_tier"]]:
+    for r in [*d["runs"][-int(last):], *d["fast_tier"][-3:]]:
         note = HASH.sub("", re.sub(r",? ?\(?(fixed|then) in [0-9a-f]{7,40}\)?", "", r.get("note", r.get("source", ""))))
+        note = re.sub(r"\(\s*\)|\s+(?=[,;:)])", "", note)
+        pytest_s = f"{r['pytest_s']} s" if "pytest_s" in r else ""
         rows.append(f"| {r['date']} | {_cell(r.get('cpu', m['cpu'].split(' (')[0]))} | `{_cell(r['command'])}` | "
-                    f"{r['tests']} ({r.get('passed', '?')}) | {r.get('pytest_s', '')} s | {_minutes(r.get('whole_s'))} | "
-                    f"{_cell(note)} |")
+                    f"{r['tests']} ({r.get('passed', '–')}) | {pytest_s} | {_minutes(r.get('whole_s'))} | {_cell(note)} |")
     return head + "\n".join(rows) + "\n"
 
 
