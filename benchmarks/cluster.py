@@ -434,7 +434,12 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     print()
     report(rows)
-    info = {"cores": os.cpu_count(), "load_average_end": os.getloadavg(), "trials": args.trials, "tuner": args.tuner,
+    sys.path.insert(0, str(Path(__file__).parent))
+    import bench
+
+    info = {"machine": bench.machine(), "date": time.strftime("%Y-%m-%d"),
+            "command": "python benchmarks/cluster.py " + " ".join(a for a in sys.argv[1:]),
+            "cores": os.cpu_count(), "load_average_end": os.getloadavg(), "trials": args.trials, "tuner": args.tuner,
             "train_size": args.train_size, "epochs": args.epochs, "lease_s": args.lease, "postgres": args.postgres,
             "server_workers": args.server_workers if args.postgres else None}
     print(f"\n{info}")

@@ -325,9 +325,50 @@ def gpu_power_table(name: str) -> str:
             + "\n".join(share) + "\n")
 
 
+def cluster_table(*names: str) -> str:
+    """A chief and 1, 2, 4 workers on one machine (benchmarks/cluster.py), one file per store."""
+    parts = []
+    for name in names:
+        d = _load(name)
+        c = d["config"]
+        store = f"a tracking server on PostgreSQL (--workers {c['server_workers']})" if c["postgres"] else "a sqlite store"
+        rows = ["| workers | trials | trials/h (over the trials' window) | chief handler ms per trial | RPCs per trial "
+                "| heartbeat p50 / p99 under load | server requests per trial |", "| --- " * 7 + "|"]
+        for r in d["rows"]:
+            reqs = f"{r['server_requests_per_trial']:.0f}" if "server_requests_per_trial" in r else ""
+            rows.append(f"| {r['workers']} | {r['trials_finished']} | {r['trials_per_hour_wall']:,.0f} "
+                        f"({r['trials_per_hour_window']:,.0f}) | {r['chief_handler_ms_per_trial']:.1f} | "
+                        f"{r['rpcs_per_trial']:.1f} | {r['hb_load_p50_ms']:.2f} / {r['hb_load_p99_ms']:.2f} ms | {reqs} |")
+        parts.append(f"{_source(name, c)}; {store}; {c['trials']} trials of {c['train_size']} digits × {c['epochs']} "
+                     f"epoch\n\n" + "\n".join(rows))
+    return "\n\n".join(parts) + "\n"
+
+
+def load_table(name: str) -> str:
+    """A tracking server under simulated workers (benchmarks/tracking_load.py)."""
+    d = _load(name)
+    rows = ["| load | requests/s | `log-batch` p50 / p99 | errors | runs FINISHED |", "| --- | --- | --- | --- | --- |"]
+    for r in d["rows"]:
+        lost = "" if r["runs_finished"] == r["runs_expected"] else " (**lost**)"
+        rows.append(f"| {_cell(r['load'])} | {r['requests_per_s']:g} | "
+                    f"{r['log_batch_p50_ms']:,.0f} / {r['log_batch_p99_ms']:,.0f} ms | {r['errors']} | "
+                    f"{r['runs_finished']}/{r['runs_expected']}{lost} |")
+    return (f"{_source(name, d)}; {_cell(d['server'])}" + (f"; {_cell(d['source'])}" if d.get("source") else "")
+            + "\n\n" + "\n".join(rows) + "\n")
+
+
+def bytes_table(name: str) -> str:
+    """What one trial keeps in the store, by part."""
+    d = _load(name)
+    rows = ["| part | MB |", "| --- | --- |", *(f"| {k} | {v:g} |" for k, v in d["parts_mb"].items()),
+            f"| **all** | **{d['total_mb']:g}** |"]
+    return f"{_source(name, d)}; {_cell(d['what'])}\n\n" + "\n".join(rows) + "\n"
+
+
 FIGURES = {"tests": tests_table, "runs": runs_table, "costs": costs_table, "bench": bench_table, "recipes": recipes_table,
            "profile": profile_table, "resume": resume_table, "search": search_table, "selection": selection_table,
-           "train": train_table, "summary": summary_table, "gpu": gpu_table, "gpu-power": gpu_power_table}
+           "train": train_table, "summary": summary_table, "gpu": gpu_table, "gpu-power": gpu_power_table,
+           "cluster": cluster_table, "load": load_table, "bytes": bytes_table}
 
 
 def on_page_markdown(markdown, page, config, files):
