@@ -416,7 +416,11 @@ def main() -> None:
         if args.postgres:
             from mnist_exp import server
 
-            srv = server.start(tmp / "srv", port=_free_port(), workers=args.server_workers)
+            from mnist_exp.server.files import read_credentials
+
+            srv = server.start(tmp / "srv", port=_free_port(), workers=args.server_workers)  # sign-in on, as a team's
+            user, password = read_credentials(srv.credentials)
+            os.environ.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password)  # inherited, never argv
             uri, server_log = srv.uri, srv.dir / "mlflow.log"
             print(f"tracking server {uri} (PostgreSQL, --workers {args.server_workers})", flush=True)
         for n in counts:
