@@ -256,7 +256,8 @@ def selection_table(name: str) -> str:
 def train_table(name: str) -> str:
     """One tracked training run (``mnist-exp train``)."""
     d = _load(name)
-    return (f"{_source(name, d)}; {_cell(d.get('conditions', ''))}\n\n| run | test accuracy | test loss | wall |\n"
+    return (f"{_source(name, d)}; {_cell(d.get('conditions', ''))}; {_cell(d.get('source', ''))}\n\n"
+            f"| run | test accuracy | test loss | wall |\n"
             f"| --- | --- | --- | --- |\n| {_cell(d['what'])} | **{d['test_accuracy']:.4f}** | {d['test_loss']:.4f} | "
             f"{_minutes(d['wall_s'])} |\n")
 
@@ -362,7 +363,7 @@ def bytes_table(name: str) -> str:
     d = _load(name)
     rows = ["| part | MB |", "| --- | --- |", *(f"| {k} | {v:g} |" for k, v in d["parts_mb"].items()),
             f"| **all** | **{d['total_mb']:g}** |"]
-    return f"{_source(name, d)}; {_cell(d['what'])}\n\n" + "\n".join(rows) + "\n"
+    return f"{_source(name, d)}; {_cell(d['what'])}; {_cell(d.get('source', ''))}\n\n" + "\n".join(rows) + "\n"
 
 
 FIGURES = {"tests": tests_table, "runs": runs_table, "costs": costs_table, "bench": bench_table, "recipes": recipes_table,
