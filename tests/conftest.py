@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, SWEEP_YAML, free_port, write_yaml
+from helpers.commands import reset_tracking_uri
 
 
 @pytest.fixture(autouse=True)
@@ -21,11 +22,7 @@ def _no_leftover_tracking_uri():
     fixtures) call ``mlflow.set_tracking_uri``, a module global that outlives the test and outranks
     MLFLOW_TRACKING_URI: left behind, a later test's ``models:/`` lookups would read an earlier test's store."""
     yield
-    import sys
-
-    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
-    if utils is not None:
-        utils._tracking_uri = None
+    reset_tracking_uri()
 
 
 @pytest.fixture(scope="session")

@@ -51,7 +51,7 @@ def cli_here(*args, check=None, env=None):
         if saved_uri:
             mlflow.set_tracking_uri(saved_uri)
         else:
-            _reset_tracking_uri()
+            reset_tracking_uri()
         os.environ.clear()  # after set_tracking_uri, which exports the variable: the environment as it was
         os.environ.update(saved_env)
     proc = subprocess.CompletedProcess(["mnist-exp", *argv], code, out.getvalue(), err.getvalue())
@@ -66,7 +66,7 @@ def _tracking_uri():
     return getattr(utils, "_tracking_uri", None)
 
 
-def _reset_tracking_uri():
+def reset_tracking_uri():
     utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
     if utils is not None:
         utils._tracking_uri = None
