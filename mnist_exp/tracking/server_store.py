@@ -28,9 +28,77 @@ PREFLIGHT_ATTEMPT_S = 4.0  # one request's connect / read timeout
 
 def set_http_limits() -> None:
     """Bounded retries and timeouts for MLflow's HTTP client, for the rest of this process (and the
-    workers it starts); a value the user set is kept."""
+    workers it starts); a value the user set is kept. Reads cut off mid-answer are retried too."""
     for key, value in HTTP_LIMITS.items():
         os.environ.setdefault(key, value)
+    retry_cut_off_reads()
+
+
+def is_read(method: str, url: str) -> bool:
+    """True for a request of MLflow's REST API that changes nothing on the server (a GET, or a search sent
+    as POST): safe to send again when its answer was cut off, where a write may already have been done."""
+    path = url.split("?", 1)[0].rstrip("/")
+    return method.upper() in ("GET", "HEAD") or (method.upper() == "POST" and path.endswith("/search"))
+
+
+def retry_cut_off_reads() -> None:
+    """Retry, in this process, a read whose answer the server cut off mid-body (it was stopped while answering).
+
+    MLflow 3.17's client retries a refused connection or a missing answer through urllib3, but the body
+    is read after urllib3 has returned (mlflow/mlflow#7732), so without this one server restart at the
+    wrong moment ends a sweep that a longer outage would not. MLflow has no hook for it: its session
+    factory (``mlflow.utils.request_utils._get_request_session``) is wrapped once, and each session it
+    makes gets an adapter that reads a read's body inside the same Retry budget and backoff.
+    """
+    from mlflow.utils import request_utils
+
+    if getattr(request_utils._get_request_session, "mnist_exp_whole_reads", False):
+        return
+    make_session = request_utils._get_request_session
+    adapter_class = _whole_read_adapter_class()
+
+    def session_with_whole_reads(*args, **kwargs):
+        session = make_session(*args, **kwargs)
+        adapter = session.get_adapter("http://")
+        if not isinstance(adapter, adapter_class):
+            from mlflow.environment_variables import MLFLOW_HTTP_POOL_CONNECTIONS, MLFLOW_HTTP_POOL_MAXSIZE
+
+            whole = adapter_class(pool_connections=MLFLOW_HTTP_POOL_CONNECTIONS.get(),
+                                  pool_maxsize=MLFLOW_HTTP_POOL_MAXSIZE.get(), max_retries=adapter.max_retries)
+            session.mount("https://", whole)
+            session.mount("http://", whole)
+        return session
+
+    session_with_whole_reads.mnist_exp_whole_reads = True
+    request_utils._get_request_session = session_with_whole_reads
+
+
+def _whole_read_adapter_class():
+    import requests
+    import urllib3
+    from mlflow.utils.request_utils import TCPKeepAliveHTTPAdapter
+
+    class WholeReadAdapter(TCPKeepAliveHTTPAdapter):
+        """MLflow's adapter that reads a read's body before returning, retrying a cut-off one."""
+
+        def send(self, request, stream=False, **kwargs):
+            retry = self.max_retries
+            while True:
+                response = super().send(request, stream=stream, **kwargs)
+                if stream or not is_read(request.method, request.url) or not isinstance(request.body, (bytes, str, type(None))):
+                    return response
+                try:
+                    response.content  # noqa: B018 (read here, where a cut-off body can be asked for again)
+                    return response
+                except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as e:
+                    response.close()
+                    try:
+                        retry = retry.increment(request.method, request.url, error=urllib3.exceptions.ProtocolError(str(e)))
+                    except urllib3.exceptions.MaxRetryError:
+                        raise e from e.__context__
+                retry.sleep()
+
+    return WholeReadAdapter
 
 
 def check_server(uri: str, experiment: str = "mnist-exp", deadline_s: float = PREFLIGHT_S) -> None:

@@ -1,27 +1,21 @@
-"""The tracking store: created once and atomically by racing commands; unusable stores and unreachable
-tracking servers are one line and exit 2 with nothing changed; MLflow client errors that mean "server
-unavailable" are recognised (server_store.is_unavailable)."""
+"""The tracking store: created once and atomically by racing commands; unusable stores are one line and
+exit 2 with nothing changed (tracking servers as the store: test_server_store)."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from mnist_exp.tracking import server_store
 from mnist_exp.tracking import store as storelib
 from mnist_exp.cli import main
 
-from helpers import TINY, VENV_BIN, free_port
+from helpers import TINY, VENV_BIN
 
 pytestmark = pytest.mark.fresh_store  # these tests are about the store's creation and its files
 
@@ -295,162 +289,3 @@ def test_read_only_store(tmp_path, good_db):
     finally:  # pytest removes tmp_path
         for d in (tmp_path / "rodir" / "mlruns", tmp_path / "nostore" / "mlruns"):
             d.chmod(0o755)
-
-
-# --- tracking servers -----------------------------------------------------------------------------------
-
-
-class _Server:
-    """A real server on 127.0.0.1 in a thread: ``answer(handler)`` replies to each GET/POST, or never."""
-
-    def __init__(self, answer=None):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.held: list[socket.socket] = []
-        self.httpd = None
-        if answer is None:  # accepts every connection and never says a word
-            threading.Thread(target=self._hold, daemon=True).start()
-        else:
-            self.listener.close()
-
-            class Handler(http.server.BaseHTTPRequestHandler):
-                def do_GET(self):
-                    answer(self)
-
-                do_POST = do_GET
-
-                def log_message(self, *args):
-                    pass
-
-            self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-            threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def _hold(self):
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-
-    def close(self):
-        if self.httpd:
-            self.httpd.shutdown()
-            self.httpd.server_close()
-        else:
-            self.listener.close()
-        for c in self.held:
-            c.close()
-
-
-def _reply(status: int, body: dict | str):
-    def answer(h):
-        data = (json.dumps(body) if isinstance(body, dict) else body).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "application/json" if isinstance(body, dict) else "text/html")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
-    return answer
-
-
-@pytest.fixture
-def silent_server():
-    s = _Server()
-    yield s
-    s.close()
-
-
-@pytest.mark.slow
-def test_unreachable_or_silent_server_is_one_line_within_15_s(tmp_path, silent_server):
-    """A closed port and a server that accepts and never answers: sweep, compare and promote each say so in one
-    line naming the URI, exit 2, within 15 s (whole process), before any training, writing nothing."""
-    closed = f"http://127.0.0.1:{free_port()}"
-    runs = [(uri, argv) for uri in (closed, silent_server.uri)
-            for argv in (["sweep", "--name", "s", *TINY], ["compare"], ["promote", "--dry-run"])]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST_")}
-    started, procs = time.monotonic(), []
-    for uri, argv in runs:
-        procs.append(subprocess.Popen([str(VENV_BIN / "mnist-exp"), *argv, "--tracking-uri", uri], cwd=tmp_path, text=True,
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    for (uri, argv), p in zip(runs, procs):
-        out, err = p.communicate(timeout=60)
-        elapsed = time.monotonic() - started
-        assert p.returncode == 2, (uri, argv, out, err[-2000:])
-        why = "cannot be reached (Connection refused)" if uri == closed else "did not answer within 4 s"
-        assert err.startswith(f"mnist-exp {argv[0]}: error: tracking server {uri} {why} (") and err.count("\n") == 1, err
-        assert err.endswith("start it, or check --tracking-uri / MLFLOW_TRACKING_URI\n"), err
-        assert elapsed < 15, f"{argv} on {uri}: {elapsed:.1f} s"
-        assert "epoch" not in out.lower(), out
-    assert list(tmp_path.iterdir()) == []  # no mlruns/, no tuner folder
-
-
-def test_preflight_accepts_mlflow_answers_and_refuses_others():
-    ok = _Server(_reply(404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no experiment"}))
-    found = _Server(_reply(200, {"experiment": {"experiment_id": "1", "name": "mnist-exp"}}))
-    html = _Server(_reply(404, "<html>Not Found</html>"))
-    down = _Server(_reply(503, "<html>Service Unavailable</html>"))
-    try:
-        server_store.check_server(ok.uri, deadline_s=2)
-        server_store.check_server(found.uri, deadline_s=2)
-        with pytest.raises(storelib.StoreError, match=rf"tracking server {html.uri} answered HTTP 404 to MLflow's REST API: "
-                                                   "not an MLflow tracking server"):
-            server_store.check_server(html.uri, deadline_s=2)
-        t = time.monotonic()
-        with pytest.raises(storelib.StoreError, match=rf"tracking server {down.uri} answered HTTP 503 \(3 tries in \d s\)"):
-            server_store.check_server(down.uri, deadline_s=3)  # retried after 0.5 s and 1 s; a third wait would pass 3 s
-        assert 1.4 < time.monotonic() - t < 3
-    finally:
-        for s in (ok, found, html, down):
-            s.close()
-
-
-def test_http_limits_are_set_for_mlflow_and_keep_the_users(monkeypatch):
-    from mlflow import environment_variables as ev
-
-    for key in server_store.HTTP_LIMITS:
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "77")
-    ok = _Server(_reply(200, {"experiment": {}}))
-    try:
-        storelib.prepare(ok.uri, write=True)
-    finally:
-        ok.close()
-    assert ev.MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 77  # the user's value
-    assert ev.MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 7
-    assert ev.MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get() == 1
-    assert ev.MLFLOW_HTTP_REQUEST_BACKOFF_JITTER.get() == 1.0
-
-
-def test_is_unavailable_on_real_client_errors(monkeypatch, silent_server, tmp_path, good_db):
-    """Errors raised by MLflow's own client (retries cut to 0 to keep the test short)."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
-
-    def error(uri: str, call=lambda c: c.get_experiment_by_name("mnist-exp")) -> BaseException:
-        with pytest.raises(MlflowException) as info:
-            call(MlflowClient(uri))
-        return info.value
-
-    failing = _Server(_reply(503, "<html>Service Unavailable</html>"))
-    bad_request = _Server(_reply(400, {"error_code": "INVALID_PARAMETER_VALUE", "message": "bad name"}))
-    try:
-        refused = error(f"http://127.0.0.1:{free_port()}")
-        assert server_store.is_unavailable(refused)
-        assert server_store.is_unavailable(MlflowException(str(refused)))  # by its message alone (no exception chain)
-        assert server_store.is_unavailable(error(silent_server.uri))  # read timeout
-        assert server_store.is_unavailable(error(failing.uri))  # 5xx after the retries
-        assert not server_store.is_unavailable(error(bad_request.uri))  # the server answered: a real error
-    finally:
-        failing.close()
-        bad_request.close()
-    db = tmp_path / "mlflow.db"
-    shutil.copy(good_db, db)
-    assert not server_store.is_unavailable(error(f"sqlite:///{db}", lambda c: c.get_run("0" * 32)))  # no such run
-    assert not server_store.is_unavailable(BrokenPipeError("stdout closed"))
-    assert not server_store.is_unavailable(ValueError("x"))
