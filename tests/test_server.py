@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from helpers import TINY_SWEEP, VENV_BIN, cli, cli_here, write_yaml
+from helpers import TINY_SWEEP, VENV_BIN, cli, cli_here, job_runner_processes, write_yaml
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,7 @@ def test_sweep_compare_promote_predict_land_in_the_server(tracking_server, proje
     [line] = [json.loads(x) for x in project.predict.strip().splitlines()]
     assert line["digit_found"] and len(line["probabilities"]) == 10 and abs(sum(line["probabilities"]) - 1) < 1e-3
     assert line["label"] == max(range(10), key=lambda i: line["probabilities"][i])
+    assert not job_runner_processes(tracking_server.proc.pid)  # MLflow's job runner is off
 
     # Locally only the sweep's own state (Keras Tuner's files, the sweep's lease): no store, no artifacts.
     local = sorted(p.relative_to(project.root).as_posix() for p in project.root.rglob("*") if p.is_file())

@@ -94,6 +94,10 @@ def cmd_ui(args) -> int:
         print(f"  charts (expand a sweep to chart its trials): {charts}", flush=True)
     if not args.no_browser and ui_view.can_open_browser():
         ui_view.open_when_up(runs, f"{base}/health")
+    from mnist_exp.server.launch import JOB_RUNNER_OFF
+
+    for key, value in JOB_RUNNER_OFF.items():  # a value the user set is kept
+        os.environ.setdefault(key, value)
     os.execv(sys.executable, cmd)
     return 0
 

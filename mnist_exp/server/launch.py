@@ -29,6 +29,11 @@ from mnist_exp.server.postgres import AUTH_DATABASE, DATABASE, START_TIMEOUT_S, 
 POOL_SIZE, POOL_OVERFLOW = 40, 40
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 GRACEFUL_S = 5  # uvicorn's --timeout-graceful-shutdown
+# MLflow's job runner (GenAI scorers, prompt optimisation, trace jobs: nothing mnist-exp uses), off for every MLflow
+# server mnist-exp starts (``server`` and ``ui``) unless the user turns it on: its huey consumers (about 5 processes,
+# 15 threads each) multiplied a server's start-up CPU and memory several times (docs/performance.md) and once held
+# up a SIGTERM'ed server until SIGKILL 20 s later.
+JOB_RUNNER_OFF = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 class Server:
@@ -136,11 +141,8 @@ def _start_mlflow(folder: Path, host: str, port: int, workers: int, store_url: s
     cmd += ["--uvicorn-opts", uvicorn]
     # Secrets (the database password, the auth app's key and admin password) reach the server through its
     # environment, never the command line (which `ps` shows everyone).
-    # MLflow's job runner (GenAI scorers, prompt optimisation, trace jobs: nothing mnist-exp uses) is off unless the
-    # user turns it on: its huey consumers (about 5 processes, 15 threads each) slowed start-up and once held up a
-    # SIGTERM'ed server until SIGKILL 20 s later.
-    # The pool: see POOL_SIZE. A user's own MLFLOW_SQLALCHEMYSTORE_* values win.
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(POOL_SIZE),
+    # The job runner: see JOB_RUNNER_OFF; the pool: see POOL_SIZE. A user's own values win.
+    env = {**JOB_RUNNER_OFF, "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(POOL_SIZE),
            "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(POOL_OVERFLOW), **os.environ, **secrets}
     with open(folder / "mlflow.log", "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,

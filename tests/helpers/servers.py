@@ -105,3 +105,83 @@ def served_predictions(model_uri: str, x, venv_bin: Path):
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+class Outage:
+    """A TCP proxy on 127.0.0.1 in front of a server's ``port``, which the test takes ``down()`` (every open
+    connection cut, even mid-answer, and new ones refused, as when the server's machine drops off the network)
+    and brings back ``up()``: an outage of an exact length without restarting the server."""
+
+    def __init__(self, port: int):
+        self.target, self.port = port, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._open: list[socket.socket] = []
+        self.up()
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        with self._lock:
+            self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            cut, self._open = self._open, []
+        for s in ([listener] if listener else []) + cut:
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # wakes the threads blocked on it
+            except OSError:
+                pass
+            s.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=10)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not listener:  # taken down meanwhile
+                    client.close()
+                    upstream.close()
+                    return
+                self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+def job_runner_processes(pid: int) -> list[str]:
+    """Command lines of MLflow's job runner (its huey consumers) under the server process ``pid``: none when the
+    runner is off, as for every server mnist-exp starts (mnist_exp.server.launch.JOB_RUNNER_OFF)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(pid).children(recursive=True):
+        try:
+            line = " ".join(child.cmdline())
+        except psutil.Error:  # gone meanwhile
+            continue
+        if "mlflow.server.jobs" in line:
+            found.append(line)
+    return found

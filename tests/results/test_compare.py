@@ -54,7 +54,9 @@ def test_compare_all_sweeps(swept_store, capsys):
 def test_compare_against_a_tracking_server(swept_store):
     port = free_port()
     db = f"sqlite:///{swept_store / 'mlruns' / 'mlflow.db'}"
-    env = {**os.environ, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
+    from mnist_exp.server.launch import JOB_RUNNER_OFF
+
+    env = {**os.environ, **JOB_RUNNER_OFF, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}  # as mnist-exp starts servers
     env.pop("MLFLOW_TRACKING_URI")
     server = subprocess.Popen([str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", db, "--host", "127.0.0.1",
                                "--port", str(port), "--workers", "1"], env=env,

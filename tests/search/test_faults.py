@@ -186,6 +186,8 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{port}"
 
     def start(self):
+        from mnist_exp.server.launch import JOB_RUNNER_OFF
+
         from helpers import wait_http
 
         (self.root / "artifacts").mkdir(parents=True, exist_ok=True)
@@ -193,7 +195,8 @@ class MlflowServer:
             [str(VENV_BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", "1"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=self.root)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=self.root,
+            env={**os.environ, **JOB_RUNNER_OFF})  # as mnist-exp starts servers
         wait_http(f"{self.uri}/health", self.proc)
 
     def stop(self):
@@ -225,17 +228,19 @@ def _wait_for_epoch(uri, proc, n_finished, timeout=240):
 
 @pytest.mark.slow
 def test_tracking_server_outages_short_ridden_through_long_stops_and_resumes(tmp_path, monkeypatch):
-    """A real tracking server killed and restarted mid-trial: 5 s away, the sweep carries on (MLflow's
-    retries); away for good, the sweep stops with one line, and the same command resumes it later."""
+    """A real tracking server cut off mid-trial for 5 s (every connection dropped, even mid-answer): the sweep
+    carries on (MLflow's retries, and mnist-exp's for a read cut off); the server killed for good: the sweep stops
+    with one line, and the same command resumes it once the server is back."""
     import time
 
-    from helpers import free_port
+    from helpers import Outage, free_port
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mlruns").mkdir()
     server = MlflowServer(tmp_path / "server", free_port())
     server.start()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    network = Outage(server.port)  # the sweep reaches the server through it; the test reads the server directly
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", network.uri)
     exp_file = write_yaml(tmp_path / "tiny.yaml", TINY.replace("epochs: 1", "epochs: 3").replace(
         "train_size: 200", "train_size: 400").replace("max_trials: 2", "max_trials: 1"))
     cmd = [str(VENV_BIN / "mnist-exp"), "sweep", str(exp_file)]
@@ -243,9 +248,9 @@ def test_tracking_server_outages_short_ridden_through_long_stops_and_resumes(tmp
         # 1. Away for 5 s in the middle of trial 0: nothing lost, nothing duplicated.
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait_for_epoch(server.uri, proc, 0)
-        server.stop()
+        network.down()
         time.sleep(5)  # the outage itself, not a wait for something
-        server.start()
+        network.up()
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-2000:] + err[-3000:]
 
@@ -276,6 +281,7 @@ def test_tracking_server_outages_short_ridden_through_long_stops_and_resumes(tmp
         assert {r.info.status for r in children} == ({"FINISHED"} if resumed else {"FINISHED", "KILLED"})
         assert len(children) == (2 if resumed else 3)
     finally:
+        network.down()
         if server.proc and server.proc.poll() is None:
             server.stop()
 

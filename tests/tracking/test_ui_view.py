@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from helpers import ROOT, VENV_BIN, free_port, runs, wait_http
+from helpers import ROOT, VENV_BIN, free_port, job_runner_processes, runs, wait_http
 
 CHROMIUM = os.environ.get("MNIST_EXP_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -36,9 +36,11 @@ def ui(swept_store):
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health", server)
     yield url, log_path.read_text()
+    jobs = job_runner_processes(server.pid)  # `mnist-exp ui` execs MLflow's server in its own process
     server.terminate()
     server.wait(timeout=30)
     log.close()
+    assert not jobs, jobs  # MLflow's job runner is off
 
 
 def printed(output: str, label: str) -> str:
