@@ -366,10 +366,23 @@ def bytes_table(name: str) -> str:
     return f"{_source(name, d)}; {_cell(d['what'])}; {_cell(d.get('source', ''))}\n\n" + "\n".join(rows) + "\n"
 
 
+def server_start_table(name: str) -> str:
+    """An MLflow server started with its job runner off (as mnist-exp starts one) and on (benchmarks/server_start.py):
+    medians of the rounds in one run."""
+    d = _load(name)
+    rows = ["| MLflow server | `/health` after | processes | CPU used | memory |", "| --- | --- | --- | --- | --- |"]
+    for variant, m in d["median"].items():
+        rows.append(f"| {_cell(variant)} | {m['health_s']:.1f} s | {m['processes']:g} | {m['cpu_s']:.1f} s | "
+                    f"{m['rss_mib']:,.0f} MiB |")
+    n = len(next(iter(d["rounds"].values())))
+    return (f"{_source(name, d)}; medians of {n} starts each, measured {d['settle_s']:g} s after `/health` answered"
+            "\n\n" + "\n".join(rows) + "\n")
+
+
 FIGURES = {"tests": tests_table, "runs": runs_table, "costs": costs_table, "bench": bench_table, "recipes": recipes_table,
            "profile": profile_table, "resume": resume_table, "search": search_table, "selection": selection_table,
            "train": train_table, "summary": summary_table, "gpu": gpu_table, "gpu-power": gpu_power_table,
-           "cluster": cluster_table, "load": load_table, "bytes": bytes_table}
+           "cluster": cluster_table, "load": load_table, "bytes": bytes_table, "server-start": server_start_table}
 
 
 def on_page_markdown(markdown, page, config, files):
