@@ -7,7 +7,11 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test,docs]"
+# Bytecode for every installed file, as pip would write it, but on every core (pip compiles one file at a time): the
+# tests' processes need it (PYTHONDONTWRITEBYTECODE may be set, and each would compile TensorFlow anew). A file that
+# does not compile (a package's Python 2 test data) is skipped, as pip skips it.
+.venv/bin/python -m pip install -q --no-compile -e ".[test,docs]"
+.venv/bin/python -m compileall -q -j 0 "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" >/dev/null || true
 # Debian packages the tests use: Chromium (the browser test), PostgreSQL (the tracking server's tests), iproute2
 # (network namespaces for the multi-machine tests); installed with apt only when missing.
 APT=()
