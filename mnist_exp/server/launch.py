@@ -30,9 +30,8 @@ POOL_SIZE, POOL_OVERFLOW = 40, 40
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 GRACEFUL_S = 5  # uvicorn's --timeout-graceful-shutdown
 # MLflow's job runner (GenAI scorers, prompt optimisation, trace jobs: nothing mnist-exp uses), off for every MLflow
-# server mnist-exp starts (``server`` and ``ui``) unless the user turns it on: its huey consumers (about 5 processes,
-# 15 threads each) multiplied a server's start-up CPU and memory several times (docs/performance.md) and once held
-# up a SIGTERM'ed server until SIGKILL 20 s later.
+# server mnist-exp starts (``server`` and ``ui``) unless the user turns it on: its consumer processes cost more than
+# the server itself (docs/team-server.md) and can hold up a server's stop.
 JOB_RUNNER_OFF = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
