@@ -4,8 +4,17 @@
 # then runs pytest. Usage: bash scripts/test.sh [pytest args]; the fast tier: -m "not slow".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3.11}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+# The interpreter: $PYTHON if set; else the distribution's /usr/bin/python3.11 (Debian's and Ubuntu's are built with
+# profile-guided and link-time optimisation) before the first python3.11 on PATH (pyenv builds without them unless
+# asked, and runs the suite about a quarter slower: benchmarks/interpreters.py). One that cannot make a venv (no
+# ensurepip) is passed over.
+if [ ! -x .venv/bin/python ]; then
+  for PY in ${PYTHON:-/usr/bin/python3.11 python3.11}; do
+    command -v "$PY" >/dev/null && "$PY" -m venv .venv 2>/dev/null && break
+    rm -rf .venv
+  done
+  [ -x .venv/bin/python ] || { echo "scripts/test.sh: no Python 3.11 here can make a venv (python3.11 -m venv); set PYTHON, or on Debian: apt install python3.11-venv" >&2; exit 2; }
+fi
 .venv/bin/python -m pip install -q --upgrade pip
 # Bytecode for every installed file, as pip would write it, but on every core (pip compiles one file at a time): the
 # tests' processes need it (PYTHONDONTWRITEBYTECODE may be set, and each would compile TensorFlow anew). A file that

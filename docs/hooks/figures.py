@@ -379,10 +379,24 @@ def server_start_table(name: str) -> str:
             "\n\n" + "\n".join(rows) + "\n")
 
 
+def interpreters_table(name: str) -> str:
+    """Two Python 3.11 builds on the suite's typical work (benchmarks/interpreters.py): medians of the rounds in one run."""
+    d = _load(name)
+    rows = ["| interpreter | build | importing TensorFlow, Keras Tuner, MLflow: CPU | tiny sweep: CPU | tiny sweep: wall |",
+            "| --- | --- | --- | --- | --- |"]
+    for py, m in d["median"].items():
+        build = d["interpreters"][py]
+        rows.append(f"| `{_cell(py)}` | {_cell(build['version'])}, {_cell(build['build'].partition('[')[2].rstrip(']'))} | "
+                    f"{m['import']['cpu_s']:.1f} s | {m['sweep']['cpu_s']:.1f} s | {m['sweep']['wall_s']:.1f} s |")
+    n = len(next(iter(d["rounds"].values())))
+    return f"{_source(name, d)}; medians of {n} rounds, alternating\n\n" + "\n".join(rows) + "\n"
+
+
 FIGURES = {"tests": tests_table, "runs": runs_table, "costs": costs_table, "bench": bench_table, "recipes": recipes_table,
            "profile": profile_table, "resume": resume_table, "search": search_table, "selection": selection_table,
            "train": train_table, "summary": summary_table, "gpu": gpu_table, "gpu-power": gpu_power_table,
-           "cluster": cluster_table, "load": load_table, "bytes": bytes_table, "server-start": server_start_table}
+           "cluster": cluster_table, "load": load_table, "bytes": bytes_table, "server-start": server_start_table,
+           "interpreters": interpreters_table}
 
 
 def on_page_markdown(markdown, page, config, files):

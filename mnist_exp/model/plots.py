@@ -10,6 +10,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def log_x_axis(ax) -> None:
+    """A logarithmic x axis labelled only at 1, 2 and 5 times each power of ten, compactly ("2e-04"): matplotlib's
+    default labels the minor ticks of a range within one decade, and they overlap."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0e}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def learning_curves(history: dict[str, list[float]], first_epoch: int = 1):
     """Loss and accuracy per epoch, train against validation."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -125,7 +136,7 @@ def objective_vs_hyperparameters(table, hp_names: list[str], objective_col: str,
         if numeric:
             ax.scatter(x.astype(float), y)
             if name == "learning_rate":
-                ax.set_xscale("log")
+                log_x_axis(ax)
         else:
             cats = sorted(set(map(str, x)))
             ax.scatter([cats.index(str(v)) for v in x], y)

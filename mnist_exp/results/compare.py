@@ -243,6 +243,8 @@ def _plot(uri, df, board, objectives, args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from mnist_exp.model.plots import log_x_axis
+
     c = tracking.client(uri)  # per-epoch curves: MLflow's metric history
     names = hp_columns(df) or [h for h in HP_DEFAULTS if h in df][:1]
     fig, axes = plt.subplots(1 + (len(names) + 2) // 3, 3, figsize=(13, 3.6 * (1 + (len(names) + 2) // 3)),
@@ -265,7 +267,7 @@ def _plot(uri, df, board, objectives, args) -> None:
             x = g[name] if pd.api.types.is_numeric_dtype(g[name]) else g[name].astype(str)
             ax.scatter(x, g["objective"], label=sweep, s=18)
         if name == "learning_rate":
-            ax.set_xscale("log")
+            log_x_axis(ax)
         ax.set_xlabel(name)
         ax.set_ylabel("objective")
     fig.tight_layout()
