@@ -197,13 +197,27 @@ def _swap_in(project: Path, data: bytes) -> None:
     _remove(fresh)
     fresh.mkdir(parents=True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(fresh, filter="data")
+        unpack_data_only(tar, fresh)
     faults.point("after_tuner_state_unpacked")
     old = project.parent / f".{project.name}.old"
     if project.exists():
         project.rename(old)
     fresh.rename(project)
     _remove(old)
+
+
+def unpack_data_only(tar: tarfile.TarFile, into: Path) -> None:
+    """Unpack only plain files and folders, all inside ``into``, or raise tarfile.TarError: tarfile's "data" filter
+    where this Python has it (3.11.4 on), the same refusal checked here on 3.11.0-3.11.3, which lack it."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(into, filter="data")
+        return
+    root = into.resolve()
+    for member in tar.getmembers():
+        target = (root / member.name).resolve()
+        if not (member.isfile() or member.isdir()) or (target != root and root not in target.parents):
+            raise tarfile.TarError(f"{member.name}: not a plain file or folder inside the archive")
+    tar.extractall(into)
 
 
 def _remove(path: Path) -> None:
