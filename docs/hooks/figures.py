@@ -58,7 +58,8 @@ def tests_table(last: str = "10") -> str:
         note = HASH.sub("", re.sub(r",? ?\(?(fixed|then) in [0-9a-f]{7,40}\)?", "", r.get("note", r.get("source", ""))))
         note = re.sub(r"\(\s*\)|\s+(?=[,;:)])", "", note)
         pytest_s = f"{r['pytest_s']} s" if "pytest_s" in r else ""
-        rows.append(f"| {r['date']} | {_cell(r.get('cpu', m['cpu'].split(' (')[0]))} | `{_cell(r['command'])}` | "
+        cpu = r.get("cpu", m["cpu"].split(" (")[0]) + (f", Python {r['python']}" if "python" in r else "")
+        rows.append(f"| {r['date']} | {_cell(cpu)} | `{_cell(r['command'])}` | "
                     f"{r['tests']} ({r.get('passed', '–')}) | {pytest_s} | {_minutes(r.get('whole_s'))} | {_cell(note)} |")
     return head + "\n".join(rows) + "\n"
 
