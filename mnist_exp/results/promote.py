@@ -202,7 +202,7 @@ def promote(uri: str, experiment_id: str, sweep: str | None, model_name: str, al
         if existing:
             version = existing[0]
         else:
-            version = mlflow.register_model(cand.model_uri, model_name, tags=cand.tags)  # tags in the same request
+            version = tracking.register_model(cand.model_uri, model_name, cand.tags)  # tags in the same request
         # Everything the version should say is written before the alias moves, so an alias never points at a
         # version without its description or promotion tags (a crash anywhere before leaves the alias alone).
         if not version.description:  # new, or registered before descriptions (or by a process killed just here)

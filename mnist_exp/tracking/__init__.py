@@ -27,6 +27,7 @@ from mnist_exp.tracking.mlflow_io import (
     log_params,
     log_params_to,
     log_text,
+    register_model,
     set_tags,
     tracking_uri,
 )
@@ -48,6 +49,6 @@ from mnist_exp.tracking.runs import (
 __all__ = [
     "RunTakenOver", "active_run_id", "check_held", "client", "configure", "create_run", "delete_tag", "end_run", "ensemble_runs",
     "environment_tags", "find_runs", "get_run", "kill_stale_children", "let_go", "log_artifact", "log_dataset",
-    "log_figure", "log_keras_model", "log_metrics", "log_params", "log_params_to", "log_text", "refit_runs",
+    "log_figure", "log_keras_model", "log_metrics", "log_params", "log_params_to", "log_text", "refit_runs", "register_model",
     "reopen_run", "set_status", "set_tags", "start_run", "tracking_uri", "trial_runs",
 ]

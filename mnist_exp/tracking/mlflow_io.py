@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -227,3 +228,26 @@ def get_run(run_id: str):
     return client().get_run(run_id)
 
 
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+# What mlflow.register_model prints to stderr on success: mnist-exp says what it registered in its own words.
+_REGISTRATION_CHATTER = ("Successfully registered model ", "Registered model ", "Created version ")
+
+
+def register_model(model_uri: str, name: str, tags: dict):
+    """``mlflow.register_model`` (a new version of ``name`` from ``model_uri``, its ``tags`` in the same request),
+    without MLflow's own lines about it on stderr; any other line it prints still reaches stderr."""
+    import contextlib
+    import io
+
+    import mlflow
+
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return mlflow.register_model(model_uri, name, tags=tags)
+    finally:
+        rest = [ln for ln in said.getvalue().splitlines(keepends=True) if not ln.startswith(_REGISTRATION_CHATTER)]
+        sys.stderr.write("".join(rest))
