@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras_tuner as kt
+from keras_tuner.src import config as kt_config
 from keras_tuner.src.engine import tuner_utils
 
 from mnist_exp import tracking
@@ -122,6 +123,25 @@ class TrackedTunerMixin:
         if answer is not None and answer.status == kt.engine.trial.TrialStatus.STOPPED:
             model.stop_training = True
             self._pruned[trial.trial_id] = epoch + 1
+
+    def _try_run_and_update_trial(self, trial, *fit_args, **fit_kwargs):
+        """Keras Tuner 1.4.8's, except that an attempt given to another worker (Superseded) is one line, not the
+        traceback Keras Tuner prints for every trial that raises (its config.DEBUG is on): nothing failed. The
+        trial's status is what Keras Tuner would send either way (INVALID; the chief refuses it, not being ours)."""
+        status = kt.engine.trial.TrialStatus
+        try:
+            self._run_and_update_trial(trial, *fit_args, **fit_kwargs)
+            trial.status = status.COMPLETED
+        except Superseded as e:
+            print(f"[sweep {self.sweep.exp.name}{' ' + self.sweep.worker if self.sweep.worker else ''}] {e}", flush=True)
+            trial.status, trial.message = status.INVALID, str(e)
+        except Exception as e:
+            if isinstance(e, kt.errors.FatalError):
+                raise
+            if kt_config.DEBUG:
+                traceback.print_exc()
+            trial.status = status.FAILED if isinstance(e, kt.errors.FailedTrialError) else status.INVALID
+            trial.message = traceback.format_exc()
 
     def _run_and_update_trial(self, trial, *fit_args, **fit_kwargs):
         """Keras Tuner's, without its final report when every epoch was reported already (its history is the
