@@ -228,8 +228,6 @@ def get_run(run_id: str):
     return client().get_run(run_id)
 
 
-
-
 # --- the registry ---------------------------------------------------------------------------------
 
 # What mlflow.register_model prints to stderr on success: mnist-exp says what it registered in its own words.
