@@ -4,10 +4,9 @@
 # then runs pytest. Usage: bash scripts/test.sh [pytest args]; the fast tier: -m "not slow".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The interpreter: $PYTHON if set; else the distribution's /usr/bin/python3.11 (Debian's and Ubuntu's are built with
-# profile-guided and link-time optimisation) before the first python3.11 on PATH (pyenv builds without them unless
-# asked, and runs the suite about a quarter slower: benchmarks/interpreters.py). One that cannot make a venv (no
-# ensurepip) is passed over.
+# The interpreter: $PYTHON if set; else the distribution's /usr/bin/python3.11 (an optimised build) before the first
+# python3.11 on PATH (pyenv builds without optimisations unless asked, and took about a quarter more CPU on the
+# suite's typical work: benchmarks/interpreters.py). One that cannot make a venv (no ensurepip) is passed over.
 if [ ! -x .venv/bin/python ]; then
   for PY in ${PYTHON:-/usr/bin/python3.11 python3.11}; do
     command -v "$PY" >/dev/null && "$PY" -m venv .venv 2>/dev/null && break
