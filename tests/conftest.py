@@ -25,15 +25,36 @@ def _no_leftover_tracking_uri():
     reset_tracking_uri()
 
 
+def shared_template(tmp_path_factory, name: str, build) -> Path:
+    """The folder ``name``, filled by ``build(folder)`` once for the whole run: under pytest-xdist every worker is a
+    session of its own, so the first worker to ask builds it in the run's common temp folder, holding a lock, and the
+    others wait for it and use the same one (read it, or copy it: never change it). A folder left half built by a
+    worker that died is built again."""
+    import fcntl
+    import shutil
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above each worker's own
+    folder, built = base / name, base / f"{name}.built"
+    with open(base / f"{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel if this worker dies
+        if not built.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            built.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory):
     """An empty store as mnist-exp creates one (tracking/store.py: MLflow's tables migrated to their head), made
-    once per session: migrating a new one takes seconds, in every test that opens a store."""
+    once per run: migrating a new one takes seconds, in every test that opens a store."""
     from mnist_exp.tracking import store as storelib
 
-    db = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
-    storelib.ensure_store(db, write=True)
-    return db
+    return shared_template(tmp_path_factory, "empty-store",
+                           lambda folder: storelib.ensure_store(folder / "mlflow.db", write=True)) / "mlflow.db"
 
 
 def copy_empty_store(template: Path, db: Path) -> None:
@@ -78,7 +99,11 @@ def embedded():
 
 @pytest.fixture(scope="session")
 def swept_template(tmp_path_factory):
-    """A store with two finished tiny sweeps (a, b) and one (c) holding a failed trial. Built once."""
+    """A store with two finished tiny sweeps (a, b) and one (c) holding a failed trial. Built once per run."""
+    return shared_template(tmp_path_factory, "swept", _sweep_template)
+
+
+def _sweep_template(root: Path) -> None:
     from mnist_exp.spec.experiment import load_experiment
     from mnist_exp.model.data import load_data
     from mnist_exp.spec.space import load_space
@@ -94,7 +119,6 @@ def swept_template(tmp_path_factory):
                 raise RuntimeError("injected failure")
             return super().fit(hp, model, *args, **kwargs)
 
-    root = tmp_path_factory.mktemp("swept")
     (root / "mlruns").mkdir()
     uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
     space = ROOT / "search_spaces" / "small.yaml"
@@ -103,7 +127,6 @@ def swept_template(tmp_path_factory):
         exp = load_experiment(path)
         hm = FailSecondFit(1, 480) if name == "c" else None
         run_sweep(exp, load_space(exp.search_space), load_data(exp.data, exp.seed), uri, hypermodel=hm)
-    return root
 
 
 @pytest.fixture

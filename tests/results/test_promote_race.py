@@ -2,7 +2,8 @@
 promotion lock (a registered model, promote.promotion_lock) waits for a live holder and breaks a dead one.
 
 The races run against each backend in BACKENDS, the lock's own tests on sqlite; one module-scoped store holds
-two tiny real sweeps (a, b), and each test stages the test accuracies it needs and clears the registry first.
+two tiny real sweeps (a, b): on sqlite a copy of conftest's swept store, on the server swept there. Each test stages
+the test accuracies it needs and clears the registry first.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +35,7 @@ search_space: {ROOT / "search_spaces" / "small.yaml"}
 data: {{{{source: embedded, train_size: 200, test_size: 100, validation_split: 0.2}}}}
 training: {{{{epochs: 1}}}}
 tuner: {{{{kind: random, max_trials: 2}}}}
-"""  # helpers.TINY_SWEEP under two names: the same test data, so their test accuracies compare
+"""  # helpers.TINY_SWEEP under two names, swept on the server
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -47,17 +49,18 @@ def race(request, tmp_path_factory):
     from mnist_exp.search.sweep import run_sweep
 
     root = tmp_path_factory.mktemp(f"race-{request.param}")
-    if request.param == "sqlite":
+    if request.param == "sqlite":  # a copy of conftest's swept store: its sweeps a and b share their test digits
         (root / "mlruns").mkdir()
+        shutil.copy(request.getfixturevalue("swept_template") / "mlruns" / "mlflow.db", root / "mlruns" / "mlflow.db")
         uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
     else:
         server = request.getfixturevalue("tracking_server")
         uri = getattr(server, "uri", server)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)  # the project folder: a server's sweeps keep their tuner state in ./mlruns/tuner
-        for name in ("a", "b"):
-            exp = load_experiment(write_yaml(root / f"{name}.yaml", SWEEP.format(name=name)))
-            run_sweep(exp, load_space(exp.search_space), load_data(exp.data, exp.seed), uri)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(root)  # the project folder: a server's sweeps keep their tuner state in ./mlruns/tuner
+            for name in ("a", "b"):
+                exp = load_experiment(write_yaml(root / f"{name}.yaml", SWEEP.format(name=name)))
+                run_sweep(exp, load_space(exp.search_space), load_data(exp.data, exp.seed), uri)
     client = MlflowClient(uri, uri)
     exp_id = client.get_experiment_by_name("mnist-exp").experiment_id
     best = {}
