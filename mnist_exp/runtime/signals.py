@@ -35,6 +35,7 @@ import signal
 import threading
 
 _pending: int | None = None  # a signal received while deferring, not raised yet
+_received: int | None = None  # the first signal handled since handled() began: a stop is under way
 _deferring = False
 _stop_hook = None  # called when a signal is recorded: asks the running fit to stop (training.StopOnSignal)
 
@@ -52,7 +53,9 @@ def exit_code(e: BaseException) -> int:
 
 
 def _handler(signum, frame):
-    global _pending
+    global _pending, _received
+    if _received is None:
+        _received = signum
     if signum == signal.SIGHUP:
         _detach_dead_terminal()
     if _deferring and _pending is None:
@@ -89,10 +92,11 @@ def _detach_dead_terminal() -> None:
 def handled(signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
     """Turn the signals into KeyboardInterrupt (at safe points) for the block. Off the main thread
     (where Python allows no signal handlers) it changes nothing."""
-    global _pending
+    global _pending, _received
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _received = None
     previous = {s: signal.signal(s, _handler) for s in signals}
     try:
         yield
@@ -102,6 +106,12 @@ def handled(signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
         _pending = None
         stop_hook(None)
         defer(False)  # a trial left by an exception never reached its on_trial_end
+
+
+def received() -> bool:
+    """Whether a signal has reached this process inside ``handled()`` (recorded or raised): a stop is under way,
+    and a second signal would force it."""
+    return _received is not None
 
 
 def defer(on: bool) -> bool:

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 
+from mnist_exp.runtime import signals
 from mnist_exp.search.distributed import wire
 
 
@@ -57,9 +58,14 @@ def renew_lease(chan, lease: Lease, worker: str, desc: dict, address: str) -> No
 
 
 def _stop_self(grace_s: float = 15.0) -> None:
-    for _ in range(2):
+    """SIGTERM to this process, unless a signal already reached it: a chief that stops signals its local workers
+    too, and a second signal would force the stop, cutting short the run's last writes (its process metrics). Then
+    a SIGTERM after ``grace_s`` forces it, and after another ``grace_s`` a hard exit."""
+    if not signals.received():
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(grace_s)
+    time.sleep(grace_s)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(grace_s)
     os._exit(137)
 
 
