@@ -1,13 +1,15 @@
 """The team tracking server (``mnist-exp server``: MLflow on PostgreSQL, artifacts proxied): a sweep, compare, promote,
-predict and ui through the CLI against a real one, nothing but the tuner's own state written locally, and a restart
-(through the CLI) that keeps everything."""
+predict and ui through the CLI against a real one, nothing but the tuner's own state written locally, a sweep's lease
+kept in the server's registry, and a restart (through the CLI) that keeps everything."""
 
 import base64
 import json
+import os
 import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from helpers import TINY_SWEEP, VENV_BIN, cli, cli_here, job_runner_processes, write_yaml
+from helpers import SWEEP_HOLDER, TINY_SWEEP, VENV_BIN, cli, cli_here, job_runner_processes, write_yaml
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +163,57 @@ def test_a_sweep_killed_on_one_machine_resumes_on_another_from_the_state_on_the_
     assert elsewhere.stderr == ("mnist-exp sweep: error: sweep moved: its Keras Tuner state is not on the tracking "
                                 "server (the sweep was started by mnist-exp 0.9.0 or earlier): resume it on the machine "
                                 "that ran it, or start afresh with --overwrite\n")
+
+
+@pytest.mark.slow
+def test_a_sweeps_lease_lives_in_the_servers_registry_for_every_machine(tracking_server, tmp_path, capsys):
+    """Against a server the lease is a registered model there (reglock.py), so a second machine's sweep of the
+    name is refused too: a live holder here is refused by name, a killed one taken over at once; a holder on
+    another machine is refused while its heartbeat is fresh and taken over once it is older than STALE_S."""
+    from mlflow import MlflowClient
+
+    from mnist_exp.runtime.errors import SweepLocked
+    from mnist_exp.tracking import keys, liveness, sweep_lock
+
+    uri = tracking_server.uri
+    backend = sweep_lock.backend_for(uri)
+    assert isinstance(backend, sweep_lock.RegistrySweepLock)
+    holder = subprocess.Popen([sys.executable, "-c", SWEEP_HOLDER, uri, "srv"], stdout=subprocess.PIPE, text=True,
+                              cwd=tmp_path)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SweepLocked, match=rf"^sweep srv is already running: pid {holder.pid} on host "
+                                            rf"{re.escape(liveness.HOST)} since .* \(mnist-exp sweep experiments/quick"):
+            with sweep_lock.acquire(uri, "srv"):
+                pass
+        assert backend.holder("srv").pid == holder.pid
+    finally:
+        holder.kill()  # no release: the lease stays in the registry
+        holder.wait()
+    with sweep_lock.acquire(uri, "srv"):
+        assert backend.holder("srv").pid == os.getpid()
+    assert f"taking over the sweep lock of pid {holder.pid} on host {liveness.HOST}" in capsys.readouterr().err
+    client = MlflowClient(uri, uri)
+    name = sweep_lock.RegistrySweepLock.PREFIX + "srv"
+    assert not client.search_registered_models(f"name = '{name}'")  # released: deleted
+
+    def elsewhere(beat_age: float):
+        now = time.time()
+        client.create_registered_model(name, tags={
+            keys.TAG_LOCK_TOKEN: "0" * 32, keys.TAG_LOCK_SINCE: f"{now - 3600:.3f}", keys.TAG_HOST: "other-machine",
+            keys.TAG_PID: "4242", keys.TAG_PROC_START: "x:1", keys.TAG_HEARTBEAT: f"{now - beat_age:.3f}",
+            keys.TAG_LOCK_COMMAND: "mnist-exp sweep x.yaml"})
+
+    elsewhere(beat_age=5)  # a sweep on another machine, alive
+    with pytest.raises(SweepLocked, match=r"pid 4242 on host other-machine since .* \(mnist-exp sweep x\.yaml\)"):
+        with sweep_lock.acquire(uri, "srv"):
+            pass
+    client.delete_registered_model(name)
+    elsewhere(beat_age=liveness.STALE_S + 10)  # its heartbeat stopped: that machine or process is gone
+    with sweep_lock.acquire(uri, "srv"):
+        pass
+    assert "taking over the sweep lock of pid 4242 on host other-machine" in capsys.readouterr().err
+    assert not client.search_registered_models(f"name = '{name}'")
 
 
 @pytest.mark.slow

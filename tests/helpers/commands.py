@@ -116,3 +116,13 @@ def pruned_sweep(folder: Path, parallel: int = 1, epochs: int = 3) -> Path:
     once another trial has reached it (median pruner, one trial enough)."""
     space = write_yaml(folder / "space.yaml", PRUNED_SPACE)
     return write_yaml(folder / "pruned.yaml", PRUNED_SWEEP.format(space=space, epochs=epochs, parallel=parallel))
+
+
+SWEEP_HOLDER = """import sys, time
+from mnist_exp.tracking import sweep_lock
+uri, name = sys.argv[1], sys.argv[2]
+sys.argv = ["mnist-exp", "sweep", "experiments/quick.yaml"]
+with sweep_lock.acquire(uri, name):
+    print("held", flush=True)
+    time.sleep(600)
+"""  # python -c SWEEP_HOLDER URI NAME: holds sweep NAME's lock (as `mnist-exp sweep experiments/quick.yaml`), says "held"

@@ -11,26 +11,15 @@ import time
 
 import pytest
 
-from mnist_exp.tracking import keys, liveness, sweep_lock
+from mnist_exp.tracking import liveness, sweep_lock
 from mnist_exp import tracking
 from mnist_exp.cli import main
 from mnist_exp.runtime.errors import ConfigError, SweepLocked
 
-from helpers import ROOT, VENV_BIN, runs
+from helpers import ROOT, SWEEP_HOLDER as HOLDER, VENV_BIN, runs
 
 QUICK = str(ROOT / "experiments" / "quick.yaml")
 TINY_SWEEP = ["--set", "data.train_size=200", "--set", "data.test_size=100", "--epochs", "1", "--max-trials", "1"]
-
-# A process that takes the lease on sweep argv[2] of store argv[1], says so, then holds it until killed.
-HOLDER = """import sys, time
-from mnist_exp.tracking import sweep_lock
-uri, name = sys.argv[1], sys.argv[2]
-sys.argv = ["mnist-exp", "sweep", "experiments/quick.yaml"]
-with sweep_lock.acquire(uri, name):
-    print("held", flush=True)
-    time.sleep(600)
-"""
-
 
 def _uri() -> str:
     return os.environ["MLFLOW_TRACKING_URI"]
@@ -163,52 +152,3 @@ def test_a_record_left_by_a_dead_holder_is_not_reported_as_live(tmp_path):
     me = sweep_lock.Holder.me()
     path.write_text(json.dumps(me.__dict__))
     assert sweep_lock.FileSweepLock._read_live(path, wait_s=0.2) == me
-
-
-@pytest.mark.slow
-def test_a_tracking_servers_lease_lives_in_its_registry_for_every_machine(tracking_server, tmp_path, capsys):
-    """Against a server the lease is a registered model there (reglock.py), so a second machine's sweep of the
-    name is refused too: a live holder here is refused by name, a killed one taken over at once; a holder on
-    another machine is refused while its heartbeat is fresh and taken over once it is older than STALE_S."""
-    from mlflow import MlflowClient
-
-
-    uri = tracking_server.uri
-    backend = sweep_lock.backend_for(uri)
-    assert isinstance(backend, sweep_lock.RegistrySweepLock)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, uri, "srv"], stdout=subprocess.PIPE, text=True,
-                              cwd=tmp_path)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(SweepLocked, match=rf"^sweep srv is already running: pid {holder.pid} on host "
-                                            rf"{re.escape(liveness.HOST)} since .* \(mnist-exp sweep experiments/quick"):
-            with sweep_lock.acquire(uri, "srv"):
-                pass
-        assert backend.holder("srv").pid == holder.pid
-    finally:
-        holder.kill()  # no release: the lease stays in the registry
-        holder.wait()
-    with sweep_lock.acquire(uri, "srv"):
-        assert backend.holder("srv").pid == os.getpid()
-    assert f"taking over the sweep lock of pid {holder.pid} on host {liveness.HOST}" in capsys.readouterr().err
-    client = MlflowClient(uri, uri)
-    name = sweep_lock.RegistrySweepLock.PREFIX + "srv"
-    assert not client.search_registered_models(f"name = '{name}'")  # released: deleted
-
-    def elsewhere(beat_age: float):
-        now = time.time()
-        client.create_registered_model(name, tags={
-            keys.TAG_LOCK_TOKEN: "0" * 32, keys.TAG_LOCK_SINCE: f"{now - 3600:.3f}", keys.TAG_HOST: "other-machine",
-            keys.TAG_PID: "4242", keys.TAG_PROC_START: "x:1", keys.TAG_HEARTBEAT: f"{now - beat_age:.3f}",
-            keys.TAG_LOCK_COMMAND: "mnist-exp sweep x.yaml"})
-
-    elsewhere(beat_age=5)  # a sweep on another machine, alive
-    with pytest.raises(SweepLocked, match=r"pid 4242 on host other-machine since .* \(mnist-exp sweep x\.yaml\)"):
-        with sweep_lock.acquire(uri, "srv"):
-            pass
-    client.delete_registered_model(name)
-    elsewhere(beat_age=liveness.STALE_S + 10)  # its heartbeat stopped: that machine or process is gone
-    with sweep_lock.acquire(uri, "srv"):
-        pass
-    assert "taking over the sweep lock of pid 4242 on host other-machine" in capsys.readouterr().err
-    assert not client.search_registered_models(f"name = '{name}'")
