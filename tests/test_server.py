@@ -167,7 +167,7 @@ def test_a_sweep_killed_on_one_machine_resumes_on_another_from_the_state_on_the_
 
 @pytest.mark.slow
 def test_a_sweeps_lease_lives_in_the_servers_registry_for_every_machine(tracking_server, tmp_path, capsys):
-    """Against a server the lease is a registered model there (reglock.py), so a second machine's sweep of the
+    """Against a server the lease is a registered model there (tracking/registry_lock.py), so a second machine's sweep of the
     name is refused too: a live holder here is refused by name, a killed one taken over at once; a holder on
     another machine is refused while its heartbeat is fresh and taken over once it is older than STALE_S."""
     from mlflow import MlflowClient
